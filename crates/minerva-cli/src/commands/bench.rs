@@ -1,0 +1,154 @@
+//! `minerva bench`: prefill and decode speed, measured the way `llama-bench` measures
+//! them (pp: one batch of N prompt tokens on an empty cache; tg: N single-token decodes
+//! from an empty cache), so the two print comparable figures.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use minerva_engine::llm::{LogitsWanted, SequenceInput};
+use minerva_engine::sampling::argmax;
+use minerva_engine::{LanguageModel, SeqId, Session, SessionParams, TokenId};
+use minerva_runtime::ModelStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{model_arg, progress};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model id in the models directory, or a path to a GGUF file.
+    #[arg(long, short)]
+    model: String,
+    /// Prompt tokens for the prefill test.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: u32,
+    /// Tokens for the decode test.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: u32,
+    /// Measured runs per test (the median is reported); at least 3.
+    #[arg(long, short, default_value_t = 5)]
+    repetitions: usize,
+    /// CPU threads.
+    #[arg(long, short)]
+    threads: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(store: &ModelStore, args: Args) -> Result<()> {
+    if args.repetitions < 3 {
+        bail!("--repetitions must be at least 3 so that the median means something");
+    }
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen-tokens must be positive");
+    }
+    let threads = args.threads.unwrap_or_else(model_arg::default_threads);
+    let model = model_arg::load_llm(store, &args.model)?;
+    let mut session = model.new_session(SessionParams {
+        n_ctx: args.prompt_tokens + args.gen_tokens,
+        n_batch: args.prompt_tokens,
+        n_seq_max: 1,
+        threads,
+    })?;
+    let n_vocab = model.metadata().n_vocab;
+    let mut rng = StdRng::seed_from_u64(42);
+    let prompt: Vec<TokenId> = (0..args.prompt_tokens)
+        .map(|_| rng.random_range(0..n_vocab) as TokenId)
+        .collect();
+
+    let bar = progress::bar(2 * (args.repetitions as u64 + 1), "bench");
+    // The first run of each test warms caches and threads and is not counted.
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for run in 0..=args.repetitions {
+        let pp = time_prefill(session.as_mut(), &prompt)?;
+        bar.inc(1);
+        let tg = time_decode(
+            session.as_mut(),
+            model.metadata().bos_token.unwrap_or(prompt[0]),
+            args.gen_tokens,
+        )?;
+        bar.inc(1);
+        if run > 0 {
+            prefill.push(f64::from(args.prompt_tokens) / pp);
+            decode.push(f64::from(args.gen_tokens) / tg);
+        }
+    }
+    bar.finish_and_clear();
+
+    let meta = model.metadata();
+    let (pp, tg) = (median(&mut prefill), median(&mut decode));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let report = serde_json::json!({
+            "model": args.model,
+            "architecture": meta.architecture,
+            "quantization": meta.quantization,
+            "threads": threads,
+            "repetitions": args.repetitions,
+            "prefill": { "tokens": args.prompt_tokens, "tokens_per_second_median": pp, "runs": prefill },
+            "decode": { "tokens": args.gen_tokens, "tokens_per_second_median": tg, "runs": decode },
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "| model | quant | threads | test | tokens/s (median of {}) |",
+            args.repetitions
+        )?;
+        writeln!(out, "|---|---|---|---|---|")?;
+        writeln!(
+            out,
+            "| {} | {} | {threads} | pp{} | {pp:.1} |",
+            args.model, meta.quantization, args.prompt_tokens
+        )?;
+        writeln!(
+            out,
+            "| {} | {} | {threads} | tg{} | {tg:.1} |",
+            args.model, meta.quantization, args.gen_tokens
+        )?;
+    }
+    Ok(())
+}
+
+/// Seconds to evaluate `prompt` as one batch on an empty cache.
+fn time_prefill(session: &mut dyn Session, prompt: &[TokenId]) -> Result<f64> {
+    session.free_sequence(SeqId(0));
+    let started = Instant::now();
+    session.decode(&[SequenceInput {
+        seq: SeqId(0),
+        tokens: prompt,
+        start_pos: 0,
+        logits: LogitsWanted::Last,
+    }])?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Seconds to decode `n` tokens one at a time (greedy) on an empty cache.
+fn time_decode(session: &mut dyn Session, first: TokenId, n: u32) -> Result<f64> {
+    session.free_sequence(SeqId(0));
+    let started = Instant::now();
+    let mut token = first;
+    for pos in 0..n {
+        let rows = session.decode(&[SequenceInput {
+            seq: SeqId(0),
+            tokens: &[token],
+            start_pos: pos,
+            logits: LogitsWanted::Last,
+        }])?;
+        token = argmax(rows[0][0]);
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}

@@ -1,0 +1,69 @@
+//! `minerva`: the command-line face of Minerva.
+//!
+//! Arguments are parsed once into typed options here, at the edge; each subcommand lives
+//! in its own module under `commands/` and talks to the engine and runtime crates only.
+//! This is the one place where `anyhow` is used and errors become exit codes.
+
+mod commands;
+mod model_arg;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Minerva: a local-first model server.
+#[derive(Parser)]
+#[command(name = "minerva", version, about)]
+struct Cli {
+    /// Minerva's data directory; models live in its `models/` folder.
+    #[arg(long, global = true, env = "MINERVA_HOME")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt with a GGUF model.
+    Generate(commands::generate::Args),
+    /// Print the token ids a model sees for a text.
+    Tokenize(commands::tokenize::Args),
+    /// Measure a model's perplexity on a text (llama.cpp's method).
+    Perplexity(commands::perplexity::Args),
+    /// Embed sentences with an embedding model.
+    Embed(commands::embed::Args),
+    /// Measure prefill and decode speed.
+    Bench(commands::bench::Args),
+    /// List the models directory with sizes and hashes.
+    Models(commands::models::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MINERVA_LOG")
+                .unwrap_or_else(|_| "warn,llama-cpp-2=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let store = model_arg::store(cli.home);
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(&store, args),
+        Command::Tokenize(args) => commands::tokenize::run(&store, args),
+        Command::Perplexity(args) => commands::perplexity::run(&store, args),
+        Command::Embed(args) => commands::embed::run(&store, args),
+        Command::Bench(args) => commands::bench::run(&store, args),
+        Command::Models(args) => commands::models::run(&store, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Turning a `--model ID|PATH` argument into a loaded model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use minerva_engine::embed::EmbeddingModel;
+use minerva_engine::llm::llama::LlamaCppModel;
+use minerva_runtime::{ModelFormat, ModelId, ModelStore};
+
+use crate::progress;
+
+/// The models directory: `$MINERVA_HOME/models`, by default `~/.local/share/minerva/models`.
+pub fn store(home: Option<PathBuf>) -> ModelStore {
+    let home = home.unwrap_or_else(|| {
+        let base = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        base.join(".local/share/minerva")
+    });
+    ModelStore::new(home.join("models"))
+}
+
+/// Where a `--model` argument points.
+pub struct ModelLocation {
+    /// File (GGUF) or directory (sentence-transformers).
+    pub path: PathBuf,
+    /// Its format.
+    pub format: ModelFormat,
+    /// A short name for messages.
+    pub name: String,
+}
+
+/// Resolves `arg` as a model id in the store, or else as a path on disk.
+pub fn locate(store: &ModelStore, arg: &str) -> Result<ModelLocation> {
+    if let Ok(id) = ModelId::new(arg) {
+        match store.resolve(&id) {
+            Ok(entry) => {
+                return Ok(ModelLocation {
+                    path: entry.path,
+                    format: entry.format,
+                    name: arg.to_owned(),
+                });
+            }
+            Err(e) if !Path::new(arg).exists() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    let path = PathBuf::from(arg);
+    let format = if path.is_dir() {
+        ModelFormat::SentenceTransformers
+    } else if path.exists() {
+        ModelFormat::Gguf
+    } else {
+        bail!("{arg}: no such model id or file");
+    };
+    Ok(ModelLocation {
+        path,
+        format,
+        name: arg.to_owned(),
+    })
+}
+
+/// Loads a GGUF language model, with a spinner on a terminal.
+pub fn load_llm(store: &ModelStore, arg: &str) -> Result<LlamaCppModel> {
+    let location = locate(store, arg)?;
+    if location.format != ModelFormat::Gguf {
+        bail!(
+            "{}: is an embedding model; this command needs a GGUF language model",
+            location.name
+        );
+    }
+    let spinner = progress::spinner(format!("loading {}", location.name));
+    let model = LlamaCppModel::load(&location.path).with_context(|| format!("loading {}", location.name));
+    spinner.finish_and_clear();
+    Ok(model?)
+}
+
+/// Loads a sentence-embedding model, with a spinner on a terminal.
+pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<EmbeddingModel> {
+    let location = locate(store, arg)?;
+    if location.format != ModelFormat::SentenceTransformers {
+        bail!(
+            "{}: is a GGUF language model; this command needs an embedding model directory",
+            location.name
+        );
+    }
+    let spinner = progress::spinner(format!("loading {}", location.name));
+    let model = EmbeddingModel::load(&location.path).with_context(|| format!("loading {}", location.name));
+    spinner.finish_and_clear();
+    Ok(model?)
+}
+
+/// Number of CPU threads to use when the user did not say.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}

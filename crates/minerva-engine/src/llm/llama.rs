@@ -1,0 +1,207 @@
+//! The llama.cpp backend (through the `llama-cpp-2` crate) for GGUF language models.
+//!
+//! Every file is validated by [`crate::gguf::inspect`] before llama.cpp sees it, so a
+//! corrupt or hostile file becomes a typed error instead of a crash in C++.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+
+use super::{LanguageModel, LogitsWanted, ModelMetadata, SeqId, SequenceInput, Session, SessionParams, TokenId};
+use crate::{EngineError, Result, gguf};
+
+/// llama.cpp's global state: initialised once per process, never torn down.
+fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own logging goes to `tracing`, filtered like ours.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| EngineError::LlamaLoad {
+            path: PathBuf::new(),
+            reason: reason.clone(),
+        })
+}
+
+/// llama.cpp mutates model state while creating a context, so contexts of one process
+/// are created one at a time.
+static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+
+/// A GGUF model loaded through llama.cpp (weights memory-mapped).
+pub struct LlamaCppModel {
+    model: Arc<LlamaModel>,
+    metadata: ModelMetadata,
+}
+
+impl LlamaCppModel {
+    /// Validates `path` and loads it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let info = gguf::inspect(path)?;
+        let backend = backend()?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
+            EngineError::LlamaLoad {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        let vocab = model.vocab();
+        let metadata = ModelMetadata {
+            architecture: info.architecture.clone(),
+            name: info.name.clone(),
+            quantization: info.quantization.clone(),
+            parameters: model.n_params(),
+            weight_bytes: model.size(),
+            n_vocab: usize::try_from(vocab.n_tokens()).unwrap_or(0),
+            n_ctx_train: model.n_ctx_train(),
+            bos_token: vocab.should_add_bos().then(|| vocab.bos().0),
+            eos_token: (vocab.eos().0 >= 0).then(|| vocab.eos().0),
+            chat_template: info.chat_template.clone(),
+        };
+        tracing::info!(path = %path.display(), arch = %metadata.architecture, params = metadata.parameters, "loaded GGUF model");
+        Ok(Self {
+            model: Arc::new(model),
+            metadata,
+        })
+    }
+}
+
+impl LanguageModel for LlamaCppModel {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>> {
+        let tokens = self.model.vocab().tokenize(text.as_bytes(), add_special, parse_special);
+        Ok(tokens.into_iter().map(|t| t.0).collect())
+    }
+
+    fn token_bytes(&self, token: TokenId, render_special: bool) -> Vec<u8> {
+        self.model
+            .vocab()
+            .token_to_piece(LlamaToken(token), render_special, None)
+    }
+
+    fn is_end_of_generation(&self, token: TokenId) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token))
+    }
+
+    fn new_session(&self, params: SessionParams) -> Result<Box<dyn Session>> {
+        let backend = backend()?;
+        let n_ctx = NonZeroU32::new(params.n_ctx).ok_or_else(|| EngineError::invalid("n_ctx", "must be positive"))?;
+        if params.n_batch == 0 || params.n_seq_max == 0 {
+            return Err(EngineError::invalid(
+                "n_batch",
+                "n_batch and n_seq_max must be positive",
+            ));
+        }
+        let threads = i32::try_from(params.threads.max(1)).unwrap_or(i32::MAX);
+        let context_params = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_batch(params.n_batch)
+            .with_n_ubatch(params.n_batch.min(512))
+            .with_n_seq_max(params.n_seq_max)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let context = {
+            let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.model
+                .new_context(backend, context_params)
+                .map_err(|e| EngineError::Decode(format!("cannot create a context: {e}")))?
+        };
+        // SAFETY: the context borrows the model behind `self.model`. The session keeps a
+        // clone of that `Arc`, so the model outlives the context; the field order of
+        // `LlamaCppSession` drops the context before the `Arc`.
+        let context: LlamaContext<'static> = unsafe { std::mem::transmute(context) };
+        Ok(Box::new(LlamaCppSession {
+            context,
+            batch: LlamaBatch::new(params.n_batch as usize, params.n_seq_max as i32),
+            params,
+            _model: Arc::clone(&self.model),
+        }))
+    }
+}
+
+/// A llama.cpp context: KV cache for up to `n_seq_max` sequences.
+struct LlamaCppSession {
+    context: LlamaContext<'static>,
+    batch: LlamaBatch<'static>,
+    params: SessionParams,
+    _model: Arc<LlamaModel>,
+}
+
+impl Session for LlamaCppSession {
+    fn params(&self) -> SessionParams {
+        self.params
+    }
+
+    fn decode(&mut self, inputs: &[SequenceInput<'_>]) -> Result<Vec<Vec<&[f32]>>> {
+        let total: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+        if total == 0 {
+            return Ok(inputs.iter().map(|_| Vec::new()).collect());
+        }
+        if total > self.params.n_batch as usize {
+            return Err(EngineError::Decode(format!(
+                "{total} tokens exceed the batch capacity of {}",
+                self.params.n_batch
+            )));
+        }
+        self.batch.clear();
+        // Batch index of every logits row each input asked for.
+        let mut rows: Vec<Vec<i32>> = Vec::with_capacity(inputs.len());
+        let mut index: i32 = 0;
+        for input in inputs {
+            if input.seq.0 >= self.params.n_seq_max {
+                return Err(EngineError::Decode(format!(
+                    "sequence {} is beyond the session's {} sequences",
+                    input.seq.0, self.params.n_seq_max
+                )));
+            }
+            let n = input.tokens.len();
+            let mut wanted = Vec::new();
+            for (i, &token) in input.tokens.iter().enumerate() {
+                let logits = match input.logits {
+                    LogitsWanted::None => false,
+                    LogitsWanted::Last => i + 1 == n,
+                    LogitsWanted::From(first) => i >= first,
+                };
+                let pos = input.start_pos + i as u32;
+                self.batch
+                    .add(LlamaToken(token), pos as i32, &[input.seq.0 as i32], logits)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                if logits {
+                    wanted.push(index);
+                }
+                index += 1;
+            }
+            rows.push(wanted);
+        }
+        self.context.decode(&mut self.batch).map_err(|e| match e {
+            llama_cpp_2::DecodeError::NoKvCacheSlot => EngineError::ContextOverflow {
+                tokens: total,
+                n_ctx: self.params.n_ctx,
+            },
+            other => EngineError::Decode(other.to_string()),
+        })?;
+        let context = &self.context;
+        Ok(rows
+            .into_iter()
+            .map(|wanted| wanted.into_iter().map(|i| context.get_logits_ith(i)).collect())
+            .collect())
+    }
+
+    fn free_sequence(&mut self, seq: SeqId) {
+        // Only fails for ids beyond i32, which `decode` never admits.
+        let _ = self.context.clear_kv_cache_seq(Some(seq.0), None, None);
+    }
+}

@@ -1,0 +1,115 @@
+//! The language-model interface the rest of Minerva programs against.
+//!
+//! A [`LanguageModel`] is the loaded weights plus vocabulary: shareable across threads,
+//! never mutated. A [`Session`] is the mutable per-context state (the KV cache of one or
+//! more sequences) that a single thread drives with [`Session::decode`]. Keeping the two
+//! apart is what lets one loaded model serve many sequences.
+//!
+//! The only backend today is llama.cpp ([`llama::LlamaCppModel`]); nothing outside this
+//! module sees a llama.cpp type.
+
+pub mod llama;
+
+use crate::Result;
+
+/// A token id in the model's vocabulary.
+pub type TokenId = i32;
+
+/// Identifies one sequence (one conversation's KV state) inside a [`Session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u32);
+
+/// What a model declares about itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelMetadata {
+    /// `general.architecture`, e.g. `llama` or `gemma3`.
+    pub architecture: String,
+    /// `general.name`, when the file has one.
+    pub name: Option<String>,
+    /// Quantization of the weights, e.g. `Q4_1`.
+    pub quantization: String,
+    /// Number of weights.
+    pub parameters: u64,
+    /// Bytes of tensor data.
+    pub weight_bytes: u64,
+    /// Vocabulary size (length of a logits row).
+    pub n_vocab: usize,
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Beginning-of-sequence token, when the model adds one to prompts.
+    pub bos_token: Option<TokenId>,
+    /// End-of-sequence token.
+    pub eos_token: Option<TokenId>,
+    /// The model's Jinja chat template, when the file has one.
+    pub chat_template: Option<String>,
+}
+
+/// How a [`Session`] is sized.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionParams {
+    /// Total context (KV cache cells) shared by all sequences.
+    pub n_ctx: u32,
+    /// Most tokens one [`Session::decode`] call may carry.
+    pub n_batch: u32,
+    /// Most sequences alive at once.
+    pub n_seq_max: u32,
+    /// CPU threads for the forward pass.
+    pub threads: usize,
+}
+
+/// Which logits a [`SequenceInput`] wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None: the tokens only extend the KV cache.
+    None,
+    /// The last token's row: what the next token should be.
+    Last,
+    /// One row for every token from this index (within the input) on.
+    From(usize),
+}
+
+/// Tokens to append to one sequence in a [`Session::decode`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceInput<'a> {
+    /// The sequence the tokens belong to.
+    pub seq: SeqId,
+    /// Tokens to evaluate, in order.
+    pub tokens: &'a [TokenId],
+    /// Position of `tokens[0]` in the sequence (the number of tokens already in its KV).
+    pub start_pos: u32,
+    /// Which logits rows to return.
+    pub logits: LogitsWanted,
+}
+
+/// A loaded language model: weights and vocabulary, immutable and thread-safe.
+pub trait LanguageModel: Send + Sync {
+    /// What the model declares about itself.
+    fn metadata(&self) -> &ModelMetadata;
+
+    /// Tokenizes `text`. `add_special` adds BOS/EOS as the model declares;
+    /// `parse_special` turns special-token text such as `<|im_start|>` into its token.
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>>;
+
+    /// The bytes one token stands for (possibly part of a UTF-8 character).
+    /// Control tokens render as their text only when `render_special` is set.
+    fn token_bytes(&self, token: TokenId, render_special: bool) -> Vec<u8>;
+
+    /// Whether `token` ends generation (EOS, EOT and their kin).
+    fn is_end_of_generation(&self, token: TokenId) -> bool;
+
+    /// Creates fresh per-context state for this model.
+    fn new_session(&self, params: SessionParams) -> Result<Box<dyn Session>>;
+}
+
+/// Mutable inference state of one context: the KV cache of its sequences.
+pub trait Session: Send {
+    /// The parameters the session was created with.
+    fn params(&self) -> SessionParams;
+
+    /// Evaluates all inputs in one forward pass and returns, per input, the logits rows
+    /// it asked for (each row has `n_vocab` entries).
+    fn decode(&mut self, inputs: &[SequenceInput<'_>]) -> Result<Vec<Vec<&[f32]>>>;
+
+    /// Forgets a sequence's KV state so its cells can be reused.
+    fn free_sequence(&mut self, seq: SeqId);
+}

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Build llama.cpp's reference command-line tools (llama-tokenize, llama-perplexity,
+# llama-bench, llama-simple, llama-completion) from THE SAME llama.cpp sources that
+# the `llama-cpp-sys-2` crate vendors, so that reference numbers come from exactly
+# the library code (ggml kernels, tokenizer, sampler) our Rust binary links.
+#
+# The crate package ships only the library part of llama.cpp (ggml/, src/, include/,
+# common/, vendor/, cmake/) and omits the tool front-ends. Those front-end sources are
+# taken from the llama-cpp-python 0.3.36 sdist (PyPI), whose vendored llama.cpp is a
+# little older; they are overlaid on a copy of the crate's tree. Nothing of the
+# sdist's library code (ggml/, src/, include/, common/) is used.
+#
+# Configuration mirrors llama-cpp-sys-2's build.rs for this workspace
+# (.cargo/config.toml sets target-cpu=native; features = ["openmp"]):
+#   CMAKE_BUILD_TYPE=Release  GGML_NATIVE=ON  GGML_OPENMP=ON  BUILD_SHARED_LIBS=OFF
+#
+# Idempotent: a rebuild is skipped when every binary exists, the configuration stamp
+# matches, and no input file is newer than the binaries.
+#
+# Output: the last line printed on stdout is the bin directory.
+# Environment:
+#   LLAMA_REF_DIR  work dir (default: <workspace>/target/llama-reference)
+#   LLAMA_REF_JOBS parallel build jobs (default: 2)
+#   LLAMA_REF_FORCE=1  force re-assembly of the source tree and a clean rebuild
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="${LLAMA_REF_DIR:-$ROOT/target/llama-reference}"
+JOBS="${LLAMA_REF_JOBS:-2}"
+CACHE="$OUT/cache"
+SRC="$OUT/src"
+BUILD="$OUT/build"
+BIN="$BUILD/bin"
+
+PYPKG_VERSION="0.3.36"
+SDIST_NAME="llama_cpp_python-${PYPKG_VERSION}.tar.gz"
+SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+TARGETS=(llama-tokenize llama-perplexity llama-bench llama-simple llama-completion)
+# front-end directories overlaid from the sdist (relative to its vendor/llama.cpp)
+OVERLAY=(tools/tokenize tools/perplexity tools/llama-bench tools/completion examples/simple)
+
+log() { echo "[build-llama-cpp] $*" >&2; }
+
+# ---------------------------------------------------------------- 1. crate sources
+SYS_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"]
+if len(p) != 1:
+    sys.exit("expected exactly one llama-cpp-sys-2 package, found %d" % len(p))
+print(os.path.dirname(p[0]["manifest_path"]))
+')"
+SYS_VERSION="$(basename "$SYS_DIR" | sed 's/^llama-cpp-sys-2-//')"
+LLAMA_SRC="$SYS_DIR/llama.cpp"
+[ -f "$LLAMA_SRC/CMakeLists.txt" ] || { log "no llama.cpp under $SYS_DIR"; exit 1; }
+log "crate llama.cpp: $LLAMA_SRC (llama-cpp-sys-2 $SYS_VERSION)"
+
+# ---------------------------------------------------------------- 2. sdist (front-ends)
+mkdir -p "$CACHE"
+if [ ! -f "$CACHE/$SDIST_NAME" ]; then
+    log "downloading llama-cpp-python==$PYPKG_VERSION sdist from PyPI"
+    python3 -m pip download --no-deps --no-binary :all: \
+        -d "$CACHE" "llama-cpp-python==$PYPKG_VERSION" >&2
+fi
+echo "$SDIST_SHA256  $CACHE/$SDIST_NAME" | sha256sum -c --quiet - >&2 \
+    || { log "sha256 mismatch for $CACHE/$SDIST_NAME"; exit 1; }
+SDIST_DIR="$CACHE/llama_cpp_python-${PYPKG_VERSION}"
+if [ ! -d "$SDIST_DIR/vendor/llama.cpp/tools/tokenize" ]; then
+    log "extracting $SDIST_NAME"
+    rm -rf "$SDIST_DIR"
+    tar -xzf "$CACHE/$SDIST_NAME" -C "$CACHE"
+fi
+FRONT="$SDIST_DIR/vendor/llama.cpp"
+
+# ---------------------------------------------------------------- 3. skip check
+CMAKE_ARGS=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DBUILD_SHARED_LIBS=OFF
+    -DGGML_NATIVE=ON
+    -DGGML_OPENMP=ON
+    -DLLAMA_CURL=OFF
+    -DLLAMA_OPENSSL=OFF
+    -DLLAMA_BUILD_COMMON=ON
+    -DLLAMA_BUILD_TOOLS=ON
+    -DLLAMA_BUILD_EXAMPLES=ON
+    -DLLAMA_BUILD_TESTS=OFF
+    -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_BUILD_APP=OFF
+    -DLLAMA_BUILD_UI=OFF
+    -DLLAMA_BUILD_COMMIT="llama-cpp-sys-2-$SYS_VERSION"
+    -DLLAMA_BUILD_NUMBER=0
+)
+STAMP_TEXT="sys=$LLAMA_SRC
+sdist=$SDIST_SHA256
+script=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+cmake=${CMAKE_ARGS[*]}
+cc=$(cc --version 2>/dev/null | head -1)"
+STAMP="$BUILD/.minerva-reference-stamp"
+
+up_to_date() {
+    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] || return 1
+    local t oldest=""
+    for t in "${TARGETS[@]}"; do
+        [ -x "$BIN/$t" ] || return 1
+        if [ -z "$oldest" ] || [ "$BIN/$t" -ot "$oldest" ]; then oldest="$BIN/$t"; fi
+    done
+    # any library or front-end source newer than the oldest binary?
+    if [ -n "$(find "$LLAMA_SRC" "${OVERLAY[@]/#/$FRONT/}" -type f -newer "$oldest" -print -quit)" ]; then
+        return 1
+    fi
+    return 0
+}
+
+if [ "${LLAMA_REF_FORCE:-0}" != 1 ] && up_to_date; then
+    log "up to date, skipping build"
+    echo "$BIN"
+    exit 0
+fi
+
+# ---------------------------------------------------------------- 4. assemble source tree
+# A changed configuration (other crate version, other sdist, edited script) gets a
+# clean tree and a clean build dir: copies keep upstream mtimes, which could be
+# older than stale objects.
+if [ "${LLAMA_REF_FORCE:-0}" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$STAMP_TEXT" ]; then
+    log "clean source tree and build dir"
+    rm -rf "$SRC" "$BUILD"
+fi
+mkdir -p "$SRC"
+log "assembling $SRC"
+# library: exactly the crate's files (cp -a keeps mtimes, so unchanged files do not rebuild)
+for d in CMakeLists.txt LICENSE cmake ggml src include common vendor pocs; do
+    rm -rf "${SRC:?}/$d"
+    cp -a "$LLAMA_SRC/$d" "$SRC/$d"
+done
+# front-ends: from the sdist
+mkdir -p "$SRC/tools" "$SRC/examples"
+for d in "${OVERLAY[@]}"; do
+    rm -rf "${SRC:?}/$d"
+    cp -a "$FRONT/$d" "$SRC/$d"
+done
+# PATCH 1 (build plumbing only): the crate's tools/CMakeLists.txt adds every tool
+# (server, mtmd, quantize, ...) whose sources are not shipped, and examples/ has no
+# CMakeLists.txt at all. Replace both with lists of just the front-ends we build.
+write_if_changed() { # path content
+    if [ ! -f "$1" ] || [ "$(cat "$1")" != "$2" ]; then printf '%s\n' "$2" > "$1"; fi
+}
+write_if_changed "$SRC/tools/CMakeLists.txt" "# generated by scripts/reference/build-llama-cpp.sh
+find_package(Threads REQUIRED)
+llama_add_compile_flags()
+add_subdirectory(llama-bench)
+add_subdirectory(completion)
+add_subdirectory(perplexity)
+add_subdirectory(tokenize)"
+write_if_changed "$SRC/examples/CMakeLists.txt" "# generated by scripts/reference/build-llama-cpp.sh
+find_package(Threads REQUIRED)
+llama_add_compile_flags()
+add_subdirectory(simple)"
+# (no source patches to the front-ends are currently required; add them here as
+#  explicit, idempotent steps if a newer crate breaks the older front-end sources)
+
+# ---------------------------------------------------------------- 5. configure + build
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    log "configuring"
+    cmake -S "$SRC" -B "$BUILD" "${CMAKE_ARGS[@]}" >&2
+fi
+log "building ${TARGETS[*]} with -j $JOBS"
+start=$(date +%s)
+cmake --build "$BUILD" --config Release -j "$JOBS" --target "${TARGETS[@]}" >&2
+log "build took $(( $(date +%s) - start )) s"
+for t in "${TARGETS[@]}"; do touch "$BIN/$t"; done
+printf '%s' "$STAMP_TEXT" > "$STAMP"
+echo "$BIN"
