@@ -10,9 +10,21 @@
 # little older; they are overlaid on a copy of the crate's tree. Nothing of the
 # sdist's library code (ggml/, src/, include/, common/) is used.
 #
-# Configuration mirrors llama-cpp-sys-2's build.rs for this workspace
-# (.cargo/config.toml sets target-cpu=native; features = ["openmp"]):
-#   CMAKE_BUILD_TYPE=Release  GGML_NATIVE=ON  GGML_OPENMP=ON  BUILD_SHARED_LIBS=OFF
+# Configuration mirrors what llama-cpp-sys-2's build.rs actually passes to CMake for
+# this workspace. If cargo has already built the crate, the values are read from
+# that build's CMakeCache.txt (target/*/build/llama-cpp-sys-2-*/out/build); otherwise
+# the defaults below, which equal build.rs's choices for this workspace, are used:
+#   .cargo/config.toml target-cpu=native      -> GGML_NATIVE=ON
+#   llama-cpp-2 features = ["openmp"]         -> GGML_OPENMP=ON
+#   no dynamic-link feature                   -> BUILD_SHARED_LIBS=OFF
+#   [profile.release] debug = "line-tables-only" -> cargo sets DEBUG=true
+#                                             -> CMAKE_BUILD_TYPE=RelWithDebInfo (-O2 -g)
+#   cmake-rs/cc default flags                 -> " -ffunction-sections -fdata-sections -fPIC -m64 -w"
+# The build type matters beyond speed: with GCC 12 and -O3 (CMAKE_BUILD_TYPE=Release)
+# the AMX tile-config stores in ggml-cpu/amx/mmq.cpp (ggml_tile_config_init) are
+# dropped, ldtilecfg then loads an invalid config and every tool segfaults in
+# ggml_backend_amx_mul_mat on AMX CPUs (upstream: ggml-org/llama.cpp #20824, PR #26954).
+# The -O2 code is correct.
 #
 # Idempotent: a rebuild is skipped when every binary exists, the configuration stamp
 # matches, and no input file is newer than the binaries.
@@ -43,14 +55,17 @@ OVERLAY=(tools/tokenize tools/perplexity tools/llama-bench tools/completion exam
 log() { echo "[build-llama-cpp] $*" >&2; }
 
 # ---------------------------------------------------------------- 1. crate sources
-SYS_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+META="$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
 import json, os, sys
 m = json.load(sys.stdin)
 p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"]
 if len(p) != 1:
     sys.exit("expected exactly one llama-cpp-sys-2 package, found %d" % len(p))
 print(os.path.dirname(p[0]["manifest_path"]))
+print(m["target_directory"])
 ')"
+SYS_DIR="$(sed -n 1p <<<"$META")"
+CARGO_TARGET="$(sed -n 2p <<<"$META")"
 SYS_VERSION="$(basename "$SYS_DIR" | sed 's/^llama-cpp-sys-2-//')"
 LLAMA_SRC="$SYS_DIR/llama.cpp"
 [ -f "$LLAMA_SRC/CMakeLists.txt" ] || { log "no llama.cpp under $SYS_DIR"; exit 1; }
@@ -74,11 +89,38 @@ fi
 FRONT="$SDIST_DIR/vendor/llama.cpp"
 
 # ---------------------------------------------------------------- 3. skip check
+# ---- mirror the crate's CMake configuration (see header)
+CRATE_BUILD_TYPE="RelWithDebInfo"
+CRATE_FLAGS=" -ffunction-sections -fdata-sections -fPIC -m64 -w"
+CRATE_C_FLAGS="$CRATE_FLAGS"; CRATE_CXX_FLAGS="$CRATE_FLAGS"; CRATE_ASM_FLAGS="$CRATE_FLAGS"
+CRATE_NATIVE=ON; CRATE_OPENMP=ON; CRATE_SHARED=OFF
+MIRROR_SRC="defaults (no cargo build of llama-cpp-sys-2 found)"
+for f in $(ls -t "$CARGO_TARGET"/*/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt 2>/dev/null); do
+    if grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$LLAMA_SRC" "$f"; then
+        cache_get() { grep -m1 "^$1:[A-Z]*=" "$f" | cut -d= -f2-; }
+        CRATE_BUILD_TYPE="$(cache_get CMAKE_BUILD_TYPE)"
+        CRATE_C_FLAGS="$(cache_get CMAKE_C_FLAGS)"
+        CRATE_CXX_FLAGS="$(cache_get CMAKE_CXX_FLAGS)"
+        CRATE_ASM_FLAGS="$(cache_get CMAKE_ASM_FLAGS)"
+        CRATE_NATIVE="$(cache_get GGML_NATIVE)"
+        CRATE_OPENMP="$(cache_get GGML_OPENMP)"
+        CRATE_SHARED="$(cache_get BUILD_SHARED_LIBS)"
+        MIRROR_SRC="$f"
+        break
+    fi
+done
+CRATE_BUILD_TYPE="${LLAMA_REF_BUILD_TYPE:-$CRATE_BUILD_TYPE}"
+log "mirroring crate build config from: $MIRROR_SRC"
+log "  CMAKE_BUILD_TYPE=$CRATE_BUILD_TYPE GGML_NATIVE=$CRATE_NATIVE GGML_OPENMP=$CRATE_OPENMP BUILD_SHARED_LIBS=$CRATE_SHARED"
+log "  CMAKE_C_FLAGS='$CRATE_C_FLAGS' CMAKE_CXX_FLAGS='$CRATE_CXX_FLAGS'"
 CMAKE_ARGS=(
-    -DCMAKE_BUILD_TYPE=Release
-    -DBUILD_SHARED_LIBS=OFF
-    -DGGML_NATIVE=ON
-    -DGGML_OPENMP=ON
+    -DCMAKE_BUILD_TYPE="$CRATE_BUILD_TYPE"
+    -DCMAKE_C_FLAGS="$CRATE_C_FLAGS"
+    -DCMAKE_CXX_FLAGS="$CRATE_CXX_FLAGS"
+    -DCMAKE_ASM_FLAGS="$CRATE_ASM_FLAGS"
+    -DBUILD_SHARED_LIBS="${CRATE_SHARED:-OFF}"
+    -DGGML_NATIVE="${CRATE_NATIVE:-ON}"
+    -DGGML_OPENMP="${CRATE_OPENMP:-ON}"
     -DLLAMA_CURL=OFF
     -DLLAMA_OPENSSL=OFF
     -DLLAMA_BUILD_COMMON=ON
@@ -93,7 +135,8 @@ CMAKE_ARGS=(
 )
 STAMP_TEXT="sys=$LLAMA_SRC
 sdist=$SDIST_SHA256
-script=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+overlay=${OVERLAY[*]}
+targets=${TARGETS[*]}
 cmake=${CMAKE_ARGS[*]}
 cc=$(cc --version 2>/dev/null | head -1)"
 STAMP="$BUILD/.minerva-reference-stamp"
@@ -119,7 +162,7 @@ if [ "${LLAMA_REF_FORCE:-0}" != 1 ] && up_to_date; then
 fi
 
 # ---------------------------------------------------------------- 4. assemble source tree
-# A changed configuration (other crate version, other sdist, edited script) gets a
+# A changed configuration (other crate version, other sdist, other CMake args) gets a
 # clean tree and a clean build dir: copies keep upstream mtimes, which could be
 # older than stale objects.
 if [ "${LLAMA_REF_FORCE:-0}" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$STAMP_TEXT" ]; then
@@ -166,8 +209,16 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
 fi
 log "building ${TARGETS[*]} with -j $JOBS"
 start=$(date +%s)
-cmake --build "$BUILD" --config Release -j "$JOBS" --target "${TARGETS[@]}" >&2
+cmake --build "$BUILD" --config "$CRATE_BUILD_TYPE" -j "$JOBS" --target "${TARGETS[@]}" >&2
 log "build took $(( $(date +%s) - start )) s"
 for t in "${TARGETS[@]}"; do touch "$BIN/$t"; done
 printf '%s' "$STAMP_TEXT" > "$STAMP"
+{
+    echo "llama_cpp_sys_2_version=$SYS_VERSION"
+    echo "llama_cpp_src=$LLAMA_SRC"
+    echo "frontends=llama-cpp-python $PYPKG_VERSION sdist (sha256 $SDIST_SHA256): ${OVERLAY[*]}"
+    echo "mirrored_from=$MIRROR_SRC"
+    echo "cmake_args=${CMAKE_ARGS[*]}"
+    echo "compiler=$(c++ --version | head -1)"
+} > "$BUILD/reference-build-info.txt"
 echo "$BIN"

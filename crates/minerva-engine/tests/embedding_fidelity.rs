@@ -1,0 +1,155 @@
+//! all-MiniLM-L6-v2 through Candle agrees with sentence-transformers.
+//!
+//! Fixture: `tests/fixtures/embeddings/all-minilm-l6-v2.json`, made by
+//! `scripts/reference/make-embedding-fixtures.py` with the real sentence-transformers
+//! (command inside the fixture's `generator` field).
+
+mod common;
+
+use minerva_engine::EngineError;
+use minerva_engine::embed::EmbedOptions;
+
+struct Case {
+    id: String,
+    text: String,
+    token_ids: Vec<u32>,
+    truncated: bool,
+    normalized: Vec<f32>,
+    unnormalized: Vec<f32>,
+}
+
+fn cases() -> Vec<Case> {
+    let fixture = common::read_fixture("embeddings/all-minilm-l6-v2.json");
+    let floats = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Case {
+            id: s["id"].as_str().unwrap().to_owned(),
+            text: s["text"].as_str().unwrap().to_owned(),
+            token_ids: s["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect(),
+            truncated: s["truncated"].as_bool().unwrap(),
+            normalized: floats(&s["embedding"]),
+            unnormalized: floats(&s["embedding_unnormalized"]),
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn token_ids_and_truncation_match_sentence_transformers() {
+    let model = common::minilm();
+    let cases = cases();
+    assert!(cases.len() >= 20);
+    assert!(
+        cases.iter().any(|c| c.truncated),
+        "the fixture has an input longer than 256 tokens"
+    );
+    for (i, case) in cases.iter().enumerate() {
+        let input = model.tokenize(i, &case.text, false).unwrap();
+        assert_eq!(input.ids, case.token_ids, "{}", case.id);
+        assert_eq!(input.truncated, case.truncated, "{}", case.id);
+    }
+}
+
+#[test]
+fn embeddings_match_sentence_transformers_normalized_and_unnormalized() {
+    let model = common::minilm();
+    let cases = cases();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let normalized = model.embed(&texts, EmbedOptions::default()).unwrap();
+    let raw = model
+        .embed(
+            &texts,
+            EmbedOptions {
+                normalize: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut worst = (1.0f64, String::new());
+    for ((case, n), r) in cases.iter().zip(&normalized).zip(&raw) {
+        assert_eq!(n.len(), 384);
+        for (got, want, kind) in [
+            (n, &case.normalized, "normalized"),
+            (r, &case.unnormalized, "unnormalized"),
+        ] {
+            let c = cosine(got, want);
+            assert!(c >= 0.9999, "{} ({kind}): cosine {c}", case.id);
+            if c < worst.0 {
+                worst = (c, format!("{} ({kind})", case.id));
+            }
+        }
+        let norm: f32 = n.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "{}: normalized vector has norm {norm}",
+            case.id
+        );
+        // Unnormalized vectors keep their length, within float error of the reference.
+        let want_norm: f32 = case.unnormalized.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let got_norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (got_norm - want_norm).abs() / want_norm < 1e-4,
+            "{}: norm {got_norm} vs {want_norm}",
+            case.id
+        );
+    }
+    eprintln!("lowest cosine to sentence-transformers: {:.9} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn a_sentence_vector_does_not_depend_on_its_batch_mates() {
+    let model = common::minilm();
+    let cases = cases();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let together = model.embed(&texts, EmbedOptions::default()).unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let alone = model.embed(&[text], EmbedOptions::default()).unwrap();
+        let diff = alone[0]
+            .iter()
+            .zip(&together[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{}: differs by {diff} alone vs in a batch", cases[i].id);
+    }
+}
+
+#[test]
+fn forbidding_truncation_rejects_long_inputs_by_index() {
+    let model = common::minilm();
+    let long = cases().into_iter().find(|c| c.truncated).unwrap();
+    let err = model
+        .embed(
+            &["short", &long.text],
+            EmbedOptions {
+                forbid_truncation: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    match err {
+        EngineError::InputTooLong { index, tokens, max } => {
+            assert_eq!((index, max), (1, 256));
+            assert!(tokens > 256);
+        }
+        other => panic!("expected InputTooLong, got {other}"),
+    }
+}
