@@ -55,7 +55,7 @@ OVERLAY=(tools/tokenize tools/perplexity tools/llama-bench tools/completion exam
 log() { echo "[build-llama-cpp] $*" >&2; }
 
 # ---------------------------------------------------------------- 1. crate sources
-META="$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+META="$(cd "$ROOT" && cargo metadata --format-version 1 2>/dev/null | python3 2>/dev/null -c '
 import json, os, sys
 m = json.load(sys.stdin)
 p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"]
@@ -63,7 +63,24 @@ if len(p) != 1:
     sys.exit("expected exactly one llama-cpp-sys-2 package, found %d" % len(p))
 print(os.path.dirname(p[0]["manifest_path"]))
 print(m["target_directory"])
-')"
+')" || META=""
+if [ -z "$META" ]; then
+    # cargo metadata fails while the workspace is mid-edit (e.g. a new member without
+    # src/); fall back to Cargo.lock + the cargo registry source dir.
+    log "cargo metadata failed; falling back to Cargo.lock"
+    SYS_VER="$(python3 -c '
+import sys, tomllib
+lock = tomllib.load(open(sys.argv[1], "rb"))
+v = [p["version"] for p in lock["package"] if p["name"] == "llama-cpp-sys-2"]
+if len(v) != 1:
+    sys.exit("expected exactly one llama-cpp-sys-2 in Cargo.lock, found %d" % len(v))
+print(v[0])
+' "$ROOT/Cargo.lock")"
+    SYS_CANDIDATES=( "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-"$SYS_VER" )
+    [ -d "${SYS_CANDIDATES[0]}" ] || { log "llama-cpp-sys-2 $SYS_VER source not found in the cargo registry"; exit 1; }
+    META="${SYS_CANDIDATES[0]}
+${CARGO_TARGET_DIR:-$ROOT/target}"
+fi
 SYS_DIR="$(sed -n 1p <<<"$META")"
 CARGO_TARGET="$(sed -n 2p <<<"$META")"
 SYS_VERSION="$(basename "$SYS_DIR" | sed 's/^llama-cpp-sys-2-//')"
@@ -155,8 +172,21 @@ up_to_date() {
     return 0
 }
 
+# key=value description of the build, read by make-llama-fixtures.sh
+write_build_info() {
+    {
+        echo "llama_cpp_sys_2_version=$SYS_VERSION"
+        echo "llama_cpp_src=$LLAMA_SRC"
+        echo "frontends=llama-cpp-python $PYPKG_VERSION sdist (sha256 $SDIST_SHA256): ${OVERLAY[*]}"
+        echo "mirrored_from=$MIRROR_SRC"
+        echo "cmake_args=$(printf '%q ' "${CMAKE_ARGS[@]}" | sed 's/ $//')"
+        echo "compiler=$(c++ --version | head -1)"
+    } > "$BUILD/reference-build-info.txt"
+}
+
 if [ "${LLAMA_REF_FORCE:-0}" != 1 ] && up_to_date; then
     log "up to date, skipping build"
+    write_build_info
     echo "$BIN"
     exit 0
 fi
@@ -213,12 +243,5 @@ cmake --build "$BUILD" --config "$CRATE_BUILD_TYPE" -j "$JOBS" --target "${TARGE
 log "build took $(( $(date +%s) - start )) s"
 for t in "${TARGETS[@]}"; do touch "$BIN/$t"; done
 printf '%s' "$STAMP_TEXT" > "$STAMP"
-{
-    echo "llama_cpp_sys_2_version=$SYS_VERSION"
-    echo "llama_cpp_src=$LLAMA_SRC"
-    echo "frontends=llama-cpp-python $PYPKG_VERSION sdist (sha256 $SDIST_SHA256): ${OVERLAY[*]}"
-    echo "mirrored_from=$MIRROR_SRC"
-    echo "cmake_args=${CMAKE_ARGS[*]}"
-    echo "compiler=$(c++ --version | head -1)"
-} > "$BUILD/reference-build-info.txt"
+write_build_info
 echo "$BIN"

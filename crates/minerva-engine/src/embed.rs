@@ -125,6 +125,11 @@ impl EmbeddingModel {
         self.dimensions
     }
 
+    /// Number of entries in the vocabulary (token ids are below this).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     /// Most tokens per input (special tokens included).
     pub fn max_tokens(&self) -> usize {
         self.max_tokens

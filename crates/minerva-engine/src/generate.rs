@@ -19,6 +19,24 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
 }
 
+/// Receives generated text as it becomes final, and can stop the generation.
+///
+/// Any `FnMut(&str)` closure is a sink that never cancels.
+pub trait TokenSink {
+    /// Called with each piece of final text.
+    fn text(&mut self, text: &str);
+    /// Checked before every forward pass; `true` ends the generation (the client went away).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(&str)> TokenSink for F {
+    fn text(&mut self, text: &str) {
+        self(text)
+    }
+}
+
 /// Why the generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,6 +45,8 @@ pub enum FinishReason {
     Stop,
     /// The token limit or the end of the context was reached.
     Length,
+    /// The sink cancelled it.
+    Cancelled,
 }
 
 /// Wall-clock figures of one generation.
@@ -57,16 +77,16 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-/// Generates a continuation of `prompt` in sequence `seq` of `session`, calling `on_text`
-/// with every piece of text as soon as it is final (valid UTF-8, not part of a stop
-/// sequence). The sequence's previous KV state is discarded first.
+/// Generates a continuation of `prompt` in sequence `seq` of `session`, handing `sink`
+/// every piece of text as soon as it is final (valid UTF-8, not part of a stop sequence).
+/// The sequence's previous KV state is discarded first.
 pub fn generate(
     model: &dyn LanguageModel,
     session: &mut dyn Session,
     seq: SeqId,
     prompt: &[TokenId],
     options: &GenerateOptions,
-    on_text: &mut dyn FnMut(&str),
+    sink: &mut dyn TokenSink,
 ) -> Result<Generation> {
     let n_vocab = model.metadata().n_vocab;
     options.sampling.validate(n_vocab)?;
@@ -111,11 +131,15 @@ pub fn generate(
         tokens.push(token);
         logprobs.push(next);
         let piece = stream.push(&model.token_bytes(token, false));
-        if stops.push(&piece, on_text) {
+        if stops.push(&piece, sink) {
             finish_reason = FinishReason::Stop;
             break;
         }
         if tokens.len() >= options.max_tokens || pos + 1 >= params.n_ctx as usize {
+            break;
+        }
+        if sink.cancelled() {
+            finish_reason = FinishReason::Cancelled;
             break;
         }
         let input = SequenceInput {
@@ -131,8 +155,8 @@ pub fn generate(
     }
     if !stops.stopped() {
         let tail = stream.finish();
-        stops.push(&tail, on_text);
-        stops.flush(on_text);
+        stops.push(&tail, sink);
+        stops.flush(sink);
     }
     let done = Instant::now();
 
@@ -202,7 +226,7 @@ impl<'a> StopMatcher<'a> {
     }
 
     /// Adds text; returns true when a stop sequence was found (the text is cut before it).
-    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> bool {
+    fn push(&mut self, piece: &str, sink: &mut dyn TokenSink) -> bool {
         if self.stopped {
             return true;
         }
@@ -222,7 +246,7 @@ impl<'a> StopMatcher<'a> {
         if let Some(at) = found {
             self.text.truncate(at);
             self.stopped = true;
-            self.flush(on_text);
+            self.flush(sink);
             return true;
         }
         // Release everything except a suffix that could still grow into a stop sequence.
@@ -234,15 +258,15 @@ impl<'a> StopMatcher<'a> {
             .unwrap_or(0);
         let ready = self.text.len() - held;
         if ready > self.emitted {
-            on_text(&self.text[self.emitted..ready]);
+            sink.text(&self.text[self.emitted..ready]);
             self.emitted = ready;
         }
         false
     }
 
-    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
+    fn flush(&mut self, sink: &mut dyn TokenSink) {
         if self.text.len() > self.emitted {
-            on_text(&self.text[self.emitted..]);
+            sink.text(&self.text[self.emitted..]);
             self.emitted = self.text.len();
         }
     }
@@ -270,13 +294,13 @@ mod tests {
         let mut streamed = Vec::new();
         let mut stopped = false;
         for piece in pieces {
-            if matcher.push(piece, &mut |t| streamed.push(t.to_string())) {
+            if matcher.push(piece, &mut |t: &str| streamed.push(t.to_string())) {
                 stopped = true;
                 break;
             }
         }
         if !stopped {
-            matcher.flush(&mut |t| streamed.push(t.to_string()));
+            matcher.flush(&mut |t: &str| streamed.push(t.to_string()));
         }
         (matcher.into_text(), streamed, stopped)
     }

@@ -19,7 +19,7 @@ fn run(model: &dyn LanguageModel, prompt: &str, options: &GenerateOptions) -> (G
         })
         .unwrap();
     let mut chunks = Vec::new();
-    let generation = generate(model, session.as_mut(), SeqId(0), &tokens, options, &mut |t| {
+    let generation = generate(model, session.as_mut(), SeqId(0), &tokens, options, &mut |t: &str| {
         chunks.push(t.to_owned())
     })
     .unwrap();
@@ -175,7 +175,7 @@ fn chat_reply_is_real_text() {
         stop: vec![],
         sampling: SamplingParams::default(),
     };
-    let g = generate(model, session.as_mut(), SeqId(0), &prompt, &options, &mut |_| {}).unwrap();
+    let g = generate(model, session.as_mut(), SeqId(0), &prompt, &options, &mut |_: &str| {}).unwrap();
     // A 135M model's facts are shaky; what matters is a real reply in the assistant turn.
     assert!(g.text.split_whitespace().count() >= 5, "{:?}", g.text);
     assert!(
@@ -221,7 +221,7 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
             stop: vec![],
             sampling,
         };
-        let err = generate(model, session.as_mut(), SeqId(0), &tokens, &options, &mut |_| {}).unwrap_err();
+        let err = generate(model, session.as_mut(), SeqId(0), &tokens, &options, &mut |_: &str| {}).unwrap_err();
         assert!(matches!(err, EngineError::InvalidParameter { .. }), "{err}");
     }
     let long: Vec<i32> = std::iter::repeat_n(tokens[0], 300).collect();
@@ -230,10 +230,10 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
         stop: vec![],
         sampling: SamplingParams::default(),
     };
-    let err = generate(model, session.as_mut(), SeqId(0), &long, &options, &mut |_| {}).unwrap_err();
+    let err = generate(model, session.as_mut(), SeqId(0), &long, &options, &mut |_: &str| {}).unwrap_err();
     assert!(matches!(err, EngineError::ContextOverflow { tokens: 300, .. }), "{err}");
     // The session is still usable after the errors.
-    generate(model, session.as_mut(), SeqId(0), &tokens, &options, &mut |_| {}).unwrap();
+    generate(model, session.as_mut(), SeqId(0), &tokens, &options, &mut |_: &str| {}).unwrap();
 }
 
 #[test]

@@ -1,14 +1,24 @@
-//! Minerva's model runtime: which models exist and where their files are.
+//! Minerva's model runtime: which models exist, where their files are, and which are
+//! loaded.
 //!
-//! Today this is the models directory ([`ModelStore`]): model ids, paths confined to the
-//! directory, formats and file hashes. The memory-budgeted model pool and the SQLite
-//! registry build on it. This crate never runs a forward pass (that is the engine's job)
-//! and never speaks HTTP (the server's).
+//! - [`ModelStore`]: the models directory (ids, paths confined to it, formats).
+//! - [`ModelPool`]: loads models on first use (single-flight), hands out `Arc` leases,
+//!   unloads on request, and counts hits, misses and loads per model.
+//! - [`LlmWorker`]: the thread that owns a language model's session.
+//!
+//! This crate never speaks HTTP (the server's job) and never implements a forward pass
+//! (the engine's).
 
 mod hash;
+mod llm_worker;
+mod memory;
 mod model_id;
+mod pool;
 mod store;
 
 pub use hash::sha256_file;
+pub use llm_worker::{GenerationEvent, LlmWorker};
+pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};
+pub use pool::{LoadedModel, ModelLease, ModelPool, ModelStats, PoolConfig, PoolError};
 pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

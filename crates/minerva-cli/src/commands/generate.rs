@@ -116,7 +116,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         SeqId(0),
         &prompt_tokens,
         &options,
-        &mut |text| {
+        &mut |text: &str| {
             if stream {
                 // A closed stdout (e.g. `| head`) is not worth failing the generation over.
                 let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());

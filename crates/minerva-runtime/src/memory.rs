@@ -1,0 +1,33 @@
+//! The process's resident memory, read from `/proc/self/statm`.
+
+/// Resident set size of this process in bytes (0 where `/proc` is unavailable).
+pub fn resident_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // Every Linux platform Minerva targets uses 4 KiB base pages.
+    4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touching_memory_raises_resident_bytes() {
+        let before = resident_bytes();
+        let block = vec![1u8; 64 << 20];
+        let after = resident_bytes();
+        assert!(after >= before + (60 << 20), "before {before}, after {after}");
+        drop(block);
+    }
+}

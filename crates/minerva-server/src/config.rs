@@ -1,0 +1,59 @@
+//! The server's configuration: one struct, filled once at the edge (flags, `MINERVA_*`
+//! environment variables) and passed down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything `minerva serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (loopback by default).
+    pub addr: SocketAddr,
+    /// Accepted API keys; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Origins allowed by CORS; empty means CORS is off.
+    pub cors_origins: Vec<String>,
+    /// Extra `Host` names accepted on a loopback bind (besides localhost and loopback IPs).
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest prompt, in characters, before tokenizing.
+    pub max_prompt_chars: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens: usize,
+    /// `max_tokens` when the request does not say.
+    pub default_max_tokens: usize,
+    /// Most inputs in one embeddings request.
+    pub max_embedding_inputs: usize,
+    /// Inference requests running at once.
+    pub max_concurrent_requests: usize,
+    /// Inference requests waiting for a slot; beyond this the server answers 503.
+    pub max_queued_requests: usize,
+    /// Longest wait for a slot before 503.
+    pub queue_timeout: Duration,
+    /// Longest a non-streaming request may take.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_body_bytes: 2 << 20,
+            max_prompt_chars: 256 << 10,
+            max_tokens: 4096,
+            default_max_tokens: 512,
+            max_embedding_inputs: 2048,
+            max_concurrent_requests: 4,
+            max_queued_requests: 64,
+            queue_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

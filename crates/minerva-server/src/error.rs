@@ -1,0 +1,133 @@
+//! One error type for the HTTP layer, mapped once to a status and an OpenAI-style body:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use minerva_engine::EngineError;
+use minerva_runtime::{PoolError, StoreError};
+
+/// Every failure a client can see.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter is invalid (400).
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<String> },
+    /// No such model (404).
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// No such route (404).
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The body is larger than the server accepts (413).
+    #[error("request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Missing or wrong API key (401).
+    #[error("invalid or missing API key; send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The Host header is not one this server answers to (403).
+    #[error("host {0:?} is not allowed")]
+    ForbiddenHost(String),
+    /// Too many requests waiting (503 with Retry-After).
+    #[error("the server is overloaded ({0}); retry later")]
+    Overloaded(&'static str),
+    /// The request took longer than allowed (504).
+    #[error("the request exceeded the timeout of {0} s")]
+    Timeout(u64),
+    /// The engine failed (500); the server keeps serving.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming the offending field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::InvalidRequest { .. } | Self::PayloadTooLarge(_) => ("invalid_request_error", None),
+            Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
+            Self::ForbiddenHost(_) => ("invalid_request_error", Some("forbidden_host")),
+            Self::Overloaded(_) => ("server_error", Some("overloaded")),
+            Self::Timeout(_) => ("server_error", Some("timeout")),
+            Self::Internal(_) => ("server_error", None),
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request refused");
+        }
+        let (kind, code) = self.kind_and_code();
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "param": self.param(), "code": code }
+        });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::InvalidParameter { param, .. } => Self::invalid(*param, e.to_string()),
+            EngineError::ContextOverflow { .. } => Self::invalid("messages", e.to_string()),
+            EngineError::InputTooLong { .. } => Self::invalid("input", e.to_string()),
+            EngineError::ChatTemplate(_) => Self::invalid("messages", e.to_string()),
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Store(StoreError::UnknownModel { id, .. }) => {
+                Self::ModelNotFound(format!("model {id:?} does not exist"))
+            }
+            PoolError::Store(StoreError::OutsideStore { id, .. }) => {
+                Self::ModelNotFound(format!("model {id:?} does not exist"))
+            }
+            PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Request extraction that turns every malformed body into a 4xx with an OpenAI-style
+//! error naming the problem (never a 500, never axum's plain-text rejection).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `Json<T>` with OpenAI-style errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(reject(rejection, state.config.max_body_bytes)),
+        }
+    }
+}
+
+fn reject(rejection: JsonRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(limit);
+    }
+    match rejection {
+        JsonRejection::JsonDataError(e) => {
+            // serde's message names the path of the bad field, e.g. "messages[0]: missing field `role`".
+            let detail = std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
+            let param = detail.split(':').next().filter(|p| !p.contains(' ')).map(str::to_owned);
+            ApiError::InvalidRequest {
+                message: format!("invalid request body: {detail}"),
+                param,
+            }
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            let detail = std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
+            ApiError::InvalidRequest {
+                message: format!("request body is not valid JSON: {detail}"),
+                param: None,
+            }
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::InvalidRequest {
+            message: "send the body as JSON with `Content-Type: application/json`".into(),
+            param: None,
+        },
+        other => ApiError::InvalidRequest {
+            message: other.body_text(),
+            param: None,
+        },
+    }
+}

@@ -1,0 +1,159 @@
+//! Minerva's HTTP server: the OpenAI-compatible API (chat, completions, embeddings,
+//! models), the model lifecycle API, tokenize/detokenize, health and metrics.
+//!
+//! Handlers parse and validate requests, take a model lease from the runtime's pool, and
+//! hand the work to the model's worker; they never run a forward pass on the async
+//! runtime and never hold a lock across `.await`. Errors are one type, [`ApiError`],
+//! mapped once to a status and an OpenAI-style body.
+
+mod config;
+mod error;
+mod extract;
+mod middleware;
+mod routes;
+mod state;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use minerva_runtime::ModelPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::ServerConfig;
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Builds the shared state for `config` over `pool`.
+pub fn state(config: ServerConfig, pool: Arc<ModelPool>) -> AppState {
+    AppState {
+        admission: Arc::new(state::Admission::new(&config)),
+        config: Arc::new(config),
+        pool,
+        metrics: metrics_handle(),
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; later calls share it).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours just renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The router with every route and layer, ready to serve (tests call it without a socket).
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/chat/completions", post(routes::chat::chat_completions))
+        .route("/completions", post(routes::completions::completions))
+        .route("/embeddings", post(routes::embeddings::embeddings))
+        .route("/models", get(routes::models::list))
+        .route("/models/stats", get(routes::models::stats))
+        .route("/models/loaded", get(routes::models::loaded))
+        .route("/models/{id}", get(routes::models::get).delete(routes::models::unload))
+        .route("/models/{id}/load", post(routes::models::load))
+        .route("/models/{id}/preload", post(routes::models::preload))
+        .route("/tokenize", post(routes::tokenize::tokenize))
+        .route("/detokenize", post(routes::tokenize::detokenize));
+    let mut router = Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_api_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::check_host,
+        ));
+    if !state.config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting and
+/// gives in-flight requests `config.shutdown_grace` to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stopping_tx.send(());
+    });
+    let drain_deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,297 @@
+//! `POST /v1/chat/completions`.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
+use minerva_runtime::GenerationEvent;
+use serde::Deserialize;
+
+use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::{AppState, Slot};
+
+/// Most choices per request.
+const MAX_CHOICES: u32 = 8;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    model: String,
+    messages: Vec<MessageIn>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+    stop: Option<StopSpec>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
+    response_format: Option<ResponseFormat>,
+    tools: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageIn {
+    role: String,
+    content: Option<Content>,
+}
+
+/// A message's content: a string, or a list of parts of which only text is supported.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+impl MessageIn {
+    fn into_message(self, index: usize) -> Result<ChatMessage, ApiError> {
+        let param = format!("messages[{index}]");
+        if !matches!(self.role.as_str(), "system" | "user" | "assistant" | "developer") {
+            return Err(ApiError::invalid(
+                format!("{param}.role"),
+                format!("unsupported role {:?}", self.role),
+            ));
+        }
+        let content = match self.content {
+            None => String::new(),
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                format!("{param}.content"),
+                                format!("content parts of type {kind:?} are not supported"),
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        // Templates know system/user/assistant; OpenAI's newer "developer" role is a system message.
+        let role = if self.role == "developer" {
+            "system".to_owned()
+        } else {
+            self.role
+        };
+        Ok(ChatMessage { role, content })
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "must contain at least one message"));
+    }
+    if let Some(format) = &req.response_format {
+        if format.kind != "text" {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!("response_format {:?} is not supported yet", format.kind),
+            ));
+        }
+    }
+    if req.tools.is_some() {
+        return Err(ApiError::invalid("tools", "tool calling is not supported yet"));
+    }
+    let n = req.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ApiError::invalid("n", format!("must be between 1 and {MAX_CHOICES}")));
+    }
+    if n > 1 && req.stream {
+        return Err(ApiError::invalid("n", "n > 1 is not supported with stream: true"));
+    }
+    let top_logprobs = match (req.logprobs, req.top_logprobs) {
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "requires logprobs: true")),
+        (true, top) => Some(top.unwrap_or(0)),
+        (false, None) => None,
+    };
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| m.into_message(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    generation::check_prompt_chars(
+        &state,
+        "messages",
+        messages.iter().map(|m| m.content.chars().count()).sum(),
+    )?;
+    let options = generation::options(
+        &state,
+        &req.sampling,
+        req.max_completion_tokens.or(req.max_tokens),
+        req.stop,
+        top_logprobs,
+    )?;
+
+    let lease = generation::language_model(&state, &req.model).await?;
+    let prepared = {
+        let lease = lease.clone();
+        let worker = match &lease.model {
+            minerva_runtime::LoadedModel::Llm(w) => w,
+            minerva_runtime::LoadedModel::Embedding(_) => unreachable!("checked by language_model"),
+        };
+        let template = ChatTemplate::for_model(worker.model())?;
+        let prompt = chat_prompt_tokens(worker.model(), &template, &messages)?;
+        Prepared {
+            lease: lease.clone(),
+            prompt,
+            options,
+        }
+    };
+    generation::check_context(&prepared, "messages")?;
+    let slot = state.admission.admit().await?;
+    let model = req.model;
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        return Ok(stream(prepared, slot, model, include_usage).into_response());
+    }
+
+    let id = generation::response_id("chatcmpl");
+    let mut choices = Vec::new();
+    let mut completion_tokens = 0;
+    for index in 0..n {
+        let mut prepared_i = Prepared {
+            lease: prepared.lease.clone(),
+            prompt: prepared.prompt.clone(),
+            options: prepared.options.clone(),
+        };
+        // Distinct choices need distinct random streams; a seed keeps them reproducible.
+        prepared_i.options.sampling.seed = prepared.options.sampling.seed.map(|s| s.wrapping_add(u64::from(index)));
+        let g = generation::complete(&state, &prepared_i).await?;
+        completion_tokens += g.tokens.len();
+        let logprobs = top_logprobs.map(|_| generation::chat_logprobs(prepared.model(), &g.logprobs));
+        choices.push(serde_json::json!({
+            "index": index,
+            "message": { "role": "assistant", "content": g.text },
+            "logprobs": logprobs,
+            "finish_reason": generation::finish_reason(g.finish_reason),
+        }));
+    }
+    drop(slot);
+    Ok(axum::Json(serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": generation::created(),
+        "model": model,
+        "choices": choices,
+        "usage": generation::usage(prepared.prompt.len(), completion_tokens),
+        "system_fingerprint": null,
+    }))
+    .into_response())
+}
+
+/// Streams the generation as `chat.completion.chunk` events, then `[DONE]`. The slot and
+/// the receiver live in the stream: when the client disconnects both are dropped, the
+/// generation stops and the slot is free again.
+fn stream(
+    prepared: Prepared,
+    slot: Slot,
+    model: String,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let id = generation::response_id("chatcmpl");
+    let created = generation::created();
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>, logprobs: Option<serde_json::Value>| {
+        serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
+        })
+    };
+    let stream = async_stream(move |tx| async move {
+        let _slot = slot;
+        let mut events = prepared.submit();
+        let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
+        if send(chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+            None,
+        ))
+        .is_err()
+        {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = events.recv() => event,
+            };
+            let Some(event) = event else { return };
+            match event {
+                GenerationEvent::Text(text) => {
+                    if send(chunk(serde_json::json!({ "content": text }), None, None)).is_err() {
+                        return;
+                    }
+                }
+                GenerationEvent::Done(Ok(g)) => {
+                    generation::record_tokens(&prepared, &g);
+                    let logprobs = prepared
+                        .options
+                        .sampling
+                        .top_logprobs
+                        .map(|_| generation::chat_logprobs(prepared.model(), &g.logprobs));
+                    let _ = send(chunk(
+                        serde_json::json!({}),
+                        Some(generation::finish_reason(g.finish_reason)),
+                        logprobs,
+                    ));
+                    if include_usage {
+                        let mut last = chunk(serde_json::json!({}), None, None);
+                        last["choices"] = serde_json::json!([]);
+                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
+                        let _ = send(last);
+                    }
+                    let _ = tx.send(Event::default().data("[DONE]"));
+                    return;
+                }
+                GenerationEvent::Done(Err(e)) => {
+                    let body = serde_json::json!({ "error": { "message": e.to_string(), "type": "server_error", "param": null, "code": null } });
+                    let _ = send(body);
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Runs `produce` as a task feeding an unbounded channel and returns the channel as a
+/// stream. When the stream is dropped, sends fail and `produce` returns.
+pub fn async_stream<F, Fut>(produce: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(produce(tx));
+    futures_util::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok)
+}

@@ -1,0 +1,236 @@
+//! `POST /v1/completions` (the legacy text-completion API).
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use minerva_engine::generate::Generation;
+use minerva_engine::{LanguageModel, TokenId};
+use minerva_runtime::{GenerationEvent, LoadedModel};
+use serde::Deserialize;
+
+use super::chat::async_stream;
+use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+/// Most prompts in one request.
+const MAX_PROMPTS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    model: String,
+    prompt: PromptSpec,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    stop: Option<StopSpec>,
+    max_tokens: Option<i64>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    /// Legacy logprobs: how many alternatives per token.
+    logprobs: Option<usize>,
+    #[serde(default)]
+    echo: bool,
+    n: Option<u32>,
+}
+
+/// `prompt`: a string, a list of strings, a list of token ids, or a list of those.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PromptSpec {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<TokenId>),
+    TokenLists(Vec<Vec<TokenId>>),
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(
+            "n",
+            "only n = 1 is supported for completions; send several prompts instead",
+        ));
+    }
+    let options = generation::options(
+        &state,
+        &req.sampling,
+        req.max_tokens.or(Some(16)),
+        req.stop,
+        req.logprobs,
+    )?;
+    let lease = generation::language_model(&state, &req.model).await?;
+    let LoadedModel::Llm(worker) = &lease.model else {
+        unreachable!("checked by language_model")
+    };
+    let model = worker.model();
+    let n_vocab = model.metadata().n_vocab as TokenId;
+    let prompts: Vec<Vec<TokenId>> = match req.prompt {
+        PromptSpec::Text(text) => vec![tokenize(&state, model, &text)?],
+        PromptSpec::Texts(texts) => texts
+            .iter()
+            .map(|t| tokenize(&state, model, t))
+            .collect::<Result<_, _>>()?,
+        PromptSpec::Tokens(tokens) => vec![tokens],
+        PromptSpec::TokenLists(lists) => lists,
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("send between 1 and {MAX_PROMPTS} prompts"),
+        ));
+    }
+    for prompt in &prompts {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "a prompt is empty"));
+        }
+        if let Some(bad) = prompt.iter().find(|&&t| t < 0 || t >= n_vocab) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary of {n_vocab}"),
+            ));
+        }
+    }
+    if req.stream && prompts.len() > 1 {
+        return Err(ApiError::invalid("prompt", "streaming supports one prompt per request"));
+    }
+    let prepared: Vec<Prepared> = prompts
+        .into_iter()
+        .map(|prompt| Prepared {
+            lease: lease.clone(),
+            prompt,
+            options: options.clone(),
+        })
+        .collect();
+    for p in &prepared {
+        generation::check_context(p, "prompt")?;
+    }
+    let slot = state.admission.admit().await?;
+    let id = generation::response_id("cmpl");
+    let created = generation::created();
+    let model_name = req.model;
+
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let prepared = prepared.into_iter().next().expect("one prompt");
+        let echo = req.echo.then(|| detokenize(prepared.model(), &prepared.prompt));
+        let chunk = move |text: &str, finish: Option<&str>| {
+            serde_json::json!({
+                "id": id, "object": "text_completion", "created": created, "model": model_name,
+                "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+            })
+        };
+        let stream = async_stream(move |tx| async move {
+            let _slot = slot;
+            let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
+            if let Some(echo) = echo {
+                if send(chunk(&echo, None)).is_err() {
+                    return;
+                }
+            }
+            let mut events = prepared.submit();
+            loop {
+                let event = tokio::select! {
+                    () = tx.closed() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    None => return,
+                    Some(GenerationEvent::Text(text)) => {
+                        if send(chunk(&text, None)).is_err() {
+                            return;
+                        }
+                    }
+                    Some(GenerationEvent::Done(Ok(g))) => {
+                        generation::record_tokens(&prepared, &g);
+                        let _ = send(chunk("", Some(generation::finish_reason(g.finish_reason))));
+                        if include_usage {
+                            let mut last = chunk("", None);
+                            last["choices"] = serde_json::json!([]);
+                            last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
+                            let _ = send(last);
+                        }
+                        let _ = tx.send(Event::default().data("[DONE]"));
+                        return;
+                    }
+                    Some(GenerationEvent::Done(Err(e))) => {
+                        let _ = send(
+                            serde_json::json!({ "error": { "message": e.to_string(), "type": "server_error", "param": null, "code": null } }),
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+        return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
+    }
+
+    let mut choices = Vec::new();
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    for (index, p) in prepared.iter().enumerate() {
+        let g = generation::complete(&state, p).await?;
+        prompt_tokens += p.prompt.len();
+        completion_tokens += g.tokens.len();
+        let prefix = if req.echo {
+            detokenize(p.model(), &p.prompt)
+        } else {
+            String::new()
+        };
+        let logprobs = req.logprobs.map(|_| legacy_logprobs(p, &g, prefix.len()));
+        choices.push(serde_json::json!({
+            "index": index,
+            "text": format!("{prefix}{}", g.text),
+            "logprobs": logprobs,
+            "finish_reason": generation::finish_reason(g.finish_reason),
+        }));
+    }
+    drop(slot);
+    Ok(axum::Json(serde_json::json!({
+        "id": id, "object": "text_completion", "created": created, "model": model_name,
+        "choices": choices,
+        "usage": generation::usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+fn tokenize(
+    state: &AppState,
+    model: &minerva_engine::llm::llama::LlamaCppModel,
+    text: &str,
+) -> Result<Vec<TokenId>, ApiError> {
+    generation::check_prompt_chars(state, "prompt", text.chars().count())?;
+    Ok(model.tokenize(text, true, false)?)
+}
+
+fn detokenize(model: &minerva_engine::llm::llama::LlamaCppModel, tokens: &[TokenId]) -> String {
+    let bytes: Vec<u8> = tokens.iter().flat_map(|&t| model.token_bytes(t, false)).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The completions API's logprobs: parallel lists of tokens, their logprobs, the top
+/// alternatives as `{token: logprob}` maps, and each token's offset in the text.
+fn legacy_logprobs(p: &Prepared, g: &Generation, start: usize) -> serde_json::Value {
+    let model = p.model();
+    let mut offset = start;
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top_logprobs = Vec::new();
+    let mut text_offset = Vec::new();
+    for sampled in &g.logprobs {
+        let text = generation::token_text(model, sampled.token);
+        text_offset.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        token_logprobs.push(sampled.logprob);
+        let top: serde_json::Map<String, serde_json::Value> = sampled
+            .top
+            .iter()
+            .map(|&(t, lp)| (generation::token_text(model, t), serde_json::json!(lp)))
+            .collect();
+        top_logprobs.push(top);
+    }
+    serde_json::json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset })
+}

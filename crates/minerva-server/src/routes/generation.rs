@@ -1,0 +1,245 @@
+//! What chat and text completions share: sampling fields, stop sequences, running a
+//! generation on a model's worker (to completion or as a stream), and logprobs.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
+use minerva_engine::llm::llama::LlamaCppModel;
+use minerva_engine::sampling::{SampledToken, SamplingParams};
+use minerva_engine::{LanguageModel, TokenId};
+use minerva_runtime::{GenerationEvent, LlmWorker, LoadedModel, ModelLease};
+use serde::Deserialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields common to both completion APIs (OpenAI's, plus llama.cpp's extras).
+#[derive(Debug, Default, Deserialize)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+/// A generation ready to run: the model, the prompt tokens and the options.
+pub struct Prepared {
+    pub lease: Arc<ModelLease>,
+    pub prompt: Vec<TokenId>,
+    pub options: GenerateOptions,
+}
+
+impl Prepared {
+    pub fn worker(&self) -> &LlmWorker {
+        match &self.lease.model {
+            LoadedModel::Llm(worker) => worker,
+            LoadedModel::Embedding(_) => unreachable!("Prepared is only built for language models"),
+        }
+    }
+
+    pub fn model(&self) -> &LlamaCppModel {
+        self.worker().model()
+    }
+
+    /// Queues the generation on the model's worker.
+    pub fn submit(&self) -> UnboundedReceiver<GenerationEvent> {
+        self.worker().submit(self.prompt.clone(), self.options.clone())
+    }
+}
+
+/// Loads `model` and checks it generates text.
+pub async fn language_model(state: &AppState, model: &str) -> Result<Arc<ModelLease>, ApiError> {
+    let id = state.model_id(model)?;
+    let lease = state.pool.acquire(&id).await?;
+    match lease.model {
+        LoadedModel::Llm(_) => Ok(lease),
+        LoadedModel::Embedding(_) => Err(ApiError::invalid(
+            "model",
+            format!("{id} is an embedding model; use /v1/embeddings"),
+        )),
+    }
+}
+
+/// Builds the generation options, checking limits.
+pub fn options(
+    state: &AppState,
+    sampling: &SamplingFields,
+    max_tokens: Option<i64>,
+    stop: Option<StopSpec>,
+    top_logprobs: Option<usize>,
+) -> Result<GenerateOptions, ApiError> {
+    let max_tokens = match max_tokens {
+        None => state.config.default_max_tokens,
+        Some(n) if n < 1 => return Err(ApiError::invalid("max_tokens", "must be at least 1")),
+        Some(n) if n as u64 > state.config.max_tokens as u64 => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("{n} exceeds this server's limit of {}", state.config.max_tokens),
+            ));
+        }
+        Some(n) => n as usize,
+    };
+    let stop = match stop {
+        None => Vec::new(),
+        Some(StopSpec::One(s)) => vec![s],
+        Some(StopSpec::Many(list)) => list,
+    };
+    if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(ApiError::invalid(
+            "stop",
+            "up to 4 non-empty stop sequences of at most 256 bytes",
+        ));
+    }
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        // OpenAI's default temperature is 1.
+        temperature: sampling.temperature.unwrap_or(1.0),
+        top_p: sampling.top_p.unwrap_or(1.0),
+        top_k: sampling.top_k.unwrap_or(0),
+        min_p: sampling.min_p.unwrap_or(0.0),
+        repeat_penalty: sampling.repeat_penalty.unwrap_or(1.0),
+        presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+        seed: sampling.seed,
+        top_logprobs,
+        ..defaults
+    };
+    Ok(GenerateOptions {
+        max_tokens,
+        stop,
+        sampling,
+    })
+}
+
+/// Refuses prompts over the character limit before they are tokenized.
+pub fn check_prompt_chars(state: &AppState, param: &str, chars: usize) -> Result<(), ApiError> {
+    if chars > state.config.max_prompt_chars {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "prompt of {chars} characters exceeds the limit of {}",
+                state.config.max_prompt_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses prompts that leave no room in the context.
+pub fn check_context(prepared: &Prepared, param: &str) -> Result<(), ApiError> {
+    let n_ctx = prepared.worker().n_ctx() as usize;
+    if prepared.prompt.len() >= n_ctx {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "the prompt has {} tokens but the model's context holds {n_ctx}",
+                prepared.prompt.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a generation to the end (bounded by the request timeout). Dropping the future
+/// (the client went away) drops the receiver, which cancels the generation.
+pub async fn complete(state: &AppState, prepared: &Prepared) -> Result<Generation, ApiError> {
+    let mut events = prepared.submit();
+    let timeout = state.config.request_timeout;
+    let wait = async {
+        while let Some(event) = events.recv().await {
+            if let GenerationEvent::Done(result) = event {
+                return result.map_err(ApiError::from);
+            }
+        }
+        Err(ApiError::Internal("the model's worker stopped".into()))
+    };
+    let generation = tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    record_tokens(prepared, &generation);
+    Ok(generation)
+}
+
+/// Counts prompt and generated tokens in the metrics.
+pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
+    let model = prepared.lease.id.to_string();
+    metrics::counter!("minerva_prompt_tokens_total", "model" => model.clone()).increment(prepared.prompt.len() as u64);
+    metrics::counter!("minerva_generated_tokens_total", "model" => model).increment(generation.tokens.len() as u64);
+}
+
+/// OpenAI's `finish_reason`.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// `usage` of a response.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Seconds since the epoch, for `created`.
+pub fn created() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// A response id with the given prefix.
+pub fn response_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    format!("{prefix}-{nanos:x}")
+}
+
+/// The text of a token as the client sees it.
+pub fn token_text(model: &LlamaCppModel, token: TokenId) -> String {
+    String::from_utf8_lossy(&model.token_bytes(token, false)).into_owned()
+}
+
+/// Chat-style logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+pub fn chat_logprobs(model: &LlamaCppModel, tokens: &[SampledToken]) -> serde_json::Value {
+    let entry = |token: TokenId, logprob: f32| {
+        let bytes = model.token_bytes(token, false);
+        serde_json::json!({ "token": String::from_utf8_lossy(&bytes), "logprob": logprob, "bytes": bytes })
+    };
+    let content: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.token, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|&(tok, lp)| entry(tok, lp)).collect();
+            e
+        })
+        .collect();
+    serde_json::json!({ "content": content })
+}

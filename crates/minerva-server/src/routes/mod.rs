@@ -1,0 +1,51 @@
+//! Route handlers, one module per group.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+mod generation;
+pub mod models;
+pub mod tokenize;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `GET /health`: 200 once the server accepts requests, with the loaded models.
+pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let loaded: Vec<_> = state.pool.loaded().iter().map(|l| l.id.to_string()).collect();
+    Json(serde_json::json!({ "status": "ok", "loaded_models": loaded, "free_slots": state.admission.available() }))
+}
+
+/// `GET /metrics` in Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let loaded = state.pool.loaded();
+    metrics::gauge!("minerva_models_loaded").set(loaded.len() as f64);
+    metrics::gauge!("minerva_model_bytes_in_use").set(loaded.iter().map(|l| l.bytes).sum::<u64>() as f64);
+    for (id, s) in state.pool.stats() {
+        let model = id.to_string();
+        metrics::gauge!("minerva_model_cache_hits", "model" => model.clone()).set(s.hits as f64);
+        metrics::gauge!("minerva_model_cache_misses", "model" => model).set(s.misses as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Unknown routes get an OpenAI-style 404.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+/// Wrong method on a known route.
+pub async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        ApiError::invalid("method", "method not allowed on this route"),
+    )
+}

@@ -1,0 +1,109 @@
+//! `GET /v1/models`, `GET /v1/models/{id}` and the lifecycle API: load, preload, unload,
+//! stats and the list of loaded models.
+
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use minerva_runtime::{ModelEntry, ModelFormat};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn describe(entry: &ModelEntry) -> serde_json::Value {
+    let created = std::fs::metadata(&entry.weights)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let kind = match entry.format {
+        ModelFormat::Gguf => "gguf",
+        ModelFormat::SentenceTransformers => "sentence-transformers",
+    };
+    serde_json::json!({ "id": entry.id, "object": "model", "created": created, "owned_by": "minerva", "format": kind, "size_bytes": entry.size_bytes })
+}
+
+fn entry(state: &AppState, id: &str) -> Result<ModelEntry, ApiError> {
+    let model_id = state.model_id(id)?;
+    state
+        .pool
+        .store()
+        .resolve(&model_id)
+        .map_err(|_| ApiError::ModelNotFound(format!("model {id:?} does not exist")))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let models = state
+        .pool
+        .store()
+        .list()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(
+        serde_json::json!({ "object": "list", "data": models.iter().map(describe).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(describe(&entry(&state, &id)?)))
+}
+
+pub async fn load(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let model_id = state.model_id(&id)?;
+    let lease = state.pool.acquire(&model_id).await?;
+    Ok(Json(
+        serde_json::json!({ "id": lease.id, "loaded": true, "bytes": lease.bytes }),
+    ))
+}
+
+/// Starts loading in the background and answers at once (202).
+pub async fn preload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    entry(&state, &id)?;
+    let model_id = state.model_id(&id)?;
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = pool.preload(&model_id).await {
+            tracing::warn!(model = %model_id, error = %e, "preload failed");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": id, "preloading": true })),
+    ))
+}
+
+pub async fn unload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    entry(&state, &id)?;
+    let was_loaded = state.pool.unload(&state.model_id(&id)?);
+    Ok(Json(serde_json::json!({ "id": id, "unloaded": was_loaded })))
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let stats: serde_json::Map<String, serde_json::Value> = state
+        .pool
+        .stats()
+        .into_iter()
+        .map(|(id, s)| (id.to_string(), serde_json::to_value(s).unwrap_or_default()))
+        .collect();
+    Json(serde_json::json!({ "object": "model_stats", "models": stats }))
+}
+
+pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let models: Vec<_> = state
+        .pool
+        .loaded()
+        .iter()
+        .map(|lease| {
+            let loaded_at = lease.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            // Models stay until unloaded; keep-alive expiry arrives with the budgeted pool.
+            serde_json::json!({ "id": lease.id, "bytes": lease.bytes, "loaded_at": loaded_at, "expires_at": null })
+        })
+        .collect();
+    Json(serde_json::json!({ "object": "list", "data": models }))
+}

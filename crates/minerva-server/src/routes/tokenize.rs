@@ -1,0 +1,72 @@
+//! `POST /v1/tokenize` and `POST /v1/detokenize` for language models.
+
+use axum::Json;
+use axum::extract::State;
+use minerva_engine::{LanguageModel, TokenId};
+use minerva_runtime::LoadedModel;
+use serde::Deserialize;
+
+use super::generation;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    model: String,
+    #[serde(alias = "content")]
+    prompt: String,
+    #[serde(default = "yes")]
+    add_special: bool,
+    #[serde(default)]
+    parse_special: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    model: String,
+    tokens: Vec<TokenId>,
+}
+
+pub async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
+    let lease = generation::language_model(&state, &req.model).await?;
+    let LoadedModel::Llm(worker) = &lease.model else {
+        unreachable!("checked by language_model")
+    };
+    let tokens = worker
+        .model()
+        .tokenize(&req.prompt, req.add_special, req.parse_special)?;
+    Ok(Json(
+        serde_json::json!({ "model": req.model, "tokens": tokens, "count": tokens.len() }),
+    ))
+}
+
+pub async fn detokenize(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let lease = generation::language_model(&state, &req.model).await?;
+    let LoadedModel::Llm(worker) = &lease.model else {
+        unreachable!("checked by language_model")
+    };
+    let model = worker.model();
+    let n_vocab = model.metadata().n_vocab as TokenId;
+    if let Some(bad) = req.tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary of {n_vocab}"),
+        ));
+    }
+    let bytes: Vec<u8> = req.tokens.iter().flat_map(|&t| model.token_bytes(t, true)).collect();
+    Ok(Json(
+        serde_json::json!({ "model": req.model, "content": String::from_utf8_lossy(&bytes) }),
+    ))
+}

@@ -1,0 +1,82 @@
+//! Shared state of the handlers and the admission control of inference requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use minerva_runtime::{ModelId, ModelPool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration, parsed once.
+    pub config: Arc<ServerConfig>,
+    /// The loaded models.
+    pub pool: Arc<ModelPool>,
+    /// Admission control for inference requests.
+    pub admission: Arc<Admission>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Parses a model id from a request, as a 404 when it cannot name a model.
+    pub fn model_id(&self, id: &str) -> Result<ModelId, ApiError> {
+        ModelId::new(id).map_err(|_| ApiError::ModelNotFound(format!("model {id:?} does not exist")))
+    }
+}
+
+/// A bounded number of running inference requests and a bounded queue in front of them.
+pub struct Admission {
+    running: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    wait_timeout: std::time::Duration,
+}
+
+/// Held while an inference request runs; dropping it (also when a client disconnects)
+/// frees the slot.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// Admission for `config`.
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting: config.max_queued_requests,
+            wait_timeout: config.queue_timeout,
+        }
+    }
+
+    /// Waits for a slot: 503 at once when the queue is full, or after the queue timeout.
+    pub async fn admit(&self) -> Result<Slot, ApiError> {
+        if let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() {
+            return Ok(Slot { _permit: permit });
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Overloaded("request queue is full"));
+        }
+        metrics::gauge!("minerva_queue_depth").increment(1.0);
+        let waited = tokio::time::timeout(self.wait_timeout, Arc::clone(&self.running).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("minerva_queue_depth").decrement(1.0);
+        match waited {
+            Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
+            Ok(Err(_)) => Err(ApiError::Overloaded("shutting down")),
+            Err(_) => Err(ApiError::Overloaded("no slot became free in time")),
+        }
+    }
+
+    /// Slots free right now.
+    pub fn available(&self) -> usize {
+        self.running.available_permits()
+    }
+}
