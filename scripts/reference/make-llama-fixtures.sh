@@ -371,6 +371,8 @@ def do_bench(model_id, minfo):
     cmd = f"{tool('llama-bench')} -m {model_arg(model_id)} -t {THREADS} -p 512 -n 128 -r 3 -o json"
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
+    if float(load_before[0]) > 0.5:
+        log(f"warning: load average {load_before[0]} before llama-bench; timings may be depressed")
     log(f"llama-bench {model_id} ...")
     out, err = run(cmd)
     results = json.loads(out.decode("utf-8"))
@@ -382,7 +384,12 @@ def do_bench(model_id, minfo):
     icmd = (f"{tool('llama-completion')} -m {model_arg(model_id)} -p x -n 1 -t {THREADS} -no-cnv "
             f"--no-warmup --simple-io -v")
     _, ierr = run(icmd)
-    buffers = sorted(set(re.findall(r"load_tensors:\s+(\S+) model buffer size\s+=\s+([0-9.]+ MiB)", ierr)))
+    buffers = sorted(set((b, sz) for b, sz in re.findall(
+        r"load_tensors:\s+(\S+) model buffer size\s+=\s+([0-9.]+) MiB", ierr) if float(sz) > 0))
+    model_path = os.path.join(os.environ["MINERVA_MODELS"], f"{model_id}.gguf")
+    for r in results:
+        if r.get("model_filename") == model_path:
+            r["model_filename"] = f"$MINERVA_MODELS/{model_id}.gguf"
     obj = header(model_id, minfo, "llama-bench")
     obj.update({
         "command": cmd,
@@ -390,7 +397,7 @@ def do_bench(model_id, minfo):
         "loadavg_before": load_before,
         "summary_tok_per_s": summary,
         "system_info": system_info(ierr),
-        "weight_buffers": [{"buffer": b, "size": s} for b, s in buffers],
+        "weight_buffers_mib": {b: float(sz) for b, sz in buffers},
         "system_info_command": icmd,
         "note": "informational: timings of the machine that generated the file; the bench "
                 "comparison reruns llama-bench live",

@@ -39,6 +39,14 @@ enum Command {
     Bench(commands::bench::Args),
     /// List the models directory with sizes and hashes.
     Models(commands::models::Args),
+    /// Serve the models directory over the OpenAI-compatible HTTP API.
+    Serve(commands::serve::Args),
+    /// Chat with a model of a running server (one prompt, or interactively).
+    Run(commands::client::RunArgs),
+    /// List the models a running server has loaded.
+    Ps(commands::client::ServerArgs),
+    /// Unload a model from a running server.
+    Stop(commands::client::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +66,10 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(&store, args),
         Command::Bench(args) => commands::bench::run(&store, args),
         Command::Models(args) => commands::models::run(&store, args),
+        Command::Serve(args) => commands::serve::run(store, args),
+        Command::Run(args) => commands::client::run(args),
+        Command::Ps(args) => commands::client::ps(args),
+        Command::Stop(args) => commands::client::stop(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

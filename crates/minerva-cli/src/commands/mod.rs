@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod client;
 pub mod embed;
 pub mod generate;
 pub mod models;
 pub mod perplexity;
+pub mod serve;
 pub mod tokenize;

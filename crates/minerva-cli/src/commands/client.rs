@@ -1,0 +1,149 @@
+//! `minerva run`, `minerva ps` and `minerva stop`: talking to a running `minerva serve`
+//! over its HTTP API, like `ollama run/ps/stop`.
+
+use std::io::{BufRead, BufReader, Write};
+
+use anyhow::{Context, Result, bail};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "MINERVA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key, when the server requires one.
+    #[arg(long, env = "MINERVA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Model id.
+    model: String,
+    /// A single prompt; without one, an interactive chat reads lines from stdin.
+    prompt: Option<String>,
+    /// Most tokens per reply.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Model id.
+    model: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl ServerArgs {
+    fn request(&self, client: &Client, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let request = client.request(method, url);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
+fn client() -> Result<Client> {
+    // Generations can be long; the server bounds them itself.
+    Client::builder().timeout(None).build().context("creating the HTTP client")
+}
+
+/// Turns a non-2xx response into an error carrying the server's message.
+fn check(response: Response) -> Result<Response> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("no details");
+    bail!("server answered {status}: {message}")
+}
+
+fn send(request: RequestBuilder, url: &str) -> Result<Response> {
+    check(request.send().with_context(|| format!("cannot reach the server at {url} (is `minerva serve` running?)"))?)
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let client = client()?;
+    let mut history: Vec<serde_json::Value> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    if let Some(prompt) = &args.prompt {
+        history.push(serde_json::json!({ "role": "user", "content": prompt }));
+        chat_turn(&client, &args, &history, &mut out)?;
+        return Ok(());
+    }
+    eprintln!("chatting with {} (Ctrl-D to quit)", args.model);
+    let stdin = std::io::stdin();
+    loop {
+        write!(out, ">>> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            writeln!(out)?;
+            return Ok(());
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        history.push(serde_json::json!({ "role": "user", "content": line }));
+        let reply = chat_turn(&client, &args, &history, &mut out)?;
+        history.push(serde_json::json!({ "role": "assistant", "content": reply }));
+    }
+}
+
+/// Streams one assistant reply to `out` and returns its text.
+fn chat_turn(client: &Client, args: &RunArgs, history: &[serde_json::Value], out: &mut impl Write) -> Result<String> {
+    let body = serde_json::json!({ "model": args.model, "messages": history, "stream": true, "max_tokens": args.max_tokens });
+    let request = args.server.request(client, reqwest::Method::POST, "/v1/chat/completions").json(&body);
+    let response = send(request, &args.server.url)?;
+    let mut reply = String::new();
+    for line in BufReader::new(response).lines() {
+        let line = line.context("reading the stream")?;
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            break;
+        }
+        let event: serde_json::Value = serde_json::from_str(data).context("malformed stream event")?;
+        if let Some(message) = event["error"]["message"].as_str() {
+            bail!("generation failed: {message}");
+        }
+        if let Some(text) = event["choices"][0]["delta"]["content"].as_str() {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            reply.push_str(text);
+        }
+    }
+    writeln!(out)?;
+    Ok(reply)
+}
+
+pub fn ps(args: ServerArgs) -> Result<()> {
+    let client = client()?;
+    let loaded: serde_json::Value = send(args.request(&client, reqwest::Method::GET, "/v1/models/loaded"), &args.url)?.json()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<28} {:>10}  {:<10}", "MODEL", "MEMORY", "UNTIL")?;
+    for model in loaded["data"].as_array().into_iter().flatten() {
+        let bytes = model["bytes"].as_u64().unwrap_or(0);
+        let until = model["expires_at"].as_u64().map_or_else(|| "until stopped".to_owned(), |t| t.to_string());
+        writeln!(out, "{:<28} {:>7.0} MB  {until}", model["id"].as_str().unwrap_or("?"), bytes as f64 / 1e6)?;
+    }
+    Ok(())
+}
+
+pub fn stop(args: StopArgs) -> Result<()> {
+    let client = client()?;
+    let path = format!("/v1/models/{}", args.model);
+    let answer: serde_json::Value = send(args.server.request(&client, reqwest::Method::DELETE, &path), &args.server.url)?.json()?;
+    if answer["unloaded"].as_bool() == Some(true) {
+        println!("unloaded {}", args.model);
+    } else {
+        println!("{} was not loaded", args.model);
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the official OpenAI Python client, unmodified, against `minerva serve`:
+# a virtualenv at target/openai-venv with the pinned packages of
+# tests/openai/requirements.txt (from PyPI), then pytest on tests/openai/.
+# MINERVA_BIN names the binary under test (default target/release/minerva; build it with
+# `cargo build --release --bin minerva`). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m[openai-client]\033[0m %s\n' "$*" >&2; }
+start=$(date +%s)
+
+venv=target/openai-venv
+req=tests/openai/requirements.txt
+export MINERVA_BIN="${MINERVA_BIN:-target/release/minerva}"
+MINERVA_BIN="$(realpath "$MINERVA_BIN")"
+if [[ ! -x "$MINERVA_BIN" ]]; then
+  say "no executable minerva binary at $MINERVA_BIN (cargo build --release --bin minerva)"
+  exit 1
+fi
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  say "creating virtualenv $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
+# Reinstall only when requirements.txt changed since the last successful install.
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
+  say "installing pinned packages from $req"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" >"$stamp"
+else
+  say "virtualenv $venv is up to date"
+fi
+say "$("$venv/bin/python" -c 'import openai, pytest; print(f"openai {openai.__version__}, pytest {pytest.__version__}")')"
+
+say "pytest tests/openai (MINERVA_BIN=$MINERVA_BIN)"
+rc=0
+"$venv/bin/python" -m pytest tests/openai -v -p no:cacheprovider "$@" || rc=$?
+say "finished in $(( $(date +%s) - start )) s (exit $rc)"
+exit "$rc"
