@@ -37,6 +37,7 @@ fi
 say "$("$venv/bin/python" -c 'import openai, pytest; print(f"openai {openai.__version__}, pytest {pytest.__version__}")')"
 
 say "pytest tests/openai (MINERVA_BIN=$MINERVA_BIN)"
+export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of tests/openai
 rc=0
 "$venv/bin/python" -m pytest tests/openai -v -p no:cacheprovider "$@" || rc=$?
 say "finished in $(( $(date +%s) - start )) s (exit $rc)"

@@ -21,3 +21,6 @@ cargo deny check bans licenses sources
 
 say "cargo test --release --workspace"
 cargo test --release --locked --workspace
+
+say "the official OpenAI Python client against minerva serve"
+scripts/test-openai-client.sh

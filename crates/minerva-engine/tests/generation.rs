@@ -6,18 +6,11 @@ mod common;
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation, generate};
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::{EngineError, LanguageModel, SeqId, SessionParams};
+use minerva_engine::{EngineError, LanguageModel, SeqId};
 
 fn run(model: &dyn LanguageModel, prompt: &str, options: &GenerateOptions) -> (Generation, Vec<String>) {
     let tokens = model.tokenize(prompt, true, false).unwrap();
-    let mut session = model
-        .new_session(SessionParams {
-            n_ctx: 1024,
-            n_batch: 512,
-            n_seq_max: 1,
-            threads: common::threads(),
-        })
-        .unwrap();
+    let mut session = common::session(model, 1024);
     let mut chunks = Vec::new();
     let generation = generate(model, session.as_mut(), SeqId(0), &tokens, options, &mut |t: &str| {
         chunks.push(t.to_owned())
@@ -162,14 +155,7 @@ fn chat_reply_is_real_text() {
         &[ChatMessage::new("user", "What is the capital of France?")],
     )
     .unwrap();
-    let mut session = model
-        .new_session(SessionParams {
-            n_ctx: 512,
-            n_batch: 512,
-            n_seq_max: 1,
-            threads: common::threads(),
-        })
-        .unwrap();
+    let mut session = common::session(model, 512);
     let options = GenerateOptions {
         max_tokens: 48,
         stop: vec![],
@@ -189,14 +175,7 @@ fn chat_reply_is_real_text() {
 fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
     let model = common::smollm2();
     let tokens = model.tokenize("hello", true, false).unwrap();
-    let mut session = model
-        .new_session(SessionParams {
-            n_ctx: 256,
-            n_batch: 256,
-            n_seq_max: 1,
-            threads: common::threads(),
-        })
-        .unwrap();
+    let mut session = common::session(model, 256);
     let bad = [
         SamplingParams {
             temperature: f32::NAN,

@@ -9,7 +9,7 @@ mod common;
 use minerva_engine::generate::{GenerateOptions, generate};
 use minerva_engine::perplexity::perplexity;
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::{LanguageModel, SeqId, SessionParams};
+use minerva_engine::{LanguageModel, SeqId};
 
 #[test]
 fn token_ids_equal_llama_tokenize_on_text_and_edge_strings() {
@@ -44,14 +44,7 @@ fn perplexity_is_within_one_percent_of_llama_perplexity() {
         let fixture = common::read_fixture(&format!("llama/perplexity-{id}.json"));
         let want = fixture["ppl"].as_f64().unwrap();
         let want_chunks = fixture["n_chunks"].as_u64().unwrap() as usize;
-        let mut session = model
-            .new_session(SessionParams {
-                n_ctx: 512,
-                n_batch: 512,
-                n_seq_max: 1,
-                threads: common::threads(),
-            })
-            .unwrap();
+        let mut session = common::session(model, 512);
         let report = perplexity(model, session.as_mut(), &text, 512, &mut |_, _| {}).unwrap();
         eprintln!(
             "{id}: PPL {:.4} ± {:.4} over {} chunks (llama-perplexity: {want})",
@@ -86,14 +79,7 @@ fn greedy_generation_equals_llama_cpp_output() {
             let prompt_ids = model.tokenize(prompt, true, true).unwrap();
             assert_eq!(prompt_ids, want_ids, "{id}: prompt tokens of {prompt:?}");
             let n = case["n_generated"].as_u64().unwrap() as usize;
-            let mut session = model
-                .new_session(SessionParams {
-                    n_ctx: 512,
-                    n_batch: 512,
-                    n_seq_max: 1,
-                    threads: common::threads(),
-                })
-                .unwrap();
+            let mut session = common::session(model, 512);
             let options = GenerateOptions {
                 max_tokens: 32,
                 stop: vec![],

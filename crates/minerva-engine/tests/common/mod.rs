@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use minerva_engine::embed::EmbeddingModel;
 use minerva_engine::llm::llama::LlamaCppModel;
+use minerva_engine::{LanguageModel, Session, SessionParams};
 
 /// The models directory the project's set-up fills (`scripts/fetch-models.sh`).
 pub fn models_dir() -> PathBuf {
@@ -63,6 +64,18 @@ pub fn minilm() -> &'static EmbeddingModel {
 }
 
 pub const LLM_IDS: [&str; 2] = ["smollm2-135m-instruct", "gemma-3-270m"];
+
+/// A one-sequence session of `n_ctx` tokens that takes up to 512 tokens per decode.
+pub fn session(model: &dyn LanguageModel, n_ctx: u32) -> Box<dyn Session> {
+    model
+        .new_session(SessionParams {
+            n_ctx,
+            n_batch: n_ctx.min(512),
+            n_seq_max: 1,
+            threads: threads(),
+        })
+        .unwrap()
+}
 
 /// One thread per forward pass: the test harness runs tests in parallel, and llama.cpp's
 /// OpenMP workers slow down badly when more of them spin than there are cores.
