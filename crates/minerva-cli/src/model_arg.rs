@@ -70,7 +70,7 @@ pub fn load_llm(store: &ModelStore, arg: &str) -> Result<LlamaCppModel> {
     let spinner = progress::spinner(format!("loading {}", location.name));
     let model = LlamaCppModel::load(&location.path).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
-    Ok(model?)
+    model
 }
 
 /// Loads a sentence-embedding model, with a spinner on a terminal.
@@ -85,7 +85,7 @@ pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<EmbeddingModel> {
     let spinner = progress::spinner(format!("loading {}", location.name));
     let model = EmbeddingModel::load(&location.path).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
-    Ok(model?)
+    model
 }
 
 /// Number of CPU threads to use when the user did not say.

@@ -186,16 +186,25 @@ impl EmbeddingModel {
 
     /// Embeds already tokenized inputs (each at most [`Self::max_tokens`] long).
     pub fn embed_tokens(&self, inputs: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
-        if let Some((index, input)) = inputs
-            .iter()
-            .enumerate()
-            .find(|(_, ids)| ids.len() > self.max_tokens || ids.is_empty())
-        {
+        if let Some((index, input)) = inputs.iter().enumerate().find(|(_, ids)| ids.len() > self.max_tokens) {
             return Err(EngineError::InputTooLong {
                 index,
                 tokens: input.len(),
                 max: self.max_tokens,
             });
+        }
+        // An id past the vocabulary would index outside the embedding table.
+        let vocab = self.vocab_size();
+        for (index, ids) in inputs.iter().enumerate() {
+            if ids.is_empty() {
+                return Err(EngineError::invalid("input", format!("input {index} has no tokens")));
+            }
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::invalid(
+                    "input",
+                    format!("input {index}: token id {bad} is outside the vocabulary of {vocab}"),
+                ));
+            }
         }
         // Length-sorted batches keep padding small.
         let mut order: Vec<usize> = (0..inputs.len()).collect();

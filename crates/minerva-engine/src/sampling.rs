@@ -107,13 +107,13 @@ impl SamplingParams {
                 format!("{} exceeds the vocabulary of {n_vocab} tokens", self.top_k),
             ));
         }
-        if let Some(n) = self.top_logprobs {
-            if n > MAX_TOP_LOGPROBS.min(n_vocab) {
-                return Err(EngineError::invalid(
-                    "top_logprobs",
-                    format!("{n} exceeds the maximum of {}", MAX_TOP_LOGPROBS.min(n_vocab)),
-                ));
-            }
+        if let Some(n) = self.top_logprobs
+            && n > MAX_TOP_LOGPROBS.min(n_vocab)
+        {
+            return Err(EngineError::invalid(
+                "top_logprobs",
+                format!("{n} exceeds the maximum of {}", MAX_TOP_LOGPROBS.min(n_vocab)),
+            ));
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ pub enum LoadedModel {
     /// A GGUF language model with its worker.
     Llm(LlmWorker),
     /// A sentence-embedding model.
-    Embedding(EmbeddingModel),
+    Embedding(Box<EmbeddingModel>),
 }
 
 /// A loaded model and what loading it cost. Holding the `Arc` keeps it alive even if it
@@ -227,7 +227,7 @@ fn load(
             };
             LoadedModel::Llm(LlmWorker::start(llm, params, id.as_str())?)
         }
-        ModelFormat::SentenceTransformers => LoadedModel::Embedding(EmbeddingModel::load(path)?),
+        ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
     };
     let bytes = resident_bytes().saturating_sub(before);
     tracing::info!(model = %id, bytes, "model loaded");

@@ -112,7 +112,8 @@ impl From<EngineError> for ApiError {
             EngineError::ContextOverflow { .. } => Self::invalid("messages", e.to_string()),
             EngineError::InputTooLong { .. } => Self::invalid("input", e.to_string()),
             EngineError::ChatTemplate(_) => Self::invalid("messages", e.to_string()),
-            _ => Self::Internal(e.to_string()),
+            // Only the first line: library errors may carry a backtrace with source paths.
+            _ => Self::Internal(e.to_string().lines().next().unwrap_or_default().to_owned()),
         }
     }
 }

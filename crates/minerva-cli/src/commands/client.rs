@@ -50,7 +50,10 @@ impl ServerArgs {
 
 fn client() -> Result<Client> {
     // Generations can be long; the server bounds them itself.
-    Client::builder().timeout(None).build().context("creating the HTTP client")
+    Client::builder()
+        .timeout(None)
+        .build()
+        .context("creating the HTTP client")
 }
 
 /// Turns a non-2xx response into an error carrying the server's message.
@@ -65,7 +68,11 @@ fn check(response: Response) -> Result<Response> {
 }
 
 fn send(request: RequestBuilder, url: &str) -> Result<Response> {
-    check(request.send().with_context(|| format!("cannot reach the server at {url} (is `minerva serve` running?)"))?)
+    check(
+        request
+            .send()
+            .with_context(|| format!("cannot reach the server at {url} (is `minerva serve` running?)"))?,
+    )
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -99,13 +106,19 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// Streams one assistant reply to `out` and returns its text.
 fn chat_turn(client: &Client, args: &RunArgs, history: &[serde_json::Value], out: &mut impl Write) -> Result<String> {
-    let body = serde_json::json!({ "model": args.model, "messages": history, "stream": true, "max_tokens": args.max_tokens });
-    let request = args.server.request(client, reqwest::Method::POST, "/v1/chat/completions").json(&body);
+    let body =
+        serde_json::json!({ "model": args.model, "messages": history, "stream": true, "max_tokens": args.max_tokens });
+    let request = args
+        .server
+        .request(client, reqwest::Method::POST, "/v1/chat/completions")
+        .json(&body);
     let response = send(request, &args.server.url)?;
     let mut reply = String::new();
     for line in BufReader::new(response).lines() {
         let line = line.context("reading the stream")?;
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if data == "[DONE]" {
             break;
         }
@@ -125,13 +138,24 @@ fn chat_turn(client: &Client, args: &RunArgs, history: &[serde_json::Value], out
 
 pub fn ps(args: ServerArgs) -> Result<()> {
     let client = client()?;
-    let loaded: serde_json::Value = send(args.request(&client, reqwest::Method::GET, "/v1/models/loaded"), &args.url)?.json()?;
+    let loaded: serde_json::Value = send(
+        args.request(&client, reqwest::Method::GET, "/v1/models/loaded"),
+        &args.url,
+    )?
+    .json()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<28} {:>10}  {:<10}", "MODEL", "MEMORY", "UNTIL")?;
     for model in loaded["data"].as_array().into_iter().flatten() {
         let bytes = model["bytes"].as_u64().unwrap_or(0);
-        let until = model["expires_at"].as_u64().map_or_else(|| "until stopped".to_owned(), |t| t.to_string());
-        writeln!(out, "{:<28} {:>7.0} MB  {until}", model["id"].as_str().unwrap_or("?"), bytes as f64 / 1e6)?;
+        let until = model["expires_at"]
+            .as_u64()
+            .map_or_else(|| "until stopped".to_owned(), |t| t.to_string());
+        writeln!(
+            out,
+            "{:<28} {:>7.0} MB  {until}",
+            model["id"].as_str().unwrap_or("?"),
+            bytes as f64 / 1e6
+        )?;
     }
     Ok(())
 }
@@ -139,7 +163,11 @@ pub fn ps(args: ServerArgs) -> Result<()> {
 pub fn stop(args: StopArgs) -> Result<()> {
     let client = client()?;
     let path = format!("/v1/models/{}", args.model);
-    let answer: serde_json::Value = send(args.server.request(&client, reqwest::Method::DELETE, &path), &args.server.url)?.json()?;
+    let answer: serde_json::Value = send(
+        args.server.request(&client, reqwest::Method::DELETE, &path),
+        &args.server.url,
+    )?
+    .json()?;
     if answer["unloaded"].as_bool() == Some(true) {
         println!("unloaded {}", args.model);
     } else {

@@ -70,13 +70,24 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout),
         ..ServerConfig::default()
     };
-    let pool_config = PoolConfig { threads: args.threads.unwrap_or_else(model_arg::default_threads), n_ctx: args.ctx };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let pool_config = PoolConfig {
+        threads: args.threads.unwrap_or_else(model_arg::default_threads),
+        n_ctx: args.ctx,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         let models = store.list().map(|m| m.len()).unwrap_or(0);
-        eprintln!("minerva listening on http://{addr} ({models} models in {})", store.root().display());
+        eprintln!(
+            "minerva listening on http://{addr} ({models} models in {})",
+            store.root().display()
+        );
         let pool = Arc::new(ModelPool::new(store, pool_config));
         let state = minerva_server::state(config, pool);
         minerva_server::serve(listener, state, minerva_server::shutdown_signal()).await?;

@@ -110,13 +110,13 @@ pub async fn chat_completions(
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must contain at least one message"));
     }
-    if let Some(format) = &req.response_format {
-        if format.kind != "text" {
-            return Err(ApiError::invalid(
-                "response_format",
-                format!("response_format {:?} is not supported yet", format.kind),
-            ));
-        }
+    if let Some(format) = &req.response_format
+        && format.kind != "text"
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            format!("response_format {:?} is not supported yet", format.kind),
+        ));
     }
     if req.tools.is_some() {
         return Err(ApiError::invalid("tools", "tool calling is not supported yet"));
@@ -168,6 +168,7 @@ pub async fn chat_completions(
         }
     };
     generation::check_context(&prepared, "messages")?;
+    generation::check_sampling(&prepared)?;
     let slot = state.admission.admit().await?;
     let model = req.model;
     if req.stream {

@@ -107,6 +107,7 @@ pub async fn completions(
         .collect();
     for p in &prepared {
         generation::check_context(p, "prompt")?;
+        generation::check_sampling(p)?;
     }
     let slot = state.admission.admit().await?;
     let id = generation::response_id("cmpl");
@@ -126,10 +127,10 @@ pub async fn completions(
         let stream = async_stream(move |tx| async move {
             let _slot = slot;
             let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
-            if let Some(echo) = echo {
-                if send(chunk(&echo, None)).is_err() {
-                    return;
-                }
+            if let Some(echo) = echo
+                && send(chunk(&echo, None)).is_err()
+            {
+                return;
             }
             let mut events = prepared.submit();
             loop {

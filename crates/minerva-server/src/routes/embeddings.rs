@@ -79,16 +79,16 @@ pub async fn embeddings(
             format!("{id} is not an embedding model; use /v1/chat/completions"),
         ));
     };
-    if let Some(d) = req.dimensions {
-        if d != model.dimensions() {
-            return Err(ApiError::invalid(
-                "dimensions",
-                format!(
-                    "{id} produces {} dimensions and cannot shorten them",
-                    model.dimensions()
-                ),
-            ));
-        }
+    if let Some(d) = req.dimensions
+        && d != model.dimensions()
+    {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "{id} produces {} dimensions and cannot shorten them",
+                model.dimensions()
+            ),
+        ));
     }
     let slot = state.admission.admit().await?;
     let forbid_truncation = req.truncate == Some(false);

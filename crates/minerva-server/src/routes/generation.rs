@@ -161,6 +161,15 @@ pub fn check_context(prepared: &Prepared, param: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses sampling values the engine would reject, before a slot is taken: a stream
+/// sends its 200 before the worker starts, so an error found there would reach the client
+/// as an error event inside a successful response instead of a 400.
+pub fn check_sampling(prepared: &Prepared) -> Result<(), ApiError> {
+    let n_vocab = prepared.model().metadata().n_vocab;
+    prepared.options.sampling.validate(n_vocab)?;
+    Ok(())
+}
+
 /// Runs a generation to the end (bounded by the request timeout). Dropping the future
 /// (the client went away) drops the receiver, which cancels the generation.
 pub async fn complete(state: &AppState, prepared: &Prepared) -> Result<Generation, ApiError> {

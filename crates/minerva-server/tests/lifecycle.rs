@@ -1,0 +1,233 @@
+//! Model lifecycle (load, preload, unload, stats), slots freed when a client goes away,
+//! and graceful shutdown, end to end on the real server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use minerva_server::ServerConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The pool measures a load's memory as the growth of the process's resident set, so the
+/// tests of this binary that load or free models run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn loaded_entry<'a>(loaded: &'a Value, id: &str) -> Option<&'a Value> {
+    loaded["data"].as_array().unwrap().iter().find(|m| m["id"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_load_show_in_stats_unload_and_preload() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    assert_eq!(server.ok_get("/v1/models/loaded").await["data"], json!([]));
+
+    let load = |id: &str| format!("/v1/models/{id}/load");
+    let loaded = server.ok(&load(CHAT), &json!({})).await;
+    assert_eq!(loaded["id"], CHAT);
+    assert_eq!(loaded["loaded"], true);
+    assert!(loaded["bytes"].as_u64().unwrap() > 0, "{loaded}");
+
+    let list = server.ok_get("/v1/models/loaded").await;
+    let entry = loaded_entry(&list, CHAT).unwrap_or_else(|| panic!("{CHAT} not loaded: {list}"));
+    assert_eq!(entry["bytes"], loaded["bytes"]);
+    assert!(entry["loaded_at"].as_u64().unwrap() > 0);
+    assert_eq!(server.ok_get("/health").await["loaded_models"], json!([CHAT]));
+
+    // A second load and a request find it loaded: hits, not misses.
+    server.ok(&load(CHAT), &json!({})).await;
+    server
+        .ok("/v1/chat/completions", &chat_body("Hi", json!({ "max_tokens": 1 })))
+        .await;
+    let stats = server.ok_get("/v1/models/stats").await;
+    assert_eq!(stats["object"], "model_stats");
+    let chat = &stats["models"][CHAT];
+    assert_eq!(
+        (&chat["loaded"], &chat["misses"], &chat["hits"], &chat["evictions"]),
+        (&json!(true), &json!(1), &json!(2), &json!(0)),
+        "{stats}"
+    );
+    assert!(chat["bytes"].as_u64().unwrap() > 0);
+
+    // Unloading removes it from the loaded list and counts an eviction.
+    let unloaded = json_of(server.delete(&format!("/v1/models/{CHAT}")).await, StatusCode::OK).await;
+    assert_eq!(unloaded["unloaded"], true);
+    assert!(loaded_entry(&server.ok_get("/v1/models/loaded").await, CHAT).is_none());
+    let chat = &server.ok_get("/v1/models/stats").await["models"][CHAT];
+    assert_eq!(
+        (&chat["loaded"], &chat["evictions"]),
+        (&json!(false), &json!(1)),
+        "{chat}"
+    );
+    let again = json_of(server.delete(&format!("/v1/models/{CHAT}")).await, StatusCode::OK).await;
+    assert_eq!(again["unloaded"], false, "nothing left to unload");
+
+    // The next request loads it again (a miss) and is served.
+    server
+        .ok(
+            "/v1/completions",
+            &completion_body(CHAT, "Hi", json!({ "max_tokens": 1 })),
+        )
+        .await;
+    let chat = &server.ok_get("/v1/models/stats").await["models"][CHAT];
+    assert_eq!((&chat["loaded"], &chat["misses"]), (&json!(true), &json!(2)), "{chat}");
+
+    // Preload answers at once and the model is loaded soon after.
+    let response = server.post(&format!("/v1/models/{EMBED}/preload"), &json!({})).await;
+    let accepted = json_of(response, StatusCode::ACCEPTED).await;
+    assert_eq!(accepted["preloading"], true);
+    let appeared = eventually(Duration::from_secs(60), || async {
+        loaded_entry(&server.ok_get("/v1/models/loaded").await, EMBED).is_some()
+    })
+    .await;
+    assert!(appeared, "{EMBED} never finished preloading");
+    let embed = &server.ok_get("/v1/models/stats").await["models"][EMBED];
+    assert_eq!(
+        (&embed["loaded"], &embed["preloads"]),
+        (&json!(true), &json!(1)),
+        "{embed}"
+    );
+    // A preloaded model serves its first request as a hit.
+    server
+        .ok("/v1/embeddings", &json!({ "model": EMBED, "input": "x" }))
+        .await;
+    let embed = &server.ok_get("/v1/models/stats").await["models"][EMBED];
+    assert_eq!((&embed["hits"], &embed["misses"]), (&json!(1), &json!(0)), "{embed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_requests_for_unknown_models_are_404() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let id = "no-such-model";
+    let responses = [
+        server.get(&format!("/v1/models/{id}")).await,
+        server.post(&format!("/v1/models/{id}/load"), &json!({})).await,
+        server.post(&format!("/v1/models/{id}/preload"), &json!({})).await,
+        server.delete(&format!("/v1/models/{id}")).await,
+    ];
+    for response in responses {
+        let error = expect_error(response, StatusCode::NOT_FOUND, Some("model")).await;
+        assert_eq!(error["code"], "model_not_found");
+    }
+    assert_eq!(server.ok_get("/v1/models/loaded").await["data"], json!([]));
+    assert_eq!(server.ok_get("/v1/models/stats").await["models"], json!({}));
+}
+
+/// Posts `body` until it is admitted (200) or `within` passes; only 503 (no free slot)
+/// may come before. A stream is answered as soon as it is admitted, so this measures
+/// admission itself.
+async fn admitted_within(server: &TestServer, path: &str, body: &Value, within: Duration) -> Option<reqwest::Response> {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = server.post(path, body).await;
+        match response.status() {
+            StatusCode::OK => return Some(response),
+            StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => return None,
+            other => panic!("{path}: unexpected {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_frees_its_slot_at_once() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(ServerConfig {
+        max_concurrent_requests: 1,
+        max_queued_requests: 0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let streams = [
+        (
+            "/v1/chat/completions",
+            chat_body(
+                "Repeat the word hello 500 times.",
+                json!({ "max_tokens": 1000, "temperature": 0, "stream": true }),
+            ),
+        ),
+        (
+            "/v1/completions",
+            completion_body(
+                CHAT,
+                COUNTING,
+                json!({ "max_tokens": 1000, "temperature": 0, "stream": true }),
+            ),
+        ),
+    ];
+    let probe = chat_body("Hi", json!({ "max_tokens": 2, "temperature": 0, "stream": true }));
+    for (path, body) in &streams {
+        // A long stream takes the only slot (a probe finishing just before may hold it a moment).
+        let response = admitted_within(&server, path, body, Duration::from_secs(5))
+            .await
+            .expect("the long stream is admitted");
+        let mut held = SseReader::new(response);
+        for _ in 0..2 {
+            assert!(matches!(held.next().await, Some(SseData::Json(_))), "{path}");
+        }
+        let refused = server.post("/v1/chat/completions", &probe).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: the stream holds the slot"
+        );
+
+        // The client goes away mid-stream: the slot must be free within a second.
+        drop(held);
+        let admitted = admitted_within(&server, "/v1/chat/completions", &probe, Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|| panic!("{path}: the slot was still taken a second after the client left"));
+        // And the freed slot serves a request to its end.
+        let chunks = read_sse(admitted).await;
+        assert!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"].is_string(),
+            "{chunks:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    let _serial = SERIAL.lock().await;
+    let mut server = TestServer::start(ServerConfig::default()).await;
+    let prompt_tokens = server.token_count(CHAT, COUNTING, false).await as u64;
+    let free_slots = server.ok_get("/health").await["free_slots"].as_u64().unwrap();
+
+    let request = server.client.post(server.url("/v1/completions")).json(&completion_body(
+        CHAT,
+        COUNTING,
+        json!({ "max_tokens": 64, "temperature": 0 }),
+    ));
+    let in_flight = tokio::spawn(async move { request.send().await });
+    // Shut down once the request holds a slot, i.e. while it generates.
+    let started = eventually(Duration::from_secs(30), || async {
+        server.ok_get("/health").await["free_slots"].as_u64() == Some(free_slots - 1)
+    })
+    .await;
+    assert!(started, "the request never started");
+    server.trigger_shutdown();
+    assert!(
+        !in_flight.is_finished(),
+        "the request finished before the shutdown began"
+    );
+
+    // New connections are refused while the request finishes...
+    let addr = server.addr;
+    let refused = eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "the server still accepts connections after shutdown");
+
+    // ...and the request completes in full.
+    let response = in_flight.await.unwrap().expect("the in-flight request is answered");
+    let body = json_of(response, StatusCode::OK).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    assert_eq!(usage(&body), (prompt_tokens, 64, prompt_tokens + 64));
+    server.stopped().await.expect("serve returns Ok");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
