@@ -1,6 +1,7 @@
 //! A loaded language model's worker: one thread that owns the llama.cpp session and runs
 //! generation jobs in arrival order. Callers talk to it through channels, never a lock.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -33,19 +34,43 @@ pub struct LlmWorker {
 }
 
 impl LlmWorker {
-    /// Creates the model's session and starts its worker thread.
-    pub fn start(model: LlamaCppModel, params: SessionParams, name: &str) -> Result<Self, EngineError> {
-        let model = Arc::new(model);
-        let mut session = model.new_session(params)?;
+    /// Starts the worker thread, which loads the model from `path` and creates its
+    /// session (its context capped at the model's training length), and waits until it
+    /// is ready.
+    ///
+    /// Loading on the worker thread matters: llama.cpp's OpenMP thread team belongs to
+    /// the thread that first runs a parallel region (the load's weight repacking). Loading
+    /// elsewhere leaves a second team whose spinning threads slow every decode down.
+    pub fn start(path: &Path, params: SessionParams, name: &str) -> Result<Self, EngineError> {
+        let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, inbox) = mpsc::channel::<Job>();
-        let worker_model = Arc::clone(&model);
+        let path = path.to_owned();
         std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn(move || {
+                let loaded = LlamaCppModel::load(&path).map(Arc::new).and_then(|model| {
+                    let n_ctx = params.n_ctx.min(model.metadata().n_ctx_train.max(1));
+                    let session = model.new_session(SessionParams {
+                        n_ctx,
+                        n_batch: params.n_batch.min(n_ctx),
+                        ..params
+                    })?;
+                    Ok((model, session))
+                });
+                let (model, mut session) = match loaded {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if ready_tx.send(Ok((Arc::clone(&model), session.params().n_ctx))).is_err() {
+                    return;
+                }
                 for job in inbox {
                     let mut sink = ChannelSink { events: &job.events };
                     let result = generate(
-                        worker_model.as_ref(),
+                        model.as_ref(),
                         session.as_mut(),
                         SeqId(0),
                         &job.prompt,
@@ -57,11 +82,10 @@ impl LlmWorker {
                 }
             })
             .map_err(|e| EngineError::Decode(format!("cannot start the model's worker thread: {e}")))?;
-        Ok(Self {
-            model,
-            jobs,
-            n_ctx: params.n_ctx,
-        })
+        let (model, n_ctx) = ready_rx
+            .recv()
+            .map_err(|_| EngineError::Decode("the model's worker thread died while loading".into()))??;
+        Ok(Self { model, jobs, n_ctx })
     }
 
     /// The model, for tokenizing and metadata.

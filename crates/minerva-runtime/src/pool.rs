@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use minerva_engine::embed::EmbeddingModel;
-use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::{EngineError, SessionParams};
 use tokio::sync::OnceCell;
 
@@ -215,17 +214,13 @@ fn load(
     let before = resident_bytes();
     let model = match format {
         ModelFormat::Gguf => {
-            let llm = LlamaCppModel::load(path)?;
-            let n_ctx = config
-                .n_ctx
-                .min(minerva_engine::LanguageModel::metadata(&llm).n_ctx_train.max(1));
             let params = SessionParams {
-                n_ctx,
-                n_batch: n_ctx.min(2048),
+                n_ctx: config.n_ctx,
+                n_batch: config.n_ctx.min(2048),
                 n_seq_max: 1,
                 threads: config.threads,
             };
-            LoadedModel::Llm(LlmWorker::start(llm, params, id.as_str())?)
+            LoadedModel::Llm(LlmWorker::start(path, params, id.as_str())?)
         }
         ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
     };

@@ -46,12 +46,15 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     }
     let threads = args.threads.unwrap_or_else(model_arg::default_threads);
     let model = model_arg::load_llm(store, &args.model)?;
-    let mut session = model.new_session(SessionParams {
-        n_ctx: args.prompt_tokens + args.gen_tokens,
-        n_batch: args.prompt_tokens,
-        n_seq_max: 1,
-        threads,
-    })?;
+    // One context per test, sized for that test alone, as llama-bench does.
+    let session_for = |n_ctx: u32, n_batch: u32| {
+        model.new_session(SessionParams {
+            n_ctx,
+            n_batch,
+            n_seq_max: 1,
+            threads,
+        })
+    };
     let n_vocab = model.metadata().n_vocab;
     let mut rng = StdRng::seed_from_u64(42);
     let prompt: Vec<TokenId> = (0..args.prompt_tokens)
@@ -59,21 +62,25 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         .collect();
 
     let bar = progress::bar(2 * (args.repetitions as u64 + 1), "bench");
-    // The first run of each test warms caches and threads and is not counted.
+    // As llama-bench: all prefill runs, then all decode runs, each test after one
+    // uncounted warm-up run (so the graph of one shape is not rebuilt between runs).
+    let first_token = model.metadata().bos_token.unwrap_or(prompt[0]);
+    let mut session = session_for(args.prompt_tokens, args.prompt_tokens)?;
     let mut prefill = Vec::new();
-    let mut decode = Vec::new();
     for run in 0..=args.repetitions {
-        let pp = time_prefill(session.as_mut(), &prompt)?;
-        bar.inc(1);
-        let tg = time_decode(
-            session.as_mut(),
-            model.metadata().bos_token.unwrap_or(prompt[0]),
-            args.gen_tokens,
-        )?;
+        let seconds = time_prefill(session.as_mut(), &prompt)?;
         bar.inc(1);
         if run > 0 {
-            prefill.push(f64::from(args.prompt_tokens) / pp);
-            decode.push(f64::from(args.gen_tokens) / tg);
+            prefill.push(f64::from(args.prompt_tokens) / seconds);
+        }
+    }
+    let mut session = session_for(args.gen_tokens, 1)?;
+    let mut decode = Vec::new();
+    for run in 0..=args.repetitions {
+        let seconds = time_decode(session.as_mut(), first_token, args.gen_tokens)?;
+        bar.inc(1);
+        if run > 0 {
+            decode.push(f64::from(args.gen_tokens) / seconds);
         }
     }
     bar.finish_and_clear();
