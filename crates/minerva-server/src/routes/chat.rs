@@ -1,19 +1,15 @@
 //! `POST /v1/chat/completions`.
 
-use std::convert::Infallible;
-
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
-use minerva_runtime::GenerationEvent;
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use super::stream::{self, StreamPiece};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::state::{AppState, Slot};
+use crate::state::AppState;
 
 /// Most choices per request.
 const MAX_CHOICES: u32 = 8;
@@ -173,7 +169,30 @@ pub async fn chat_completions(
     let model = req.model;
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        return Ok(stream(prepared, slot, model, include_usage).into_response());
+        let id = generation::response_id("chatcmpl");
+        let created = generation::created();
+        let lease = prepared.lease.clone();
+        let want_logprobs = top_logprobs.is_some();
+        let chunk = move |delta: serde_json::Value, finish: Option<&str>, logprobs: Option<serde_json::Value>| {
+            serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": null,
+                "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
+            })
+        };
+        let first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None);
+        let render = move |piece: StreamPiece<'_>| match piece {
+            StreamPiece::Text(text) => chunk(serde_json::json!({ "content": text }), None, None),
+            StreamPiece::Finished(g) => {
+                let logprobs = want_logprobs.then(|| generation::chat_logprobs(generation::llm(&lease), &g.logprobs));
+                chunk(
+                    serde_json::json!({}),
+                    Some(generation::finish_reason(g.finish_reason)),
+                    logprobs,
+                )
+            }
+        };
+        return Ok(stream::sse(prepared, slot, Some(first), include_usage, render).into_response());
     }
 
     let id = generation::response_id("chatcmpl");
@@ -208,91 +227,4 @@ pub async fn chat_completions(
         "system_fingerprint": null,
     }))
     .into_response())
-}
-
-/// Streams the generation as `chat.completion.chunk` events, then `[DONE]`. The slot and
-/// the receiver live in the stream: when the client disconnects both are dropped, the
-/// generation stops and the slot is free again.
-fn stream(
-    prepared: Prepared,
-    slot: Slot,
-    model: String,
-    include_usage: bool,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let id = generation::response_id("chatcmpl");
-    let created = generation::created();
-    let chunk = move |delta: serde_json::Value, finish: Option<&str>, logprobs: Option<serde_json::Value>| {
-        serde_json::json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        })
-    };
-    let stream = async_stream(move |tx| async move {
-        let _slot = slot;
-        let mut events = prepared.submit();
-        let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
-        if send(chunk(
-            serde_json::json!({"role": "assistant", "content": ""}),
-            None,
-            None,
-        ))
-        .is_err()
-        {
-            return;
-        }
-        loop {
-            let event = tokio::select! {
-                () = tx.closed() => return,
-                event = events.recv() => event,
-            };
-            let Some(event) = event else { return };
-            match event {
-                GenerationEvent::Text(text) => {
-                    if send(chunk(serde_json::json!({ "content": text }), None, None)).is_err() {
-                        return;
-                    }
-                }
-                GenerationEvent::Done(Ok(g)) => {
-                    generation::record_tokens(&prepared, &g);
-                    let logprobs = prepared
-                        .options
-                        .sampling
-                        .top_logprobs
-                        .map(|_| generation::chat_logprobs(prepared.model(), &g.logprobs));
-                    let _ = send(chunk(
-                        serde_json::json!({}),
-                        Some(generation::finish_reason(g.finish_reason)),
-                        logprobs,
-                    ));
-                    if include_usage {
-                        let mut last = chunk(serde_json::json!({}), None, None);
-                        last["choices"] = serde_json::json!([]);
-                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
-                        let _ = send(last);
-                    }
-                    let _ = tx.send(Event::default().data("[DONE]"));
-                    return;
-                }
-                GenerationEvent::Done(Err(e)) => {
-                    let body = serde_json::json!({ "error": { "message": e.to_string(), "type": "server_error", "param": null, "code": null } });
-                    let _ = send(body);
-                    return;
-                }
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// Runs `produce` as a task feeding an unbounded channel and returns the channel as a
-/// stream. When the stream is dropped, sends fail and `produce` returns.
-pub fn async_stream<F, Fut>(produce: F) -> impl Stream<Item = Result<Event, Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(produce(tx));
-    futures_util::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok)
 }

@@ -1,15 +1,14 @@
 //! `POST /v1/completions` (the legacy text-completion API).
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use minerva_engine::generate::Generation;
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::{GenerationEvent, LoadedModel};
+use minerva_runtime::LoadedModel;
 use serde::Deserialize;
 
-use super::chat::async_stream;
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use super::stream::{self, StreamPiece};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -124,49 +123,12 @@ pub async fn completions(
                 "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
             })
         };
-        let stream = async_stream(move |tx| async move {
-            let _slot = slot;
-            let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
-            if let Some(echo) = echo
-                && send(chunk(&echo, None)).is_err()
-            {
-                return;
-            }
-            let mut events = prepared.submit();
-            loop {
-                let event = tokio::select! {
-                    () = tx.closed() => return,
-                    event = events.recv() => event,
-                };
-                match event {
-                    None => return,
-                    Some(GenerationEvent::Text(text)) => {
-                        if send(chunk(&text, None)).is_err() {
-                            return;
-                        }
-                    }
-                    Some(GenerationEvent::Done(Ok(g))) => {
-                        generation::record_tokens(&prepared, &g);
-                        let _ = send(chunk("", Some(generation::finish_reason(g.finish_reason))));
-                        if include_usage {
-                            let mut last = chunk("", None);
-                            last["choices"] = serde_json::json!([]);
-                            last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
-                            let _ = send(last);
-                        }
-                        let _ = tx.send(Event::default().data("[DONE]"));
-                        return;
-                    }
-                    Some(GenerationEvent::Done(Err(e))) => {
-                        let _ = send(
-                            serde_json::json!({ "error": { "message": e.to_string(), "type": "server_error", "param": null, "code": null } }),
-                        );
-                        return;
-                    }
-                }
-            }
-        });
-        return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
+        let first = echo.map(|echo| chunk(&echo, None));
+        let render = move |piece: StreamPiece<'_>| match piece {
+            StreamPiece::Text(text) => chunk(text, None),
+            StreamPiece::Finished(g) => chunk("", Some(generation::finish_reason(g.finish_reason))),
+        };
+        return Ok(stream::sse(prepared, slot, first, include_usage, render).into_response());
     }
 
     let mut choices = Vec::new();

@@ -52,10 +52,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn worker(&self) -> &LlmWorker {
-        match &self.lease.model {
-            LoadedModel::Llm(worker) => worker,
-            LoadedModel::Embedding(_) => unreachable!("Prepared is only built for language models"),
-        }
+        worker(&self.lease)
     }
 
     pub fn model(&self) -> &LlamaCppModel {
@@ -66,6 +63,19 @@ impl Prepared {
     pub fn submit(&self) -> UnboundedReceiver<GenerationEvent> {
         self.worker().submit(self.prompt.clone(), self.options.clone())
     }
+}
+
+/// The worker of a lease that [`language_model`] checked.
+pub fn worker(lease: &ModelLease) -> &LlmWorker {
+    match &lease.model {
+        LoadedModel::Llm(worker) => worker,
+        LoadedModel::Embedding(_) => unreachable!("only language-model leases reach generation"),
+    }
+}
+
+/// The language model of a lease that [`language_model`] checked.
+pub fn llm(lease: &ModelLease) -> &LlamaCppModel {
+    worker(lease).model()
 }
 
 /// Loads `model` and checks it generates text.

@@ -5,6 +5,7 @@ pub mod completions;
 pub mod embeddings;
 mod generation;
 pub mod models;
+mod stream;
 pub mod tokenize;
 
 use axum::Json;

@@ -1,0 +1,83 @@
+//! Server-sent events for both completion APIs: one loop that forwards a generation's
+//! text, its final chunk, optional usage and `[DONE]`, and stops the generation when the
+//! client goes away.
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use minerva_engine::generate::Generation;
+use minerva_runtime::GenerationEvent;
+
+use super::generation::{self, Prepared};
+use crate::state::Slot;
+
+/// What an API turns into one event's JSON.
+pub enum StreamPiece<'a> {
+    /// A piece of final text.
+    Text(&'a str),
+    /// The end, with the whole generation (finish reason, logprobs).
+    Finished(&'a Generation),
+}
+
+/// Streams `prepared` as SSE: `first` (if any), one event per text piece, the finished
+/// event, a usage event when asked, then `[DONE]`. The slot and the generation live in
+/// the stream's task: when the client disconnects, both are dropped, the worker stops
+/// before its next token and the slot is free again.
+pub fn sse<R>(
+    prepared: Prepared,
+    slot: Slot,
+    first: Option<serde_json::Value>,
+    include_usage: bool,
+    render: R,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    R: Fn(StreamPiece<'_>) -> serde_json::Value + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
+        if let Some(first) = first
+            && send(first).is_err()
+        {
+            return;
+        }
+        let mut events = prepared.submit();
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = events.recv() => event,
+            };
+            match event {
+                None => return,
+                Some(GenerationEvent::Text(text)) => {
+                    if send(render(StreamPiece::Text(&text))).is_err() {
+                        return;
+                    }
+                }
+                Some(GenerationEvent::Done(Ok(g))) => {
+                    generation::record_tokens(&prepared, &g);
+                    let _ = send(render(StreamPiece::Finished(&g)));
+                    if include_usage {
+                        let mut last = render(StreamPiece::Text(""));
+                        last["choices"] = serde_json::json!([]);
+                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
+                        let _ = send(last);
+                    }
+                    let _ = tx.send(Event::default().data("[DONE]"));
+                    return;
+                }
+                Some(GenerationEvent::Done(Err(e))) => {
+                    let message = e.to_string().lines().next().unwrap_or_default().to_owned();
+                    let _ = send(
+                        serde_json::json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } }),
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok);
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
