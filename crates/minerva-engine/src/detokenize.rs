@@ -10,10 +10,6 @@ pub struct Utf8Stream {
     pending: Vec<u8>,
 }
 
-/// A UTF-8 sequence is at most four bytes; a held-back tail longer than that can never
-/// become valid and is flushed as replacement characters.
-const MAX_CHAR_BYTES: usize = 4;
-
 impl Utf8Stream {
     /// Creates an empty stream.
     pub fn new() -> Self {
@@ -41,13 +37,9 @@ impl Utf8Stream {
                             out.push(char::REPLACEMENT_CHARACTER);
                             self.pending.drain(..valid + bad);
                         }
-                        // An incomplete character at the end: wait for more bytes.
+                        // An incomplete character (at most 3 bytes) at the end: wait for more.
                         None => {
                             self.pending.drain(..valid);
-                            if self.pending.len() >= MAX_CHAR_BYTES {
-                                out.push(char::REPLACEMENT_CHARACTER);
-                                self.pending.clear();
-                            }
                             return out;
                         }
                     }

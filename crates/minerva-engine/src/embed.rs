@@ -270,11 +270,14 @@ impl SentenceTransformerConfig {
             path: String,
         }
         #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
         struct PoolingConfig {
-            #[serde(default)]
             pooling_mode_cls_token: bool,
-            #[serde(default)]
             pooling_mode_mean_tokens: bool,
+            pooling_mode_max_tokens: bool,
+            pooling_mode_mean_sqrt_len_tokens: bool,
+            pooling_mode_weightedmean_tokens: bool,
+            pooling_mode_lasttoken: bool,
         }
         #[derive(serde::Deserialize, Default)]
         struct BertSettings {
@@ -287,22 +290,50 @@ impl SentenceTransformerConfig {
             Vec::new()
         };
         let normalize = modules.iter().any(|m| m.kind.ends_with("models.Normalize"));
-        let pooling_path = modules
-            .iter()
-            .find(|m| m.kind.ends_with("models.Pooling"))
-            .map(|m| dir.join(&m.path).join("config.json"))
-            .unwrap_or_else(|| dir.join("1_Pooling/config.json"));
+        let invalid = |path: &Path, reason: String| EngineError::InvalidEmbeddingModel {
+            path: path.to_owned(),
+            reason,
+        };
+        let pooling_dir = match modules.iter().find(|m| m.kind.ends_with("models.Pooling")) {
+            // A module path must stay inside the model directory.
+            Some(m)
+                if Path::new(&m.path)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))) =>
+            {
+                dir.join(&m.path)
+            }
+            Some(m) => {
+                return Err(invalid(
+                    &modules_path,
+                    format!("module path {:?} leaves the model directory", m.path),
+                ));
+            }
+            None => dir.join("1_Pooling"),
+        };
+        let pooling_path = pooling_dir.join("config.json");
         let pooling_config: PoolingConfig = if pooling_path.exists() {
             read_json(&pooling_path)?
         } else {
             PoolingConfig::default()
         };
-        let pooling = match (
-            pooling_config.pooling_mode_mean_tokens,
-            pooling_config.pooling_mode_cls_token,
-        ) {
-            (_, true) => Pooling::Cls,
-            _ => Pooling::Mean,
+        let c = &pooling_config;
+        let pooling = match (c.pooling_mode_cls_token, c.pooling_mode_mean_tokens) {
+            _ if c.pooling_mode_max_tokens
+                || c.pooling_mode_mean_sqrt_len_tokens
+                || c.pooling_mode_weightedmean_tokens
+                || c.pooling_mode_lasttoken =>
+            {
+                return Err(invalid(&pooling_path, "only mean and CLS pooling are supported".into()));
+            }
+            (true, true) => {
+                return Err(invalid(
+                    &pooling_path,
+                    "combined CLS + mean pooling is not supported".into(),
+                ));
+            }
+            (true, false) => Pooling::Cls,
+            (false, _) => Pooling::Mean,
         };
         let settings_path = dir.join("sentence_bert_config.json");
         let settings: BertSettings = if settings_path.exists() {

@@ -25,7 +25,8 @@ pub struct GenerateOptions {
 pub trait TokenSink {
     /// Called with each piece of final text.
     fn text(&mut self, text: &str);
-    /// Checked before every forward pass; `true` ends the generation (the client went away).
+    /// Checked before the prompt is evaluated and before every generated token; `true`
+    /// ends the generation (the client went away).
     fn cancelled(&self) -> bool {
         false
     }
@@ -107,6 +108,16 @@ pub fn generate(
         });
     }
     session.free_sequence(seq);
+    // A request may have waited in the worker's queue; its client may be gone already.
+    if sink.cancelled() {
+        return Ok(Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Cancelled,
+            logprobs: Vec::new(),
+            timings: Timings::default(),
+        });
+    }
 
     let started = Instant::now();
     let mut sampler = Sampler::new(options.sampling.clone());
@@ -155,7 +166,9 @@ pub fn generate(
     }
     if !stops.stopped() {
         let tail = stream.finish();
-        stops.push(&tail, sink);
+        if stops.push(&tail, sink) {
+            finish_reason = FinishReason::Stop;
+        }
         stops.flush(sink);
     }
     let done = Instant::now();

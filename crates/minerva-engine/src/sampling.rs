@@ -219,6 +219,12 @@ impl Sampler {
             return argmax(logits);
         }
         let p = &self.params;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // No filter: draw from the whole distribution, no sorting needed.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let index = draw_scaled(&mut self.rng, logits.iter().copied(), max, p.temperature);
+            return index.map_or_else(|| argmax(logits), |i| i as TokenId);
+        }
         let candidates = &mut self.candidates;
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as TokenId, l)));
@@ -248,20 +254,29 @@ impl Sampler {
             keep = keep.min(weights.iter().take_while(|&&w| w >= f64::from(p.min_p)).count().max(1));
         }
         candidates.truncate(keep);
-        let scaled: Vec<f64> = candidates
-            .iter()
-            .map(|&(_, l)| (f64::from(l - max) / f64::from(p.temperature)).exp())
-            .collect();
-        let total: f64 = scaled.iter().sum();
-        let mut draw = self.rng.random::<f64>() * total;
-        for (&(token, _), w) in candidates.iter().zip(&scaled) {
-            if draw < *w {
-                return token;
-            }
-            draw -= w;
-        }
-        candidates[candidates.len() - 1].0
+        let index = draw_scaled(&mut self.rng, candidates.iter().map(|&(_, l)| l), max, p.temperature);
+        candidates[index.unwrap_or(candidates.len() - 1)].0
     }
+}
+
+/// Draws an index with probability proportional to exp((logit - max) / temperature).
+fn draw_scaled(
+    rng: &mut StdRng,
+    logits: impl Iterator<Item = f32> + Clone,
+    max: f32,
+    temperature: f32,
+) -> Option<usize> {
+    let weight = |l: f32| (f64::from(l - max) / f64::from(temperature)).exp();
+    let total: f64 = logits.clone().map(weight).sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (i, l) in logits.enumerate() {
+        let w = weight(l);
+        if draw < w {
+            return Some(i);
+        }
+        draw -= w;
+    }
+    None
 }
 
 /// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler).

@@ -7,12 +7,22 @@ use crate::ModelId;
 
 /// How a model is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ModelFormat {
     /// A GGUF language model, run by llama.cpp.
     Gguf,
     /// A sentence-transformers directory (safetensors + tokenizer.json), run by Candle.
     SentenceTransformers,
+}
+
+impl ModelFormat {
+    /// The format's name, as the API and the CLI print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gguf => "gguf",
+            Self::SentenceTransformers => "sentence-transformers",
+        }
+    }
 }
 
 /// A model found in the store.
@@ -82,7 +92,24 @@ impl ModelStore {
             ModelFormat::Gguf => path.clone(),
             ModelFormat::SentenceTransformers => path.join("model.safetensors"),
         };
-        self.ensure_inside(id, &weights)?;
+        // Every file the engine will open must resolve inside the directory.
+        let opened: &[&str] = match format {
+            ModelFormat::Gguf => &[""],
+            ModelFormat::SentenceTransformers => &[
+                "model.safetensors",
+                "config.json",
+                "tokenizer.json",
+                "modules.json",
+                "sentence_bert_config.json",
+                "1_Pooling/config.json",
+            ],
+        };
+        for file in opened {
+            let file = if file.is_empty() { path.clone() } else { path.join(file) };
+            if file.exists() {
+                self.ensure_inside(id, &file)?;
+            }
+        }
         let size_bytes = std::fs::metadata(&weights)
             .map_err(|source| StoreError::Io {
                 path: weights.clone(),
@@ -174,6 +201,22 @@ mod tests {
         let err = ModelStore::new(root.path()).resolve(&id("nope")).unwrap_err();
         assert!(matches!(err, StoreError::UnknownModel { .. }));
         assert!(err.to_string().contains(&root.path().display().to_string()));
+    }
+
+    #[test]
+    fn symlinked_tokenizer_leading_out_of_the_directory_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("tokenizer.json"), b"{}").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("enc")).unwrap();
+        std::fs::write(root.path().join("enc/model.safetensors"), b"0").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("tokenizer.json"),
+            root.path().join("enc/tokenizer.json"),
+        )
+        .unwrap();
+        let err = ModelStore::new(root.path()).resolve(&id("enc")).unwrap_err();
+        assert!(matches!(err, StoreError::OutsideStore { .. }), "{err}");
     }
 
     #[test]

@@ -60,14 +60,9 @@ impl Admission {
         if let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() {
             return Ok(Slot { _permit: permit });
         }
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::Overloaded("request queue is full"));
-        }
-        metrics::gauge!("minerva_queue_depth").increment(1.0);
+        // The guard leaves the queue also when this future is dropped (client gone).
+        let _queued = QueuePlace::enter(&self.waiting, self.max_waiting)?;
         let waited = tokio::time::timeout(self.wait_timeout, Arc::clone(&self.running).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("minerva_queue_depth").decrement(1.0);
         match waited {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
             Ok(Err(_)) => Err(ApiError::Overloaded("shutting down")),
@@ -78,5 +73,55 @@ impl Admission {
     /// Slots free right now.
     pub fn available(&self) -> usize {
         self.running.available_permits()
+    }
+}
+
+/// A place in the wait queue, given back on drop.
+struct QueuePlace<'a> {
+    waiting: &'a AtomicUsize,
+}
+
+impl<'a> QueuePlace<'a> {
+    fn enter(waiting: &'a AtomicUsize, max: usize) -> Result<Self, ApiError> {
+        if waiting.fetch_add(1, Ordering::SeqCst) >= max {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Overloaded("request queue is full"));
+        }
+        metrics::gauge!("minerva_queue_depth").increment(1.0);
+        Ok(Self { waiting })
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("minerva_queue_depth").decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_abandoned_in_the_queue_gives_its_place_back() {
+        let config = ServerConfig {
+            max_concurrent_requests: 1,
+            max_queued_requests: 1,
+            ..ServerConfig::default()
+        };
+        let admission = Admission::new(&config);
+        let running = admission.admit().await.unwrap();
+        for _ in 0..3 {
+            // Queue, then give up (as a disconnecting client's handler is dropped).
+            let waiting = admission.admit();
+            tokio::select! {
+                _ = waiting => panic!("admitted while the only slot is taken"),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+        assert_eq!(admission.waiting.load(Ordering::SeqCst), 0);
+        drop(running);
+        admission.admit().await.unwrap();
     }
 }

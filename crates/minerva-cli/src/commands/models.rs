@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use minerva_runtime::{ModelFormat, ModelStore, sha256_file};
+use minerva_runtime::{ModelStore, sha256_file};
 
 use crate::progress;
 
@@ -43,10 +43,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         writeln!(out, "(none: run scripts/fetch-models.sh)")?;
     }
     for (m, sha) in rows {
-        let format = match m.format {
-            ModelFormat::Gguf => "gguf",
-            ModelFormat::SentenceTransformers => "sentence-transformers",
-        };
+        let format = m.format.as_str();
         writeln!(
             out,
             "{:<28} {:<22} {:>9.1} MB  sha256:{sha}",

@@ -93,7 +93,10 @@ pub async fn embeddings(
     let slot = state.admission.admit().await?;
     let forbid_truncation = req.truncate == Some(false);
     let work_lease = lease.clone();
+    // The slot moves into the blocking task: it is held as long as the CPU work runs,
+    // even if the client goes away meanwhile.
     let (vectors, prompt_tokens) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let LoadedModel::Embedding(model) = &work_lease.model else {
             unreachable!("checked above")
         };
@@ -113,7 +116,6 @@ pub async fn embeddings(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("embedding task failed: {e}")))??;
-    drop(slot);
     metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(vectors.len() as u64);
     let data: Vec<_> = vectors
         .iter()

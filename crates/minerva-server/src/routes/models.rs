@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use minerva_runtime::{ModelEntry, ModelFormat};
+use minerva_runtime::ModelEntry;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -17,10 +17,7 @@ fn describe(entry: &ModelEntry) -> serde_json::Value {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let kind = match entry.format {
-        ModelFormat::Gguf => "gguf",
-        ModelFormat::SentenceTransformers => "sentence-transformers",
-    };
+    let kind = entry.format.as_str();
     serde_json::json!({ "id": entry.id, "object": "model", "created": created, "owned_by": "minerva", "format": kind, "size_bytes": entry.size_bytes })
 }
 
