@@ -35,8 +35,8 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Embed sentences with an embedding model.
     Embed(commands::embed::Args),
-    /// Measure prefill and decode speed.
-    Bench(commands::bench::Args),
+    /// Measure prefill and decode speed, or replay a request trace against the model pool (`bench pool`).
+    Bench(BenchArgs),
     /// List the models directory with sizes and hashes.
     Models(commands::models::Args),
     /// Serve the models directory over the OpenAI-compatible HTTP API.
@@ -47,6 +47,21 @@ enum Command {
     Ps(commands::client::ServerArgs),
     /// Unload a model from a running server.
     Stop(commands::client::StopArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchCommand>,
+    #[command(flatten)]
+    speed: commands::bench::Args,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replay a timed request trace against the model pool, once per eviction policy.
+    Pool(commands::bench_pool::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,7 +79,11 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => commands::tokenize::run(&store, args),
         Command::Perplexity(args) => commands::perplexity::run(&store, args),
         Command::Embed(args) => commands::embed::run(&store, args),
-        Command::Bench(args) => commands::bench::run(&store, args),
+        Command::Bench(BenchArgs {
+            what: Some(BenchCommand::Pool(args)),
+            ..
+        }) => commands::bench_pool::run(&store, args),
+        Command::Bench(BenchArgs { what: None, speed }) => commands::bench::run(&store, speed),
         Command::Models(args) => commands::models::run(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),

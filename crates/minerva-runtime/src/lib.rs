@@ -1,24 +1,34 @@
 //! Minerva's model runtime: which models exist, where their files are, and which are
-//! loaded.
+//! loaded under the memory budget.
 //!
 //! - [`ModelStore`]: the models directory (ids, paths confined to it, formats).
-//! - [`ModelPool`]: loads models on first use (single-flight), hands out `Arc` leases,
-//!   unloads on request, and counts hits, misses and loads per model.
+//! - [`ModelPool`]: loads models on first use (single-flight) under a byte budget, evicts
+//!   idle ones by [`EvictionPolicy`], hands out [`Lease`]s that keep a model in memory,
+//!   unloads idle models when their [`KeepAlive`] runs out or memory runs short.
+//! - [`estimate`]: a model's footprint from its files, before loading it.
+//! - [`pressure`]: system memory (meminfo, cgroups) and the budget it allows.
 //! - [`LlmWorker`]: the thread that owns a language model's session.
 //!
 //! This crate never speaks HTTP (the server's job) and never implements a forward pass
 //! (the engine's).
 
+pub mod estimate;
 mod hash;
+mod keep_alive;
 mod llm_worker;
 mod memory;
 mod model_id;
 mod pool;
+pub mod pressure;
 mod store;
 
 pub use hash::sha256_file;
+pub use keep_alive::{InvalidKeepAlive, KeepAlive};
 pub use llm_worker::{GenerationEvent, LlmWorker};
 pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};
-pub use pool::{LoadedModel, ModelLease, ModelPool, ModelStats, PoolConfig, PoolError};
+pub use pool::{
+    AcquireOptions, Budget, EvictionPolicy, EvictionReason, Lease, LoadedModel, ModelLease, ModelPool, ModelStats,
+    PoolConfig, PoolError, PoolTotals,
+};
 pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

@@ -13,6 +13,17 @@ pub fn resident_bytes() -> u64 {
     pages * page_size()
 }
 
+/// Hands memory that the allocator keeps after large frees back to the kernel, so that
+/// unloading a model really lowers the process's resident memory (glibc keeps freed
+/// blocks below its dynamic mmap threshold in its arenas).
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn page_size() -> u64 {
     // Every Linux platform Minerva targets uses 4 KiB base pages.
     4096

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// Too many requests waiting (503 with Retry-After).
     #[error("the server is overloaded ({0}); retry later")]
     Overloaded(&'static str),
+    /// No memory for the model while others are in use (503 with Retry-After).
+    #[error("{0}")]
+    MemoryBusy(String),
+    /// The model can never fit in the memory budget (507).
+    #[error("{0}")]
+    InsufficientMemory(String),
     /// The request took longer than allowed (504).
     #[error("the request exceeded the timeout of {0} s")]
     Timeout(u64),
@@ -55,8 +61,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
-            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::MemoryBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,8 +75,9 @@ impl ApiError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
             Self::ForbiddenHost(_) => ("invalid_request_error", Some("forbidden_host")),
-            Self::Overloaded(_) => ("server_error", Some("overloaded")),
+            Self::Overloaded(_) | Self::MemoryBusy(_) => ("server_error", Some("overloaded")),
             Self::Timeout(_) => ("server_error", Some("timeout")),
+            Self::InsufficientMemory(_) => ("server_error", Some("insufficient_memory")),
             Self::Internal(_) => ("server_error", None),
         }
     }
@@ -128,6 +136,8 @@ impl From<PoolError> for ApiError {
                 Self::ModelNotFound(format!("model {id:?} does not exist"))
             }
             PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
+            e @ PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
+            e @ PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

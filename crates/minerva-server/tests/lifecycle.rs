@@ -231,3 +231,69 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
     server.stopped().await.expect("serve returns Ok");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_unloads_after_the_request_and_a_duration_sets_the_expiry() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let body = chat_body("Hi", json!({ "max_tokens": 1, "keep_alive": 0 }));
+    server.ok("/v1/chat/completions", &body).await;
+    // The lease ends right after the response is written: wait for that state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loaded_entry(&server.ok_get("/v1/models/loaded").await, CHAT).is_some() {
+        assert!(Instant::now() < deadline, "keep_alive 0 left the model loaded");
+        tokio::task::yield_now().await;
+    }
+    let chat = &server.ok_get("/v1/models/stats").await["models"][CHAT];
+    assert_eq!(chat["evictions_by_reason"]["idle"], 1, "{chat}");
+
+    // A ten-minute keep-alive shows as an expiry about ten minutes ahead.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let loaded = server
+        .ok(&format!("/v1/models/{CHAT}/load"), &json!({ "keep_alive": "10m" }))
+        .await;
+    assert_eq!(loaded["loaded"], true);
+    let list = server.ok_get("/v1/models/loaded").await;
+    let expires = loaded_entry(&list, CHAT).unwrap()["expires_at"].as_u64().unwrap_or(0);
+    assert!(
+        (now + 590..=now + 610).contains(&expires),
+        "expires_at {expires}, now {now}: {list}"
+    );
+
+    // An invalid keep_alive is a 400 naming the field, and nothing changes.
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat_body("Hi", json!({ "keep_alive": "soon" })),
+        )
+        .await;
+    let error = expect_error(response, StatusCode::BAD_REQUEST, Some("keep_alive")).await;
+    assert!(error["message"].as_str().unwrap().contains("5m"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_larger_than_the_memory_budget_is_refused_clearly() {
+    let _serial = SERIAL.lock().await;
+    let pool = minerva_runtime::PoolConfig {
+        budget: minerva_runtime::Budget::Fixed(16 << 20),
+        ..pool()
+    };
+    let server = TestServer::start_with(ServerConfig::default(), pool, models_dir()).await;
+    let response = server
+        .post("/v1/chat/completions", &chat_body("Hi", json!({ "max_tokens": 1 })))
+        .await;
+    let error = expect_error(response, StatusCode::INSUFFICIENT_STORAGE, None).await;
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("needs") && message.contains(&(16u64 << 20).to_string()),
+        "{message}"
+    );
+    assert_eq!(error["code"], "insufficient_memory");
+    let stats = server.ok_get("/v1/models/stats").await;
+    assert_eq!(stats["pool"]["budget_bytes"], 16u64 << 20);
+    assert_eq!(stats["pool"]["bytes_in_use"], 0);
+    assert_eq!(server.ok_get("/health").await["status"], "ok");
+}

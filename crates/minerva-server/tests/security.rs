@@ -170,7 +170,7 @@ async fn a_symlink_out_of_the_models_directory_is_not_a_model() {
     std::os::unix::fs::symlink(real.join(format!("{BASE}.gguf")), models.join("escape.gguf")).unwrap();
     std::os::unix::fs::symlink(real.join(EMBED), models.join("escape-dir")).unwrap();
 
-    let server = TestServer::start_with(ServerConfig::default(), POOL, models.to_owned()).await;
+    let server = TestServer::start_with(ServerConfig::default(), pool(), models.to_owned()).await;
     let list = server.ok_get("/v1/models").await;
     let mut ids: Vec<&str> = list["data"]
         .as_array()

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use minerva_engine::llm::{LogitsWanted, SequenceInput};
 use minerva_engine::sampling::argmax;
 use minerva_engine::{LanguageModel, SeqId, Session, SessionParams, TokenId};
@@ -18,8 +18,8 @@ use crate::{model_arg, progress};
 #[derive(clap::Args)]
 pub struct Args {
     /// Model id in the models directory, or a path to a GGUF file.
-    #[arg(long, short)]
-    model: String,
+    #[arg(long, short, required = true)]
+    model: Option<String>,
     /// Prompt tokens for the prefill test.
     #[arg(long, default_value_t = 512)]
     prompt_tokens: u32,
@@ -45,7 +45,8 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         bail!("--prompt-tokens and --gen-tokens must be positive");
     }
     let threads = args.threads.unwrap_or_else(model_arg::default_threads);
-    let model = model_arg::load_llm(store, &args.model)?;
+    let model_name = args.model.context("--model is required")?;
+    let model = model_arg::load_llm(store, &model_name)?;
     // One context per test, sized for that test alone, as llama-bench does.
     let session_for = |n_ctx: u32, n_batch: u32| {
         model.new_session(SessionParams {
@@ -90,7 +91,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let report = serde_json::json!({
-            "model": args.model,
+            "model": model_name,
             "architecture": meta.architecture,
             "quantization": meta.quantization,
             "threads": threads,
@@ -109,12 +110,12 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         writeln!(
             out,
             "| {} | {} | {threads} | pp{} | {pp:.1} |",
-            args.model, meta.quantization, args.prompt_tokens
+            model_name, meta.quantization, args.prompt_tokens
         )?;
         writeln!(
             out,
             "| {} | {} | {threads} | tg{} | {tg:.1} |",
-            args.model, meta.quantization, args.gen_tokens
+            model_name, meta.quantization, args.gen_tokens
         )?;
     }
     Ok(())

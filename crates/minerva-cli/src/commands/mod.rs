@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_pool;
 pub mod client;
 pub mod embed;
 pub mod generate;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use minerva_runtime::{ModelPool, ModelStore, PoolConfig};
+use minerva_runtime::pressure::BudgetStrategy;
+use minerva_runtime::{Budget, ModelId, ModelPool, ModelStore, PoolConfig};
 use minerva_server::ServerConfig;
 
 use crate::model_arg;
@@ -62,6 +63,22 @@ pub struct Settings {
     /// CPU threads per forward pass [default: all cores].
     #[arg(long, short, env = "MINERVA_THREADS")]
     threads: Option<usize>,
+    /// Fixed memory budget for loaded models, e.g. 4GiB or 512MB [default: follows system memory].
+    #[arg(long, env = "MINERVA_MEMORY_BUDGET")]
+    memory_budget: Option<String>,
+    /// How much memory the dynamic budget leaves free: conservative (60 %), balanced (40 %), aggressive (20 %).
+    #[arg(long, env = "MINERVA_MEMORY_STRATEGY")]
+    memory_strategy: Option<BudgetStrategy>,
+    /// Which idle model leaves first: lru, lfu, fifo, cost [default: lru].
+    #[arg(long, env = "MINERVA_EVICTION_POLICY")]
+    eviction_policy: Option<String>,
+    /// How long a model stays loaded after its last request: 5m, 30s, 0, -1 = forever [default: 5m].
+    #[arg(long, env = "MINERVA_KEEP_ALIVE")]
+    keep_alive: Option<String>,
+    /// Model that is never unloaded for being idle or for room (repeatable).
+    #[arg(long = "pin", env = "MINERVA_PINNED", value_delimiter = ',')]
+    #[serde(default)]
+    pinned: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +107,11 @@ impl Settings {
             request_timeout: self.request_timeout.or(file.request_timeout),
             ctx: self.ctx.or(file.ctx),
             threads: self.threads.or(file.threads),
+            memory_budget: self.memory_budget.or(file.memory_budget),
+            memory_strategy: self.memory_strategy.or(file.memory_strategy),
+            eviction_policy: self.eviction_policy.or(file.eviction_policy),
+            keep_alive: self.keep_alive.or(file.keep_alive),
+            pinned: list(self.pinned, file.pinned),
         }
     }
 
@@ -119,12 +141,50 @@ impl Settings {
                 .map_or(defaults.request_timeout, Duration::from_secs),
             ..defaults
         };
-        let pool = PoolConfig {
-            threads: self.threads.unwrap_or_else(model_arg::default_threads),
-            n_ctx: self.ctx.unwrap_or(4096),
-        };
+        let mut pool = PoolConfig::new(
+            self.threads.unwrap_or_else(model_arg::default_threads),
+            self.ctx.unwrap_or(4096),
+        );
+        if let Some(strategy) = self.memory_strategy
+            && let Budget::Dynamic { min, max, .. } = pool.budget
+        {
+            pool.budget = Budget::Dynamic { strategy, min, max };
+        }
+        if let Some(budget) = &self.memory_budget {
+            pool.budget = Budget::Fixed(parse_bytes(budget).with_context(|| format!("--memory-budget {budget:?}"))?);
+        }
+        if let Some(policy) = &self.eviction_policy {
+            pool.policy = policy.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(keep_alive) = &self.keep_alive {
+            pool.keep_alive = keep_alive.parse()?;
+        }
+        pool.pinned = self
+            .pinned
+            .iter()
+            .map(|id| ModelId::new(id).with_context(|| format!("--pin {id:?}")))
+            .collect::<Result<_>>()?;
         Ok((server, pool))
     }
+}
+
+/// Parses a byte count: `1073741824`, `4GiB`, `4G`, `512MB`, `512M`, `64KiB`.
+fn parse_bytes(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().context("expected a number of bytes such as 4GiB")?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => anyhow::bail!("unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"),
+    };
+    Ok((number * scale as f64) as u64)
 }
 
 pub fn run(store: ModelStore, args: Args) -> Result<()> {
@@ -177,6 +237,27 @@ mod tests {
         assert_eq!(server.api_keys, ["from-file"]);
         assert_eq!(pool.n_ctx, 2048);
         assert_eq!(server.max_body_bytes, ServerConfig::default().max_body_bytes);
+    }
+
+    #[test]
+    fn memory_settings_become_the_pool_config() {
+        let settings = Settings {
+            memory_budget: Some("1.5GiB".into()),
+            eviction_policy: Some("cost".into()),
+            keep_alive: Some("-1".into()),
+            pinned: vec!["all-minilm-l6-v2".into()],
+            ..Settings::default()
+        };
+        let (_, pool) = settings.into_configs().unwrap();
+        assert_eq!(pool.budget, Budget::Fixed(3 << 29));
+        assert_eq!(pool.policy, minerva_runtime::EvictionPolicy::CostAware);
+        assert_eq!(pool.keep_alive, minerva_runtime::KeepAlive::Forever);
+        assert_eq!(pool.pinned[0].as_str(), "all-minilm-l6-v2");
+        let bad = Settings {
+            memory_budget: Some("12 parsecs".into()),
+            ..Settings::default()
+        };
+        assert!(format!("{:#}", bad.into_configs().err().unwrap()).contains("--memory-budget"));
     }
 
     #[test]

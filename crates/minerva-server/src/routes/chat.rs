@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
+use minerva_runtime::KeepAlive;
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
@@ -32,6 +33,8 @@ pub struct ChatRequest {
     top_logprobs: Option<usize>,
     response_format: Option<ResponseFormat>,
     tools: Option<serde_json::Value>,
+    /// Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: Option<KeepAlive>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +151,7 @@ pub async fn chat_completions(
         top_logprobs,
     )?;
 
-    let lease = generation::language_model(&state, &req.model).await?;
+    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
     let prepared = {
         let lease = lease.clone();
         let worker = match &lease.model {

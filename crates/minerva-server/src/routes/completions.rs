@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::generate::Generation;
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::LoadedModel;
+use minerva_runtime::{KeepAlive, LoadedModel};
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
@@ -32,6 +32,8 @@ pub struct CompletionRequest {
     #[serde(default)]
     echo: bool,
     n: Option<u32>,
+    /// Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: Option<KeepAlive>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of those.
@@ -61,7 +63,7 @@ pub async fn completions(
         req.stop,
         req.logprobs,
     )?;
-    let lease = generation::language_model(&state, &req.model).await?;
+    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
     let LoadedModel::Llm(worker) = &lease.model else {
         unreachable!("checked by language_model")
     };

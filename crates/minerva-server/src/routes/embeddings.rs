@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use base64::Engine as _;
-use minerva_runtime::LoadedModel;
+use minerva_runtime::{AcquireOptions, KeepAlive, LoadedModel};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -19,6 +19,8 @@ pub struct EmbeddingRequest {
     /// Minerva extension: fail instead of truncating inputs longer than the model accepts.
     #[serde(default)]
     truncate: Option<bool>,
+    /// Ollama's extension: how long the model stays loaded after this request.
+    keep_alive: Option<KeepAlive>,
 }
 
 /// `input`: a string, strings, token ids, or lists of token ids.
@@ -72,7 +74,15 @@ pub async fn embeddings(
         ));
     }
     let id = state.model_id(&req.model)?;
-    let lease = state.pool.acquire(&id).await?;
+    let lease = state
+        .pool
+        .acquire_with(
+            &id,
+            AcquireOptions {
+                keep_alive: req.keep_alive,
+            },
+        )
+        .await?;
     let LoadedModel::Embedding(model) = &lease.model else {
         return Err(ApiError::invalid(
             "model",

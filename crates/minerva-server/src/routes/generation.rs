@@ -1,14 +1,13 @@
 //! What chat and text completions share: sampling fields, stop sequences, running a
 //! generation on a model's worker (to completion or as a stream), and logprobs.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
 use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::{GenerationEvent, LlmWorker, LoadedModel, ModelLease};
+use minerva_runtime::{AcquireOptions, GenerationEvent, KeepAlive, Lease, LlmWorker, LoadedModel, ModelLease};
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -45,7 +44,7 @@ pub struct SamplingFields {
 
 /// A generation ready to run: the model, the prompt tokens and the options.
 pub struct Prepared {
-    pub lease: Arc<ModelLease>,
+    pub lease: Lease,
     pub prompt: Vec<TokenId>,
     pub options: GenerateOptions,
 }
@@ -79,9 +78,9 @@ pub fn llm(lease: &ModelLease) -> &LlamaCppModel {
 }
 
 /// Loads `model` and checks it generates text.
-pub async fn language_model(state: &AppState, model: &str) -> Result<Arc<ModelLease>, ApiError> {
+pub async fn language_model(state: &AppState, model: &str, keep_alive: Option<KeepAlive>) -> Result<Lease, ApiError> {
     let id = state.model_id(model)?;
-    let lease = state.pool.acquire(&id).await?;
+    let lease = state.pool.acquire_with(&id, AcquireOptions { keep_alive }).await?;
     match lease.model {
         LoadedModel::Llm(_) => Ok(lease),
         LoadedModel::Embedding(_) => Err(ApiError::invalid(

@@ -24,13 +24,27 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /metrics` in Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let loaded = state.pool.loaded();
-    metrics::gauge!("minerva_models_loaded").set(loaded.len() as f64);
-    metrics::gauge!("minerva_model_bytes_in_use").set(loaded.iter().map(|l| l.bytes).sum::<u64>() as f64);
+    let totals = state.pool.totals();
+    metrics::gauge!("minerva_models_loaded").set(totals.loaded as f64);
+    metrics::gauge!("minerva_model_bytes_in_use").set(totals.bytes_in_use as f64);
+    metrics::gauge!("minerva_model_budget_bytes").set(totals.budget_bytes as f64);
+    metrics::gauge!("minerva_model_waiting_for_memory").set(totals.waiting as f64);
     for (id, s) in state.pool.stats() {
         let model = id.to_string();
         metrics::gauge!("minerva_model_cache_hits", "model" => model.clone()).set(s.hits as f64);
-        metrics::gauge!("minerva_model_cache_misses", "model" => model).set(s.misses as f64);
+        metrics::gauge!("minerva_model_cache_misses", "model" => model.clone()).set(s.misses as f64);
+        metrics::gauge!("minerva_model_loads", "model" => model.clone()).set(s.loads as f64);
+        metrics::gauge!("minerva_model_load_seconds_total", "model" => model.clone()).set(s.total_load_ms / 1e3);
+        metrics::gauge!("minerva_model_preloads", "model" => model.clone()).set(s.preloads as f64);
+        metrics::gauge!("minerva_model_preloads_wasted", "model" => model.clone()).set(s.preloads_wasted as f64);
+        metrics::gauge!("minerva_model_bytes", "model" => model.clone()).set(s.bytes as f64);
+        for (reason, n) in &s.evictions_by_reason {
+            let reason = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            metrics::gauge!("minerva_model_evictions", "model" => model.clone(), "reason" => reason).set(*n as f64);
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

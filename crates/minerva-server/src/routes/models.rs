@@ -4,12 +4,20 @@
 use std::time::UNIX_EPOCH;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use minerva_runtime::ModelEntry;
+use minerva_runtime::{AcquireOptions, KeepAlive, ModelEntry};
+use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Body of `POST /v1/models/{id}/load`.
+#[derive(Debug, Deserialize)]
+pub struct LoadRequest {
+    keep_alive: Option<KeepAlive>,
+}
 
 fn describe(entry: &ModelEntry) -> serde_json::Value {
     let created = std::fs::metadata(&entry.weights)
@@ -45,9 +53,25 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(Json(describe(&entry(&state, &id)?)))
 }
 
-pub async fn load(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Loads a model and answers when it is ready; an optional body `{"keep_alive": ...}` sets
+/// how long it stays.
+pub async fn load(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let model_id = state.model_id(&id)?;
-    let lease = state.pool.acquire(&model_id).await?;
+    let keep_alive = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<LoadRequest>(&body)
+            .map_err(|e| ApiError::invalid("keep_alive", format!("invalid body: {e}")))?
+            .keep_alive
+    };
+    let lease = state
+        .pool
+        .acquire_with(&model_id, AcquireOptions { keep_alive })
+        .await?;
     Ok(Json(
         serde_json::json!({ "id": lease.id, "loaded": true, "bytes": lease.bytes }),
     ))
@@ -77,7 +101,7 @@ pub async fn unload(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     entry(&state, &id)?;
-    let was_loaded = state.pool.unload(&state.model_id(&id)?);
+    let was_loaded = state.pool.unload(&state.model_id(&id)?).await;
     Ok(Json(serde_json::json!({ "id": id, "unloaded": was_loaded })))
 }
 
@@ -88,18 +112,32 @@ pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
         .into_iter()
         .map(|(id, s)| (id.to_string(), serde_json::to_value(s).unwrap_or_default()))
         .collect();
-    Json(serde_json::json!({ "object": "model_stats", "models": stats }))
+    let pool = &state.pool;
+    Json(serde_json::json!({
+        "object": "model_stats",
+        "models": stats,
+        "pool": pool.totals(),
+        "policy": pool.config().policy.name(),
+    }))
 }
 
 pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let stats: std::collections::HashMap<_, _> = state.pool.stats().into_iter().collect();
     let models: Vec<_> = state
         .pool
         .loaded()
         .iter()
         .map(|lease| {
             let loaded_at = lease.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            // Models stay until unloaded; keep-alive expiry arrives with the budgeted pool.
-            serde_json::json!({ "id": lease.id, "bytes": lease.bytes, "loaded_at": loaded_at, "expires_at": null })
+            let s = stats.get(&lease.id);
+            // expires_at is null while requests run on the model, or when it never expires.
+            serde_json::json!({
+                "id": lease.id,
+                "bytes": lease.bytes,
+                "loaded_at": loaded_at,
+                "expires_at": s.and_then(|s| s.expires_at),
+                "in_use": s.map_or(0, |s| s.leases),
+            })
         })
         .collect();
     Json(serde_json::json!({ "object": "list", "data": models }))

@@ -37,7 +37,7 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
-    let lease = generation::language_model(&state, &req.model).await?;
+    let lease = generation::language_model(&state, &req.model, None).await?;
     let LoadedModel::Llm(worker) = &lease.model else {
         unreachable!("checked by language_model")
     };
@@ -53,7 +53,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let lease = generation::language_model(&state, &req.model).await?;
+    let lease = generation::language_model(&state, &req.model, None).await?;
     let LoadedModel::Llm(worker) = &lease.model else {
         unreachable!("checked by language_model")
     };

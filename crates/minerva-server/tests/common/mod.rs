@@ -27,10 +27,9 @@ pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
 /// One thread per forward pass and a small context: the harness runs tests in parallel on
 /// a 2-core machine, and llama.cpp's OpenMP workers slow down badly when oversubscribed.
-pub const POOL: PoolConfig = PoolConfig {
-    threads: 1,
-    n_ctx: 1024,
-};
+pub fn pool() -> PoolConfig {
+    PoolConfig::new(1, 1024)
+}
 
 /// The models directory the project's set-up fills (`scripts/fetch-models.sh`).
 pub fn models_dir() -> PathBuf {
@@ -69,7 +68,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with `config` over the real models directory on the current runtime.
     pub async fn start(config: ServerConfig) -> Self {
-        Self::start_with(config, POOL, models_dir()).await
+        Self::start_with(config, pool(), models_dir()).await
     }
 
     /// Starts a server with its own pool over `models` on the current runtime; it stops when

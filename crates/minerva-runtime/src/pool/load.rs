@@ -1,0 +1,68 @@
+//! Turning model files into a loaded model.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use minerva_engine::SessionParams;
+use minerva_engine::embed::EmbeddingModel;
+
+use super::{PoolConfig, PoolError};
+use crate::llm_worker::LlmWorker;
+use crate::memory::resident_bytes;
+use crate::{ModelFormat, ModelId};
+
+/// A loaded model.
+pub enum LoadedModel {
+    /// A GGUF language model with its worker.
+    Llm(LlmWorker),
+    /// A sentence-embedding model.
+    Embedding(Box<EmbeddingModel>),
+}
+
+/// A loaded model and what loading it cost.
+pub struct ModelLease {
+    /// Which model.
+    pub id: ModelId,
+    /// The model.
+    pub model: LoadedModel,
+    /// Resident memory the load added (the estimate when other loads ran at the same time).
+    pub bytes: u64,
+    /// When it finished loading.
+    pub loaded_at: SystemTime,
+    /// Which load of the model this is (tells a stale lease from a fresh one).
+    pub(super) generation: u64,
+}
+
+/// The session every language model of the pool gets.
+pub(super) fn session_params(config: &PoolConfig) -> SessionParams {
+    SessionParams {
+        n_ctx: config.n_ctx,
+        n_batch: config.n_ctx.min(2048),
+        n_seq_max: 1,
+        threads: config.threads,
+    }
+}
+
+/// Loads a model on the calling (blocking) thread; `bytes` is the RSS the load added.
+pub(super) fn load(
+    id: &ModelId,
+    format: ModelFormat,
+    path: &Path,
+    config: &PoolConfig,
+    generation: u64,
+) -> Result<ModelLease, PoolError> {
+    let before = resident_bytes();
+    let model = match format {
+        ModelFormat::Gguf => LoadedModel::Llm(LlmWorker::start(path, session_params(config), id.as_str())?),
+        ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
+    };
+    let bytes = resident_bytes().saturating_sub(before);
+    tracing::info!(model = %id, bytes, "model loaded");
+    Ok(ModelLease {
+        id: id.clone(),
+        model,
+        bytes,
+        loaded_at: SystemTime::now(),
+        generation,
+    })
+}
