@@ -18,6 +18,8 @@ pub struct SessionShape {
     pub n_ctx: u32,
     /// Most tokens per forward pass.
     pub n_batch: u32,
+    /// Most sequences at once.
+    pub n_seq_max: u32,
 }
 
 /// A model's estimated footprint, in bytes, by part.
@@ -79,9 +81,14 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
             _ => None,
         })
         .unwrap_or(32_000);
-    // Compute buffer: the logits of a full batch plus a few activations per token.
-    let n_batch = u64::from(shape.n_batch).min(n_ctx.max(1));
-    let scratch = BASE_SCRATCH + n_batch * (n_vocab + 16 * n_embd) * 4;
+    // Compute buffers as llama.cpp sizes them for one micro-batch (at most 512 tokens):
+    // a few activations per token, the attention scores against the whole context, and
+    // one logits row per sequence.
+    let n_ubatch = u64::from(shape.n_batch).clamp(1, 512);
+    let activations = n_ubatch * n_embd * 4 * 8;
+    let attention = n_ctx * n_ubatch * n_head * 4;
+    let logits = u64::from(shape.n_seq_max.max(1)) * n_vocab * 4;
+    let scratch = BASE_SCRATCH + activations + attention + logits;
     Ok(Footprint {
         weights: info.tensor_bytes,
         kv_cache,

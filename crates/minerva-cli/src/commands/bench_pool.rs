@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
 use minerva_engine::{LanguageModel, embed::EmbedOptions};
-use minerva_runtime::estimate::{SessionShape, estimate};
+use minerva_runtime::estimate::estimate;
 use minerva_runtime::{
     Budget, EvictionPolicy, GenerationEvent, KeepAlive, LoadedModel, ModelId, ModelPool, ModelStore, PoolConfig,
 };
@@ -102,10 +102,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         ..PoolConfig::new(threads, 2048)
     };
     let models: BTreeSet<&ModelId> = trace.iter().map(|r| &r.model).collect();
-    let shape = SessionShape {
-        n_ctx: base.n_ctx,
-        n_batch: base.n_ctx.min(2048),
-    };
+    let shape = base.session_shape();
     let mut footprints = Vec::new();
     for id in &models {
         let entry = store.resolve(id)?;

@@ -105,11 +105,13 @@ impl PoolConfig {
         }
     }
 
-    fn session_shape(&self) -> SessionShape {
+    /// What the footprint estimate of a model loaded by this pool depends on.
+    pub fn session_shape(&self) -> SessionShape {
         let params = load::session_params(self);
         SessionShape {
             n_ctx: params.n_ctx,
             n_batch: params.n_batch,
+            n_seq_max: params.n_seq_max,
         }
     }
 }
