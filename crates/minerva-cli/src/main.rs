@@ -37,8 +37,12 @@ enum Command {
     Embed(commands::embed::Args),
     /// Measure prefill and decode speed.
     Bench(commands::bench::Args),
-    /// List the models directory with sizes and hashes.
+    /// List the models directory with sizes, hashes and integrity status.
     Models(commands::models::Args),
+    /// Copy (or hard-link) a model into the models directory and register it.
+    Import(commands::import::Args),
+    /// Re-hash models and compare with their registered SHA-256.
+    Verify(commands::verify::Args),
     /// Serve the models directory over the OpenAI-compatible HTTP API.
     Serve(commands::serve::Args),
     /// Chat with a model of a running server (one prompt, or interactively).
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(&store, args),
         Command::Bench(args) => commands::bench::run(&store, args),
         Command::Models(args) => commands::models::run(&store, args),
+        Command::Import(args) => commands::import::run(&store, args),
+        Command::Verify(args) => commands::verify::run(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),
