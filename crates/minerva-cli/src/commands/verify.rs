@@ -2,6 +2,7 @@
 //! non-zero when one does not match or is missing.
 
 use std::io::Write;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use minerva_runtime::{ModelId, ModelStatus, ModelStore};
@@ -21,6 +22,7 @@ pub struct Args {
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let registry = model_arg::registry(store)?;
     let bar = progress::bytes(0, "verifying");
+    let started = Instant::now();
     let records = registry.verify(store, args.id.as_ref(), &mut |id, done, total| {
         bar.set_message(format!("verifying {id}"));
         bar.set_length(total);
@@ -28,6 +30,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     });
     bar.finish_and_clear();
     let records = records?;
+    let seconds = started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     if args.json {
         let list = records
@@ -48,6 +51,14 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
                 ModelStatus::Missing => writeln!(out, "  MISSING: {}", store.root().join(&record.path).display())?,
             }
         }
+        let hashed = records.iter().filter(|r| r.status != ModelStatus::Missing);
+        let megabytes = hashed.map(|r| r.size_bytes).sum::<u64>() as f64 / 1e6;
+        writeln!(
+            out,
+            "hashed {} models ({megabytes:.1} MB) in {seconds:.2} s ({:.0} MB/s)",
+            records.len(),
+            megabytes / seconds.max(1e-9)
+        )?;
     }
     let failed = records.iter().filter(|r| r.status != ModelStatus::Ok).count();
     if failed > 0 {
