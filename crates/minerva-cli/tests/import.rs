@@ -157,4 +157,17 @@ fn importing_a_garbage_file_is_one_error_line_naming_it_and_leaves_nothing() {
     assert!(errors[0].contains("not a GGUF model file"), "{stderr}");
     let models = home.path().join("models");
     assert!(!models.exists() || listing(&models).is_empty());
+
+    // Dropped into the models directory by hand, it is listed as invalid, with the reason.
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::copy(&junk, models.join("junk.gguf")).unwrap();
+    let listed = json(&run(home.path(), &["models", "--json"]));
+    assert_eq!(listed["models"][0]["id"], "junk");
+    assert_eq!(listed["models"][0]["status"], "invalid");
+    assert!(
+        listed["models"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a GGUF model file")
+    );
 }

@@ -22,26 +22,34 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     ids.sort();
     ids.dedup();
     let bar = progress::bytes(0, "hashing");
-    let mut records = Vec::with_capacity(ids.len());
-    for id in &ids {
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
         bar.set_message(format!("hashing {id}"));
-        let checked = registry.check_with_progress(store, id, &mut |done, total| {
+        let checked = registry.check_with_progress(store, &id, &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         });
-        match checked {
-            Ok(record) => records.push(record),
-            // The record says what is wrong; listing goes on.
-            Err(RegistryError::HashMismatch { .. } | RegistryError::Missing { .. }) => {
-                records.extend(registry.record(id)?)
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let row = match checked {
+            Ok(record) => Ok(record),
+            // The record says what is wrong.
+            Err(RegistryError::HashMismatch { .. } | RegistryError::Missing { .. }) => registry
+                .record(&id)?
+                .ok_or_else(|| anyhow::anyhow!("{id} vanished from the registry")),
+            // A file that is not a usable model is listed with the reason, not fatal.
+            Err(e) => Err(e.into()),
+        };
+        rows.push((id, row));
     }
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     if args.json {
-        let list = records.iter().map(|r| json(store, r)).collect::<Result<Vec<_>>>()?;
+        let list = rows
+            .iter()
+            .map(|(id, row)| match row {
+                Ok(record) => json(store, record),
+                Err(e) => Ok(serde_json::json!({ "id": id, "status": "invalid", "error": format!("{e:#}") })),
+            })
+            .collect::<Result<Vec<_>>>()?;
         writeln!(
             out,
             "{}",
@@ -50,11 +58,14 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         return Ok(());
     }
     writeln!(out, "models in {}", store.root().display())?;
-    if records.is_empty() {
+    if rows.is_empty() {
         writeln!(out, "(none: run scripts/fetch-models.sh or `minerva import PATH`)")?;
     }
-    for record in &records {
-        writeln!(out, "{}", line(record))?;
+    for (id, row) in &rows {
+        match row {
+            Ok(record) => writeln!(out, "{}", line(record))?,
+            Err(e) => writeln!(out, "{:<26} invalid: {e:#}", id.as_str())?,
+        }
     }
     Ok(())
 }
