@@ -37,8 +37,12 @@ enum Command {
     Embed(commands::embed::Args),
     /// Measure prefill and decode speed, or replay a request trace against the model pool (`bench pool`).
     Bench(BenchArgs),
-    /// List the models directory with sizes and hashes.
+    /// List the models directory with sizes, hashes and integrity status.
     Models(commands::models::Args),
+    /// Copy (or hard-link) a model into the models directory and register it.
+    Import(commands::import::Args),
+    /// Re-hash models and compare with their registered SHA-256.
+    Verify(commands::verify::Args),
     /// Serve the models directory over the OpenAI-compatible HTTP API.
     Serve(commands::serve::Args),
     /// Chat with a model of a running server (one prompt, or interactively).
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
         }) => commands::bench_pool::run(&store, args),
         Command::Bench(BenchArgs { what: None, speed }) => commands::bench::run(&store, speed),
         Command::Models(args) => commands::models::run(&store, args),
+        Command::Import(args) => commands::import::run(&store, args),
+        Command::Verify(args) => commands::verify::run(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use minerva_engine::embed::EmbeddingModel;
 use minerva_engine::llm::llama::LlamaCppModel;
-use minerva_runtime::{ModelFormat, ModelId, ModelStore};
+use minerva_runtime::{ModelFormat, ModelId, ModelStore, Registry};
 
 use crate::progress;
 
@@ -16,6 +16,18 @@ pub fn store(home: Option<PathBuf>) -> ModelStore {
         base.join(".local/share/minerva")
     });
     ModelStore::new(home.join("models"))
+}
+
+/// The registry beside the models directory (`$MINERVA_HOME/registry.sqlite`), with any
+/// import interrupted by a crash finished or cleaned up.
+pub fn registry(store: &ModelStore) -> Result<Registry> {
+    let path = Registry::default_path(store);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let registry = Registry::open(&path)?;
+    registry.recover_imports(store)?;
+    Ok(registry)
 }
 
 /// Where a `--model` argument points.

@@ -144,10 +144,20 @@ fn models_lists_the_defaults_with_their_published_hashes() {
         find("gemma-3-270m")["sha256"],
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     );
-    assert_eq!(
-        find("all-minilm-l6-v2")["sha256"],
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-    );
+    // A directory's digest is documented as a shell recipe over its sha256sum listing.
+    let minilm = find("all-minilm-l6-v2");
+    let recipe = Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum")
+        .current_dir(minilm["path"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let expected = String::from_utf8(recipe.stdout).unwrap();
+    assert_eq!(minilm["sha256"], expected.split_whitespace().next().unwrap());
+    for model in models {
+        assert_eq!(model["status"], "ok", "{model}");
+    }
+    assert_eq!(find("gemma-3-270m")["quantization"], "Q4_K_M");
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! - [`estimate`]: a model's footprint from its files, before loading it.
 //! - [`pressure`]: system memory (meminfo, cgroups) and the budget it allows.
 //! - [`LlmWorker`]: the thread that owns a language model's session.
+//! - [`Registry`]: every known model in SQLite (digest, metadata, integrity, usage),
+//!   crash-safe imports.
+//! - [`patterns`]: hot/cold models, trends and preload recommendations from the access log.
+//! - [`preload`]: the preloader that acts on them (warm start, rate-limited preloads).
 //!
 //! This crate never speaks HTTP (the server's job) and never implements a forward pass
 //! (the engine's).
@@ -18,11 +22,14 @@ mod keep_alive;
 mod llm_worker;
 mod memory;
 mod model_id;
+pub mod patterns;
 mod pool;
+pub mod preload;
 pub mod pressure;
+mod registry;
 mod store;
 
-pub use hash::sha256_file;
+pub use hash::{sha256_file, sha256_model};
 pub use keep_alive::{InvalidKeepAlive, KeepAlive};
 pub use llm_worker::{GenerationEvent, LlmWorker};
 pub use memory::resident_bytes;
@@ -30,5 +37,9 @@ pub use model_id::{InvalidModelId, ModelId};
 pub use pool::{
     AcquireOptions, Budget, EvictionPolicy, EvictionReason, Lease, LoadedModel, ModelLease, ModelPool, ModelStats,
     PoolConfig, PoolError, PoolTotals,
+};
+pub use registry::{
+    AccessEvent, AccessKind, EVENT_RETENTION, ImportMode, ImportOptions, MAX_EVENTS, ModelRecord, ModelStatus,
+    Progress, Registry, RegistryError, UnixMillis, now_millis,
 };
 pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

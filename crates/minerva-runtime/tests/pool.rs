@@ -61,15 +61,9 @@ fn id(s: &str) -> ModelId {
 fn one_model_bytes(dir: &Path) -> u64 {
     let store = ModelStore::new(dir);
     let entry = store.resolve(&id("a")).unwrap();
-    minerva_runtime::estimate::estimate(
-        &entry,
-        minerva_runtime::estimate::SessionShape {
-            n_ctx: 512,
-            n_batch: 512,
-        },
-    )
-    .unwrap()
-    .total()
+    minerva_runtime::estimate::estimate(&entry, PoolConfig::new(1, 512).session_shape())
+        .unwrap()
+        .total()
 }
 
 fn config(policy: EvictionPolicy, budget: u64) -> PoolConfig {

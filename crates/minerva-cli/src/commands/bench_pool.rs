@@ -17,8 +17,11 @@ use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
 use minerva_engine::{LanguageModel, embed::EmbedOptions};
 use minerva_runtime::estimate::estimate;
+use minerva_runtime::patterns::{PatternConfig, PreloadStrategy};
+use minerva_runtime::preload::{self, PreloadConfig};
 use minerva_runtime::{
     Budget, EvictionPolicy, GenerationEvent, KeepAlive, LoadedModel, ModelId, ModelPool, ModelStore, PoolConfig,
+    Registry,
 };
 use tokio::time::Instant;
 
@@ -42,9 +45,25 @@ pub struct Args {
     /// CPU threads per forward pass.
     #[arg(long, short)]
     threads: Option<usize>,
+    /// Also replay the last policy with the preloader of this strategy (sequential,
+    /// frequency, recency, size) learning from the trace as it plays.
+    #[arg(long, value_parser = parse_strategy)]
+    preload: Option<PreloadStrategy>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_strategy(text: &str) -> Result<PreloadStrategy, String> {
+    match text {
+        "sequential" => Ok(PreloadStrategy::Sequential),
+        "frequency" => Ok(PreloadStrategy::Frequency),
+        "recency" => Ok(PreloadStrategy::Recency),
+        "size" => Ok(PreloadStrategy::Size),
+        other => Err(format!(
+            "unknown preload strategy {other:?} (sequential, frequency, recency, size)"
+        )),
+    }
 }
 
 /// One request of a trace.
@@ -101,7 +120,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         wait_timeout: Duration::from_secs(120),
         ..PoolConfig::new(threads, 2048)
     };
-    let models: BTreeSet<&ModelId> = trace.iter().map(|r| &r.model).collect();
+    let models: BTreeSet<ModelId> = trace.iter().map(|r| r.model.clone()).collect();
     let shape = base.session_shape();
     let mut footprints = Vec::new();
     for id in &models {
@@ -124,19 +143,36 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Pools start their housekeeping task on this runtime.
+    let _runtime_context = runtime.enter();
     let trace = Arc::new(trace);
-    let mut outcomes = Vec::new();
+    let mut runs = Vec::new();
     for name in &args.policies {
         let policy = match name.as_str() {
             "count-lru" => EvictionPolicy::CountLru { max_models: count_cap },
             other => other.parse().map_err(anyhow::Error::msg)?,
         };
+        runs.push((policy, None));
+    }
+    if let (Some(strategy), Some((policy, _))) = (args.preload, runs.last().copied()) {
+        runs.push((policy, Some(strategy)));
+    }
+    let mut outcomes = Vec::new();
+    for (policy, preload) in runs {
         let config = PoolConfig {
             budget: Budget::Fixed(budget),
             policy,
             ..base.clone()
         };
-        let outcome = runtime.block_on(replay(store.clone(), config, Arc::clone(&trace), args.speed));
+        // The registry's directory lives as long as the run.
+        let (pool, _registry_dir) = match preload {
+            None => (ModelPool::new(store.clone(), config), None),
+            Some(_) => {
+                let (pool, dir) = pool_with_fresh_registry(store, config, &models)?;
+                (pool, Some(dir))
+            }
+        };
+        let outcome = runtime.block_on(replay(pool, preload, Arc::clone(&trace), args.speed));
         eprintln!(
             "  {:<12} hit rate {:>5.1} %  mean {:>7.1} ms",
             outcome.policy,
@@ -153,13 +189,47 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn replay(store: ModelStore, config: PoolConfig, trace: Arc<Vec<Request>>, speed: f64) -> Outcome {
-    let policy = config.policy.name();
+/// A pool with a registry of its own in a temporary directory, the trace's models
+/// registered (hashed) up front so that no replay pays for hashing.
+fn pool_with_fresh_registry(
+    store: &ModelStore,
+    config: PoolConfig,
+    models: &BTreeSet<ModelId>,
+) -> Result<(ModelPool, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().context("temporary registry")?;
+    let registry = Registry::open(&dir.path().join("registry.sqlite"))?;
+    for id in models {
+        registry.register(store, id, &mut |_, _| {})?;
+    }
+    Ok((ModelPool::with_registry(store.clone(), config, Arc::new(registry)), dir))
+}
+
+async fn replay(pool: ModelPool, preload: Option<PreloadStrategy>, trace: Arc<Vec<Request>>, speed: f64) -> Outcome {
+    let config = pool.config();
+    let policy = match preload {
+        Some(strategy) => format!("{}+{}", config.policy.name(), strategy_name(strategy)),
+        None => config.policy.name(),
+    };
     let budget = match config.budget {
         Budget::Fixed(bytes) => bytes,
         Budget::Dynamic { .. } => 0,
     };
-    let pool = Arc::new(ModelPool::new(store, config));
+    let pool = Arc::new(pool);
+    let preloader = preload.and_then(|strategy| {
+        let config = PreloadConfig {
+            strategy,
+            // The trace plays in seconds, not hours: patterns over a minute, followers
+            // within five seconds, a preload at most every quarter second.
+            min_interval: Duration::from_millis(250),
+            patterns: PatternConfig {
+                window: Duration::from_secs(60),
+                follow_within: Duration::from_secs(5),
+                ..PatternConfig::default()
+            },
+            warm_start: 0,
+        };
+        preload::spawn(Arc::clone(&pool), config)
+    });
     let start = Instant::now() + Duration::from_millis(50);
     let tasks: Vec<_> = (0..trace.len())
         .map(|i| {
@@ -181,6 +251,9 @@ async fn replay(store: ModelStore, config: PoolConfig, trace: Arc<Vec<Request>>,
             Ok((latency, true)) => latencies.push(latency.as_secs_f64() * 1e3),
             _ => failed += 1,
         }
+    }
+    if let Some(preloader) = preloader {
+        preloader.abort();
     }
     latencies.sort_by(f64::total_cmp);
     let stats = pool.stats();
@@ -236,11 +309,20 @@ async fn serve_one(pool: &ModelPool, model: &ModelId) -> Result<()> {
     Ok(())
 }
 
+fn strategy_name(strategy: PreloadStrategy) -> &'static str {
+    match strategy {
+        PreloadStrategy::Sequential => "sequential",
+        PreloadStrategy::Frequency => "frequency",
+        PreloadStrategy::Recency => "recency",
+        PreloadStrategy::Size => "size",
+    }
+}
+
 fn print_table(trace: &Path, outcomes: &[Outcome]) {
     let baseline = outcomes.iter().find(|o| o.policy.starts_with("count-lru"));
     println!("trace {}", trace.display());
     println!(
-        "{:<12} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>8}",
+        "{:<16} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>8}",
         "policy", "hit rate", "loads", "MiB loaded", "mean ms", "p95 ms", "peak MiB", "over budget", "vs count"
     );
     for o in outcomes {
@@ -248,7 +330,7 @@ fn print_table(trace: &Path, outcomes: &[Outcome]) {
             format!("{:.2}x", o.mean_ms / b.mean_ms.max(1e-9))
         });
         println!(
-            "{:<12} {:>7.1}% {:>6} {:>10} {:>10.1} {:>10.1} {:>10} {:>11} {:>8}",
+            "{:<16} {:>7.1}% {:>6} {:>10} {:>10.1} {:>10.1} {:>10} {:>11} {:>8}",
             o.policy,
             o.hit_rate * 100.0,
             o.loads,

@@ -34,6 +34,7 @@ pub use stats::{EvictionReason, ModelStats, PoolTotals};
 use crate::estimate::{EstimateError, SessionShape, estimate};
 use crate::keep_alive::KeepAlive;
 use crate::pressure::{BudgetStrategy, MemorySource, ProcMemory};
+use crate::registry::{AccessKind, Registry, RegistryError, now_millis};
 use crate::{ModelEntry, ModelId, ModelStore, StoreError};
 use policy::Candidate;
 
@@ -154,6 +155,9 @@ pub enum PoolError {
         /// Queue full or timed out.
         reason: &'static str,
     },
+    /// The registry refused the model (its file no longer matches its digest) or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// The loading task died.
     #[error("loading {0} was interrupted")]
     Interrupted(ModelId),
@@ -176,12 +180,19 @@ pub(crate) struct Shared {
     store: ModelStore,
     config: PoolConfig,
     memory: Arc<dyn MemorySource>,
+    registry: Option<Arc<Registry>>,
+    /// Access and load records for the registry, written by a thread of their own.
+    usage_log: Option<std::sync::mpsc::Sender<UsageRecord>>,
+    /// Every request's model, for the preloader.
+    requests: tokio::sync::broadcast::Sender<ModelId>,
     state: Mutex<State>,
     /// Wakes the housekeeper: a keep-alive deadline changed.
     deadlines_changed: Arc<Notify>,
     /// Wakes requests waiting for room: a lease ended or a model left.
     room_freed: Notify,
     waiting: AtomicUsize,
+    /// Requests waiting for room for a model that is not loaded.
+    room_waiters: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -223,7 +234,11 @@ enum Phase {
 
 enum Step {
     WaitLoad(watch::Receiver<Option<Result<(), String>>>),
+    /// No room for the model until a lease ends.
     WaitRoom,
+    /// The model is loaded, but a request that arrived earlier waits for room: wait
+    /// behind it, so that it is not starved by a stream of new requests.
+    WaitTurn,
 }
 
 enum Purpose {
@@ -243,15 +258,35 @@ impl ModelPool {
 
     /// A pool reading system memory from `memory` (a simulation in tests).
     pub fn with_memory_source(store: ModelStore, config: PoolConfig, memory: Arc<dyn MemorySource>) -> Self {
+        Self::build(store, config, memory, None)
+    }
+
+    /// A pool that checks every model against `registry` before loading it (a file whose
+    /// digest changed is refused) and records accesses and load times there.
+    pub fn with_registry(store: ModelStore, config: PoolConfig, registry: Arc<Registry>) -> Self {
+        Self::build(store, config, Arc::new(ProcMemory::default()), Some(registry))
+    }
+
+    fn build(
+        store: ModelStore,
+        config: PoolConfig,
+        memory: Arc<dyn MemorySource>,
+        registry: Option<Arc<Registry>>,
+    ) -> Self {
         let deadlines_changed = Arc::new(Notify::new());
+        let usage_log = registry.as_ref().map(|r| spawn_usage_writer(Arc::clone(r)));
         let shared = Arc::new(Shared {
             store,
             config,
             memory,
+            registry,
+            usage_log,
+            requests: tokio::sync::broadcast::channel(256).0,
             state: Mutex::default(),
             deadlines_changed: Arc::clone(&deadlines_changed),
             room_freed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            room_waiters: AtomicUsize::new(0),
         });
         shared.refresh_budget();
         let housekeeper = tokio::spawn(housekeeping(Arc::downgrade(&shared), deadlines_changed));
@@ -266,6 +301,21 @@ impl ModelPool {
     /// The pool's configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.shared.config
+    }
+
+    /// The registry the pool checks models against and records usage in, if any.
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.shared.registry.as_ref()
+    }
+
+    /// The model of every request from now on (not preloads), as they arrive.
+    pub fn requests(&self) -> tokio::sync::broadcast::Receiver<ModelId> {
+        self.shared.requests.subscribe()
+    }
+
+    /// Whether model `id` is loaded or loading.
+    pub fn is_resident(&self, id: &ModelId) -> bool {
+        self.shared.lock().entries.contains_key(id)
     }
 
     /// Returns model `id`, loading it first if needed (evicting idle models by policy to
@@ -368,10 +418,20 @@ impl Shared {
         options: AcquireOptions,
     ) -> Result<Lease, PoolError> {
         let entry = self.store.resolve(id)?;
+        let kind = match purpose {
+            Purpose::Request => {
+                let _ = self.requests.send(id.clone());
+                AccessKind::Request
+            }
+            Purpose::Preload { .. } => AccessKind::Preload,
+        };
+        self.log_usage(UsageRecord::Access(id.clone(), kind, now_millis()));
         let keep_alive = options.keep_alive.unwrap_or(self.config.keep_alive);
         let wait_until = Instant::now() + self.config.wait_timeout;
         let mut counted = false;
         let mut needed = None;
+        // Held from the first wait for room until room is made or the request gives up.
+        let mut room_waiter: Option<RoomWaiter<'_>> = None;
         loop {
             if needed.is_none() && !self.lock().entries.contains_key(id) {
                 needed = Some(self.footprint(&entry)?);
@@ -382,8 +442,12 @@ impl Shared {
                 let tick = state.tick;
                 let room_freed = self.room_freed.notified();
                 let floor = state.credit_floor;
+                let others_wait_for_room = self.room_waiters.load(Ordering::Acquire) > room_waiter.is_some() as usize;
                 let step = match state.entries.get_mut(id) {
                     Some(e) => match &e.phase {
+                        Phase::Ready(_) if matches!(purpose, Purpose::Request) && others_wait_for_room && !e.pinned => {
+                            Step::WaitTurn
+                        }
                         Phase::Ready(model) => {
                             let model = Arc::clone(model);
                             let first_use =
@@ -432,6 +496,7 @@ impl Shared {
                             }
                             Room::NotNow => Step::WaitRoom,
                             Room::Made(evicted) => {
+                                room_waiter = None;
                                 if !counted {
                                     counted = true;
                                     let s = state.stats.entry(id.clone()).or_default();
@@ -457,7 +522,7 @@ impl Shared {
                         Err(_) => return Err(PoolError::Interrupted(id.clone())),
                     }
                 }
-                Step::WaitRoom => {
+                Step::WaitRoom | Step::WaitTurn => {
                     if matches!(purpose, Purpose::Preload { .. }) {
                         return Err(PoolError::Busy {
                             id: id.clone(),
@@ -465,6 +530,9 @@ impl Shared {
                         });
                     }
                     let _place = WaitingPlace::take(self, id)?;
+                    if matches!(step, Step::WaitRoom) && room_waiter.is_none() {
+                        room_waiter = Some(RoomWaiter::new(self));
+                    }
                     if tokio::time::timeout_at(wait_until, room_freed).await.is_err() {
                         return Err(PoolError::Busy {
                             id: id.clone(),
@@ -538,7 +606,13 @@ impl Shared {
             let started = Instant::now();
             let config = shared.config.clone();
             let task_entry = entry.clone();
+            let registry = shared.registry.clone();
+            let store = shared.store.clone();
             let loaded = tokio::task::spawn_blocking(move || {
+                if let Some(registry) = registry {
+                    // Hashes on first sight or when the file changed; refuses a mismatch.
+                    registry.check(&store, &task_entry.id)?;
+                }
                 load::load(&task_entry.id, task_entry.format, &task_entry.path, &config, generation)
             })
             .await
@@ -591,6 +665,7 @@ impl Shared {
                 s.loads += 1;
                 s.load_ms = load_ms;
                 s.total_load_ms += load_ms;
+                self.log_usage(UsageRecord::Load(id.clone(), load_ms as u64));
                 tracing::info!(model = %id, bytes, measured, estimated, load_ms, "model ready");
                 Ok(())
             }
@@ -611,6 +686,12 @@ impl Shared {
         self.room_freed.notify_waiters();
         self.deadlines_changed.notify_one();
         result
+    }
+
+    fn log_usage(&self, record: UsageRecord) {
+        if let Some(log) = &self.usage_log {
+            let _ = log.send(record);
+        }
     }
 
     /// A lease ended: when it was the model's last, its keep-alive starts (or, for a
@@ -825,6 +906,26 @@ impl State {
     }
 }
 
+/// Counts a request among those waiting for room while it lives; when it ends, the
+/// requests that waited behind it look again.
+struct RoomWaiter<'a> {
+    shared: &'a Shared,
+}
+
+impl<'a> RoomWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.room_waiters.fetch_add(1, Ordering::AcqRel);
+        Self { shared }
+    }
+}
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.shared.room_waiters.fetch_sub(1, Ordering::AcqRel);
+        self.shared.room_freed.notify_waiters();
+    }
+}
+
 /// A place in the bounded queue of requests waiting for room.
 struct WaitingPlace<'a> {
     waiting: &'a AtomicUsize,
@@ -850,6 +951,35 @@ impl Drop for WaitingPlace<'_> {
     fn drop(&mut self) {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// What the pool tells the registry.
+enum UsageRecord {
+    Access(ModelId, AccessKind, crate::registry::UnixMillis),
+    Load(ModelId, u64),
+}
+
+/// A thread that writes usage records to the registry (SQLite writes stay off the async
+/// runtime); it ends when the pool is dropped.
+fn spawn_usage_writer(registry: Arc<Registry>) -> std::sync::mpsc::Sender<UsageRecord> {
+    let (sender, records) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("registry-usage".into())
+        .spawn(move || {
+            for record in records {
+                let written = match &record {
+                    UsageRecord::Access(id, kind, at) => registry.record_access(id, *kind, *at),
+                    UsageRecord::Load(id, ms) => registry.record_load(id, *ms),
+                };
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "cannot record model usage");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the usage recorder; usage goes unrecorded");
+    }
+    sender
 }
 
 /// Drops a model on a blocking thread (freeing a model joins threads and unmaps memory)

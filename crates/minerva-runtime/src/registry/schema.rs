@@ -1,0 +1,64 @@
+//! The registry's schema, as an ordered list of migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. Opening a database
+//! applies the missing ones in one transaction, so a crash leaves either the old schema
+//! or the new one. Append new migrations; never edit one that has shipped.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: models, access log, import journal.
+    "CREATE TABLE models (
+        id TEXT PRIMARY KEY NOT NULL,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        architecture TEXT NOT NULL,
+        parameter_count INTEGER NOT NULL,
+        quantization TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        modified_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        mismatch_sha256 TEXT,
+        added_at INTEGER NOT NULL,
+        verified_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'mismatch', 'missing')),
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_access INTEGER,
+        load_count INTEGER NOT NULL DEFAULT 0,
+        total_load_ms INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE TABLE access_events (
+        seq INTEGER PRIMARY KEY,
+        model_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('request', 'preload'))
+    ) STRICT;
+    CREATE INDEX access_events_at ON access_events (at);
+    -- An import whose row is committed but whose file may still carry its temporary
+    -- name; finished (renamed) when the registry next recovers imports.
+    CREATE TABLE pending_imports (
+        id TEXT PRIMARY KEY NOT NULL,
+        temp_name TEXT NOT NULL,
+        final_name TEXT NOT NULL
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn` to [`VERSION`]; returns the version found, which is higher than
+/// [`VERSION`] (and nothing is changed) when a newer Minerva wrote the file.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found >= VERSION {
+        return Ok(found);
+    }
+    for migration in &MIGRATIONS[found.max(0) as usize..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(found)
+}
