@@ -5,7 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minerva_engine::EngineError;
-use minerva_runtime::{PoolError, StoreError};
+use minerva_runtime::{PoolError, RegistryError, StoreError};
 
 /// Every failure a client can see.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum ApiError {
     /// No memory for the model while others are in use (503 with Retry-After).
     #[error("{0}")]
     MemoryBusy(String),
+    /// The model's files failed their integrity check (409).
+    #[error("{0}")]
+    ModelUnavailable(String),
     /// The model can never fit in the memory budget (507).
     #[error("{0}")]
     InsufficientMemory(String),
@@ -64,6 +67,7 @@ impl ApiError {
             Self::Overloaded(_) | Self::MemoryBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::ModelUnavailable(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,6 +82,7 @@ impl ApiError {
             Self::Overloaded(_) | Self::MemoryBusy(_) => ("server_error", Some("overloaded")),
             Self::Timeout(_) => ("server_error", Some("timeout")),
             Self::InsufficientMemory(_) => ("server_error", Some("insufficient_memory")),
+            Self::ModelUnavailable(_) => ("invalid_request_error", Some("model_integrity")),
             Self::Internal(_) => ("server_error", None),
         }
     }
@@ -128,16 +133,23 @@ impl From<EngineError> for ApiError {
 
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
+        Self::from_pool(&e)
+    }
+}
+
+impl ApiError {
+    fn from_pool(e: &PoolError) -> Self {
         match e {
-            PoolError::Store(StoreError::UnknownModel { id, .. }) => {
+            PoolError::Store(StoreError::UnknownModel { id, .. } | StoreError::OutsideStore { id, .. }) => {
                 Self::ModelNotFound(format!("model {id:?} does not exist"))
             }
-            PoolError::Store(StoreError::OutsideStore { id, .. }) => {
-                Self::ModelNotFound(format!("model {id:?} does not exist"))
-            }
+            PoolError::LoadFailed { cause, .. } => Self::from_pool(cause),
             PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
-            e @ PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
-            e @ PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),
+            PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
+            PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),
+            PoolError::Registry(e @ (RegistryError::HashMismatch { .. } | RegistryError::Missing { .. })) => {
+                Self::ModelUnavailable(e.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(routes::models::list))
         .route("/models/stats", get(routes::models::stats))
         .route("/models/loaded", get(routes::models::loaded))
+        .route("/models/patterns", get(routes::models::patterns))
         .route("/models/{id}", get(routes::models::get).delete(routes::models::unload))
         .route("/models/{id}/load", post(routes::models::load))
         .route("/models/{id}/preload", post(routes::models::preload))

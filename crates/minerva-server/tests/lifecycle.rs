@@ -297,3 +297,67 @@ async fn a_model_larger_than_the_memory_budget_is_refused_clearly() {
     assert_eq!(stats["pool"]["bytes_in_use"], 0);
     assert_eq!(server.ok_get("/health").await["status"], "ok");
 }
+
+/// Copies `from` into `to`, recursively (real copies: the test changes them).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_file_changed_is_refused_and_usage_is_recorded() {
+    let _serial = SERIAL.lock().await;
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    copy_tree(&models_dir().join(EMBED), &models.join("mini"));
+    let store = minerva_runtime::ModelStore::new(&models);
+    let registry = minerva_runtime::Registry::open(&minerva_runtime::Registry::default_path(&store)).unwrap();
+    let pool = minerva_runtime::ModelPool::with_registry(store, pool(), std::sync::Arc::new(registry));
+    let server = TestServer::start_on_pool(ServerConfig::default(), pool).await;
+
+    // First use: registered (hashed) and served.
+    let body = json!({ "model": "mini", "input": "integrity" });
+    server.ok("/v1/embeddings", &body).await;
+    json_of(server.delete("/v1/models/mini").await, StatusCode::OK).await;
+
+    // One byte of the weights changes behind the server's back: the next load is refused
+    // with a clear error, and the server keeps serving.
+    let weights = models.join("mini/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&weights, bytes).unwrap();
+    let response = server.post("/v1/embeddings", &body).await;
+    let error = expect_error(response, StatusCode::CONFLICT, None).await;
+    assert_eq!(error["code"], "model_integrity", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("SHA-256"), "{error}");
+    assert!(loaded_entry(&server.ok_get("/v1/models/loaded").await, "mini").is_none());
+    assert_eq!(server.ok_get("/health").await["status"], "ok");
+
+    // The access log saw both requests; the patterns endpoint reports them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let patterns = server.ok_get("/v1/models/patterns").await;
+        assert_eq!(patterns["enabled"], true);
+        let mini = patterns["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "mini")
+            .cloned();
+        if mini.as_ref().is_some_and(|m| m["recent_requests"] == 2) {
+            assert_eq!(patterns["hot"][0], "mini", "{patterns}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage not recorded: {patterns}");
+        tokio::task::yield_now().await;
+    }
+}

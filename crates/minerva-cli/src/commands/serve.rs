@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use minerva_runtime::patterns::PreloadStrategy;
+use minerva_runtime::preload::{self, PreloadConfig};
 use minerva_runtime::pressure::BudgetStrategy;
 use minerva_runtime::{Budget, ModelId, ModelPool, ModelStore, PoolConfig};
 use minerva_server::ServerConfig;
@@ -79,6 +81,13 @@ pub struct Settings {
     #[arg(long = "pin", env = "MINERVA_PINNED", value_delimiter = ',')]
     #[serde(default)]
     pinned: Vec<String>,
+    /// How the preloader picks models to load before they are asked for: sequential,
+    /// frequency, recency, size, or off [default: sequential].
+    #[arg(long, env = "MINERVA_PRELOAD")]
+    preload: Option<String>,
+    /// Models from the usage history's hot list to load at start (0: none) [default: 2].
+    #[arg(long, env = "MINERVA_WARM_START")]
+    warm_start: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -112,12 +121,32 @@ impl Settings {
             eviction_policy: self.eviction_policy.or(file.eviction_policy),
             keep_alive: self.keep_alive.or(file.keep_alive),
             pinned: list(self.pinned, file.pinned),
+            preload: self.preload.or(file.preload),
+            warm_start: self.warm_start.or(file.warm_start),
         }
     }
 
     fn read(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+    }
+
+    /// The preloader's configuration, `None` when it is off.
+    fn preload_config(&self) -> Result<Option<PreloadConfig>> {
+        let strategy = match self.preload.as_deref().unwrap_or("sequential") {
+            "off" => return Ok(None),
+            "sequential" => PreloadStrategy::Sequential,
+            "frequency" => PreloadStrategy::Frequency,
+            "recency" => PreloadStrategy::Recency,
+            "size" => PreloadStrategy::Size,
+            other => anyhow::bail!("--preload {other:?}: use sequential, frequency, recency, size or off"),
+        };
+        let defaults = PreloadConfig::default();
+        Ok(Some(PreloadConfig {
+            strategy,
+            warm_start: self.warm_start.unwrap_or(defaults.warm_start),
+            ..defaults
+        }))
     }
 
     fn into_configs(self) -> Result<(ServerConfig, PoolConfig)> {
@@ -192,7 +221,10 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
         Some(path) => Settings::read(path)?,
         None => Settings::default(),
     };
-    let (config, pool_config) = args.settings.over(file).into_configs()?;
+    let settings = args.settings.over(file);
+    let preload = settings.preload_config()?;
+    let (config, pool_config) = settings.into_configs()?;
+    let registry = Arc::new(model_arg::registry(&store)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -207,7 +239,10 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
             "minerva listening on http://{addr} ({models} models in {})",
             store.root().display()
         );
-        let pool = Arc::new(ModelPool::new(store, pool_config));
+        let pool = Arc::new(ModelPool::with_registry(store, pool_config, registry));
+        if let Some(preload) = preload {
+            preload::spawn(Arc::clone(&pool), preload);
+        }
         let state = minerva_server::state(config, pool);
         minerva_server::serve(listener, state, minerva_server::shutdown_signal()).await?;
         Ok(())

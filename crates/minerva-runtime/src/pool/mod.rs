@@ -129,13 +129,13 @@ pub enum PoolError {
     /// The model files failed to load.
     #[error(transparent)]
     Load(#[from] EngineError),
-    /// Another request's load of the same model failed.
-    #[error("loading {id} failed: {reason}")]
+    /// The load of the model failed (every request that waited for it gets this).
+    #[error("loading {id} failed: {cause}")]
     LoadFailed {
         /// The model.
         id: ModelId,
         /// The load's error.
-        reason: String,
+        cause: Arc<PoolError>,
     },
     /// The model is bigger than the whole budget.
     #[error("{id} needs {needed} bytes but the memory budget is {budget} bytes")]
@@ -228,12 +228,15 @@ struct Entry {
 }
 
 enum Phase {
-    Loading(watch::Receiver<Option<Result<(), String>>>),
+    Loading(watch::Receiver<LoadOutcome>),
     Ready(Arc<ModelLease>),
 }
 
+/// How a load ended, as every request waiting for it sees it.
+type LoadOutcome = Option<Result<(), Arc<PoolError>>>;
+
 enum Step {
-    WaitLoad(watch::Receiver<Option<Result<(), String>>>),
+    WaitLoad(watch::Receiver<LoadOutcome>),
     /// No room for the model until a lease ends.
     WaitRoom,
     /// The model is loaded, but a request that arrived earlier waits for room: wait
@@ -517,7 +520,7 @@ impl Shared {
                 Step::WaitLoad(mut done) => {
                     let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());
                     match outcome {
-                        Ok(Some(Err(reason))) => return Err(PoolError::LoadFailed { id: id.clone(), reason }),
+                        Ok(Some(Err(cause))) => return Err(PoolError::LoadFailed { id: id.clone(), cause }),
                         Ok(_) => {}
                         Err(_) => return Err(PoolError::Interrupted(id.clone())),
                     }
@@ -570,7 +573,7 @@ impl Shared {
         needed: u64,
         purpose: &Purpose,
         evicted: Vec<Arc<ModelLease>>,
-    ) -> watch::Receiver<Option<Result<(), String>>> {
+    ) -> watch::Receiver<LoadOutcome> {
         let (done_tx, done) = watch::channel(None);
         state.generation += 1;
         let generation = state.generation;
@@ -631,7 +634,7 @@ impl Shared {
         generation: u64,
         loaded: Result<ModelLease, PoolError>,
         elapsed: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Arc<PoolError>> {
         let mut state = self.lock();
         let alone = state.loads_running == 1;
         state.loads_running -= 1;
@@ -671,14 +674,14 @@ impl Shared {
             }
             Ok(_) => {
                 // Unloaded while it loaded: the model is dropped here, nothing registered.
-                Err(format!("{id} was unloaded while it loaded"))
+                Err(Arc::new(PoolError::Interrupted(id.clone())))
             }
             Err(e) => {
                 if current {
                     state.entries.remove(id);
                 }
                 tracing::warn!(model = %id, error = %e, "load failed");
-                Err(e.to_string())
+                Err(Arc::new(e))
             }
         };
         state.peak_bytes = state.peak_bytes.max(state.bytes_in_use());

@@ -7,7 +7,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use minerva_runtime::{AcquireOptions, KeepAlive, ModelEntry};
+use minerva_runtime::patterns::{PatternConfig, PreloadStrategy, UsagePatterns};
+use minerva_runtime::{AcquireOptions, KeepAlive, ModelEntry, now_millis};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -141,4 +142,46 @@ pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(serde_json::json!({ "object": "list", "data": models }))
+}
+
+/// `GET /v1/models/patterns`: per model request counts, share, trend and heat over the
+/// last window, and the preload recommendations of every strategy with their reasons.
+pub async fn patterns(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(registry) = state.pool.registry().cloned() else {
+        return Ok(Json(
+            serde_json::json!({ "object": "model_patterns", "enabled": false }),
+        ));
+    };
+    let analysis = tokio::task::spawn_blocking(move || {
+        let config = PatternConfig::default();
+        let now = now_millis();
+        let window = i64::try_from(config.window.as_millis()).unwrap_or(i64::MAX / 2);
+        let events = registry.events_since(now - 2 * window)?;
+        let records = registry.records()?;
+        let patterns = UsagePatterns::new(config, &events);
+        let strategies = [
+            ("sequential", PreloadStrategy::Sequential),
+            ("frequency", PreloadStrategy::Frequency),
+            ("recency", PreloadStrategy::Recency),
+            ("size", PreloadStrategy::Size),
+        ];
+        let recommendations: serde_json::Map<String, serde_json::Value> = strategies
+            .into_iter()
+            .map(|(name, strategy)| {
+                let r = patterns.recommendations(strategy, now, &records);
+                (name.to_owned(), serde_json::to_value(r).unwrap_or_default())
+            })
+            .collect();
+        Ok::<_, minerva_runtime::RegistryError>(serde_json::json!({
+            "object": "model_patterns",
+            "enabled": true,
+            "models": patterns.usage(now),
+            "hot": patterns.hot_list(now, 3),
+            "recommendations": recommendations,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(analysis))
 }

@@ -73,13 +73,18 @@ impl TestServer {
 
     /// Starts a server with its own pool over `models` on the current runtime; it stops when
     /// [`TestServer::trigger_shutdown`] is called or the test's runtime ends.
-    pub async fn start_with(mut config: ServerConfig, pool: PoolConfig, models: PathBuf) -> Self {
+    pub async fn start_with(config: ServerConfig, pool: PoolConfig, models: PathBuf) -> Self {
+        Self::start_on_pool(config, ModelPool::new(ModelStore::new(models), pool)).await
+    }
+
+    /// Starts a server over `pool` on the current runtime.
+    pub async fn start_on_pool(mut config: ServerConfig, pool: ModelPool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         config.addr = addr;
-        let pool = Arc::new(ModelPool::new(ModelStore::new(models), pool));
+        let pool = Arc::new(pool);
         let state = minerva_server::state(config, pool);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(minerva_server::serve(listener, state, async move {
