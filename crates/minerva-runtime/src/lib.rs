@@ -5,10 +5,12 @@
 //! - [`ModelPool`]: loads models on first use (single-flight), hands out `Arc` leases,
 //!   unloads on request, and counts hits, misses and loads per model.
 //! - [`LlmWorker`]: the thread that owns a language model's session.
+//! - [`embedding`]: the embedding pipeline (batching worker, memory strategies, cache).
 //!
 //! This crate never speaks HTTP (the server's job) and never implements a forward pass
 //! (the engine's).
 
+pub mod embedding;
 mod hash;
 mod llm_worker;
 mod memory;
@@ -16,7 +18,7 @@ mod model_id;
 mod pool;
 mod store;
 
-pub use hash::sha256_file;
+pub use hash::{fingerprint_dir, sha256_file};
 pub use llm_worker::{GenerationEvent, LlmWorker};
 pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};

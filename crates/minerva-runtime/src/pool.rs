@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use minerva_engine::embed::EmbeddingModel;
 use minerva_engine::{EngineError, SessionParams};
 use tokio::sync::OnceCell;
 
+use crate::embedding::{EmbeddingService, EmbeddingServiceConfig};
 use crate::llm_worker::LlmWorker;
 use crate::memory::resident_bytes;
 use crate::{ModelFormat, ModelId, ModelStore, StoreError};
@@ -29,8 +29,8 @@ pub struct PoolConfig {
 pub enum LoadedModel {
     /// A GGUF language model with its worker.
     Llm(LlmWorker),
-    /// A sentence-embedding model.
-    Embedding(Box<EmbeddingModel>),
+    /// A sentence-embedding model with its batching worker.
+    Embedding(EmbeddingService),
 }
 
 /// A loaded model and what loading it cost. Holding the `Arc` keeps it alive even if it
@@ -222,7 +222,11 @@ fn load(
             };
             LoadedModel::Llm(LlmWorker::start(path, params, id.as_str())?)
         }
-        ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
+        ModelFormat::SentenceTransformers => LoadedModel::Embedding(EmbeddingService::load(
+            path,
+            id.as_str(),
+            EmbeddingServiceConfig::default(),
+        )?),
     };
     let bytes = resident_bytes().saturating_sub(before);
     tracing::info!(model = %id, bytes, "model loaded");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use minerva_runtime::embedding::CacheConfig;
 use minerva_runtime::{ModelPool, ModelStore, PoolConfig};
 use minerva_server::ServerConfig;
 
@@ -62,6 +63,15 @@ pub struct Settings {
     /// CPU threads per forward pass [default: all cores].
     #[arg(long, short, env = "MINERVA_THREADS")]
     threads: Option<usize>,
+    /// Memory limit of the embedding cache in bytes; 0 turns it off [default: 256 MiB].
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_BYTES")]
+    embedding_cache_bytes: Option<u64>,
+    /// Seconds a cached embedding stays valid; 0 keeps it until evicted [default: 86400].
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_TTL")]
+    embedding_cache_ttl: Option<u64>,
+    /// File the embedding cache is loaded from at start and saved to at shutdown.
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_FILE")]
+    embedding_cache_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +100,9 @@ impl Settings {
             request_timeout: self.request_timeout.or(file.request_timeout),
             ctx: self.ctx.or(file.ctx),
             threads: self.threads.or(file.threads),
+            embedding_cache_bytes: self.embedding_cache_bytes.or(file.embedding_cache_bytes),
+            embedding_cache_ttl: self.embedding_cache_ttl.or(file.embedding_cache_ttl),
+            embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
         }
     }
 
@@ -117,6 +130,15 @@ impl Settings {
             request_timeout: self
                 .request_timeout
                 .map_or(defaults.request_timeout, Duration::from_secs),
+            embedding_cache: CacheConfig {
+                max_bytes: self.embedding_cache_bytes.unwrap_or(defaults.embedding_cache.max_bytes),
+                ttl: match self.embedding_cache_ttl {
+                    Some(0) => None,
+                    Some(seconds) => Some(Duration::from_secs(seconds)),
+                    None => defaults.embedding_cache.ttl,
+                },
+                file: self.embedding_cache_file,
+            },
             ..defaults
         };
         let pool = PoolConfig {
@@ -164,7 +186,7 @@ mod tests {
         let path = dir.path().join("minerva.toml");
         std::fs::write(
             &path,
-            "addr = \"127.0.0.1:9999\"\nmax_tokens = 100\napi_keys = [\"from-file\"]\nctx = 2048\n",
+            "addr = \"127.0.0.1:9999\"\nmax_tokens = 100\napi_keys = [\"from-file\"]\nctx = 2048\nembedding_cache_ttl = 0\nembedding_cache_bytes = 1000\n",
         )
         .unwrap();
         let flags = Settings {
@@ -177,6 +199,8 @@ mod tests {
         assert_eq!(server.api_keys, ["from-file"]);
         assert_eq!(pool.n_ctx, 2048);
         assert_eq!(server.max_body_bytes, ServerConfig::default().max_body_bytes);
+        assert_eq!(server.embedding_cache.ttl, None, "0 keeps entries until evicted");
+        assert_eq!(server.embedding_cache.max_bytes, 1000);
     }
 
     #[test]
