@@ -78,12 +78,14 @@ async fn concurrent_requests_are_merged_into_shared_batches_and_get_their_own_ve
     let long: Vec<String> = (0..48)
         .map(|i| format!("{i} {}", "a long sentence about many things ".repeat(30)))
         .collect();
-    let long_request = server.ok("/v1/embeddings", &json!({ "model": EMBED, "input": long }));
-    let short_requests = futures_util::future::join_all(
-        pairs
-            .iter()
-            .map(|pair| server.ok("/v1/embeddings", &json!({ "model": EMBED, "input": pair }))),
-    );
+    let long_body = json!({ "model": EMBED, "input": long });
+    let short_bodies: Vec<Value> = pairs
+        .iter()
+        .map(|pair| json!({ "model": EMBED, "input": pair }))
+        .collect();
+    let long_request = server.ok("/v1/embeddings", &long_body);
+    let short_requests =
+        futures_util::future::join_all(short_bodies.iter().map(|body| server.ok("/v1/embeddings", body)));
     let (long_body, short_bodies) = tokio::join!(long_request, short_requests);
     assert_eq!(vectors(&long_body).len(), 48);
     for (i, body) in short_bodies.iter().enumerate() {
