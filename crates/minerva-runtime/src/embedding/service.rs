@@ -142,10 +142,13 @@ struct ModelInfo {
     fingerprint: [u8; 32],
 }
 
+/// What the worker sends back: each input's vector and token count.
+type Computed = (Vec<Arc<[f32]>>, Vec<u32>);
+
 struct Job {
     inputs: Vec<(usize, EmbeddingInput)>,
     settings: EmbedSettings,
-    reply: oneshot::Sender<Result<(Vec<Arc<[f32]>>, Vec<u32>), EmbeddingError>>,
+    reply: oneshot::Sender<Result<Computed, EmbeddingError>>,
 }
 
 /// Handle of a model's embedding worker; dropping it stops the worker once its queue is
@@ -316,7 +319,7 @@ impl EmbeddingService {
         &self,
         inputs: Vec<(usize, EmbeddingInput)>,
         settings: EmbedSettings,
-    ) -> Result<(Vec<Arc<[f32]>>, Vec<u32>), EmbeddingError> {
+    ) -> Result<Computed, EmbeddingError> {
         let count = inputs.len();
         let queued = self.queued.fetch_add(count, Ordering::SeqCst);
         if queued + count > self.max_queued && queued > 0 {
@@ -342,7 +345,7 @@ impl EmbeddingService {
 
 /// A request being worked on.
 struct Active {
-    reply: oneshot::Sender<Result<(Vec<Arc<[f32]>>, Vec<u32>), EmbeddingError>>,
+    reply: oneshot::Sender<Result<Computed, EmbeddingError>>,
     vectors: Vec<Option<Arc<[f32]>>>,
     tokens: Vec<u32>,
     remaining: usize,
