@@ -186,25 +186,8 @@ impl EmbeddingModel {
 
     /// Embeds already tokenized inputs (each at most [`Self::max_tokens`] long).
     pub fn embed_tokens(&self, inputs: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
-        if let Some((index, input)) = inputs.iter().enumerate().find(|(_, ids)| ids.len() > self.max_tokens) {
-            return Err(EngineError::InputTooLong {
-                index,
-                tokens: input.len(),
-                max: self.max_tokens,
-            });
-        }
-        // An id past the vocabulary would index outside the embedding table.
-        let vocab = self.vocab_size();
         for (index, ids) in inputs.iter().enumerate() {
-            if ids.is_empty() {
-                return Err(EngineError::invalid("input", format!("input {index} has no tokens")));
-            }
-            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                return Err(EngineError::invalid(
-                    "input",
-                    format!("input {index}: token id {bad} is outside the vocabulary of {vocab}"),
-                ));
-            }
+            self.check_input(index, ids)?;
         }
         // Length-sorted batches keep padding small.
         let mut order: Vec<usize> = (0..inputs.len()).collect();
@@ -212,14 +195,45 @@ impl EmbeddingModel {
         let mut out = vec![Vec::new(); inputs.len()];
         for batch in order.chunks(BATCH_SIZE) {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
-            for (&i, vector) in batch.iter().zip(self.forward(&rows, normalize)?) {
+            for (&i, mut vector) in batch.iter().zip(self.forward_batch(&rows)?) {
+                if normalize {
+                    l2_normalize(&mut vector);
+                }
                 out[i] = vector;
             }
         }
         Ok(out)
     }
 
-    fn forward(&self, rows: &[&[u32]], normalize: bool) -> Result<Vec<Vec<f32>>> {
+    /// Checks that `ids` can go through [`Self::forward_batch`]: not empty, at most
+    /// [`Self::max_tokens`] long, every id inside the vocabulary. `index` names the input
+    /// in errors.
+    pub fn check_input(&self, index: usize, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(EngineError::invalid("input", format!("input {index} has no tokens")));
+        }
+        if ids.len() > self.max_tokens {
+            return Err(EngineError::InputTooLong {
+                index,
+                tokens: ids.len(),
+                max: self.max_tokens,
+            });
+        }
+        // An id past the vocabulary would index outside the embedding table.
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::invalid(
+                "input",
+                format!("input {index}: token id {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One forward pass over `rows` (each checked by [`Self::check_input`]): the pooled,
+    /// unnormalized vector of each row, in order. Rows are padded to the longest; padded
+    /// positions are masked out of attention and pooling.
+    pub fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * width);
         let mut mask = Vec::with_capacity(rows.len() * width);
@@ -243,13 +257,16 @@ impl EmbeddingModel {
                 summed.broadcast_div(&counts)?
             }
         };
-        let pooled = if normalize {
-            let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-            pooled.broadcast_div(&norms)?
-        } else {
-            pooled
-        };
         Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+/// Scales `vector` to unit L2 length (as sentence-transformers' `Normalize` module does;
+/// a zero vector stays zero).
+pub fn l2_normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for x in vector {
+        *x /= norm;
     }
 }
 

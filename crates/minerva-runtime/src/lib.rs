@@ -12,10 +12,12 @@
 //!   crash-safe imports.
 //! - [`patterns`]: hot/cold models, trends and preload recommendations from the access log.
 //! - [`preload`]: the preloader that acts on them (warm start, rate-limited preloads).
+//! - [`embedding`]: the embedding pipeline (batching worker, memory strategies, cache).
 //!
 //! This crate never speaks HTTP (the server's job) and never implements a forward pass
 //! (the engine's).
 
+pub mod embedding;
 pub mod estimate;
 mod hash;
 mod keep_alive;
@@ -29,7 +31,7 @@ pub mod pressure;
 mod registry;
 mod store;
 
-pub use hash::{sha256_file, sha256_model};
+pub use hash::{fingerprint_dir, sha256_file, sha256_model};
 pub use keep_alive::{InvalidKeepAlive, KeepAlive};
 pub use llm_worker::{GenerationEvent, LlmWorker};
 pub use memory::resident_bytes;

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use minerva_runtime::embedding::CacheConfig;
+
 /// Everything `minerva serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -35,6 +37,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// The embedding cache: size, time-to-live, file kept across restarts.
+    pub embedding_cache: CacheConfig,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             queue_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
+            embedding_cache: CacheConfig::default(),
         }
     }
 }

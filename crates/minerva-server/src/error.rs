@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minerva_engine::EngineError;
+use minerva_runtime::embedding::EmbeddingError;
 use minerva_runtime::{PoolError, RegistryError, StoreError};
 
 /// Every failure a client can see.
@@ -127,6 +128,16 @@ impl From<EngineError> for ApiError {
             EngineError::ChatTemplate(_) => Self::invalid("messages", e.to_string()),
             // Only the first line: library errors may carry a backtrace with source paths.
             _ => Self::Internal(e.to_string().lines().next().unwrap_or_default().to_owned()),
+        }
+    }
+}
+
+impl From<EmbeddingError> for ApiError {
+    fn from(e: EmbeddingError) -> Self {
+        match e {
+            EmbeddingError::Input(e) => e.into(),
+            EmbeddingError::Overloaded { .. } => Self::Overloaded("the embedding queue is full"),
+            other => Self::Internal(other.to_string()),
         }
     }
 }

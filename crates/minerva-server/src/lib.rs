@@ -21,6 +21,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use minerva_runtime::ModelPool;
+use minerva_runtime::embedding::EmbeddingCache;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::ServerConfig;
@@ -29,7 +30,12 @@ pub use state::AppState;
 
 /// Builds the shared state for `config` over `pool`.
 pub fn state(config: ServerConfig, pool: Arc<ModelPool>) -> AppState {
+    let embedding_cache = EmbeddingCache::open(config.embedding_cache.clone()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "starting with an empty embedding cache");
+        EmbeddingCache::new(config.embedding_cache.clone())
+    });
     AppState {
+        embedding_cache: Arc::new(embedding_cache),
         admission: Arc::new(state::Admission::new(&config)),
         config: Arc::new(config),
         pool,
@@ -63,6 +69,7 @@ pub fn app(state: AppState) -> Router {
         .route("/chat/completions", post(routes::chat::chat_completions))
         .route("/completions", post(routes::completions::completions))
         .route("/embeddings", post(routes::embeddings::embeddings))
+        .route("/embeddings/stats", get(routes::embeddings::stats))
         .route("/models", get(routes::models::list))
         .route("/models/stats", get(routes::models::stats))
         .route("/models/loaded", get(routes::models::loaded))
@@ -107,14 +114,16 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests `config.shutdown_grace` to finish.
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting,
+/// gives in-flight requests `config.shutdown_grace` to finish, and saves the embedding
+/// cache when it has a file.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
+    let embedding_cache = Arc::clone(&state.embedding_cache);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         shutdown.await;
@@ -128,13 +137,20 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server => result,
         () = drain_deadline => {
             tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish in time; exiting");
             Ok(())
         }
+    };
+    match tokio::task::spawn_blocking(move || embedding_cache.persist()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(entries)) => tracing::info!(entries, "embedding cache saved"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "embedding cache not saved"),
+        Err(e) => tracing::warn!(error = %e, "saving the embedding cache failed"),
     }
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM.

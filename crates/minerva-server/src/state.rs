@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use minerva_runtime::embedding::EmbeddingCache;
 use minerva_runtime::{ModelId, ModelPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Vectors by content, shared by every embedding model.
+    pub embedding_cache: Arc<EmbeddingCache>,
 }
 
 impl AppState {

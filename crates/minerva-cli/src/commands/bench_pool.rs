@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::{LanguageModel, embed::EmbedOptions};
+use minerva_engine::LanguageModel;
 use minerva_runtime::estimate::estimate;
+use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};
 use minerva_runtime::patterns::{PatternConfig, PreloadStrategy};
 use minerva_runtime::preload::{self, PreloadConfig};
 use minerva_runtime::{
@@ -295,15 +296,13 @@ async fn serve_one(pool: &ModelPool, model: &ModelId) -> Result<()> {
                 }
             }
         }
-        LoadedModel::Embedding(_) => {
-            let lease = lease.clone();
-            tokio::task::spawn_blocking(move || match &lease.model {
-                LoadedModel::Embedding(model) => model
-                    .embed(&["A short sentence to embed."], EmbedOptions::default())
-                    .map(drop),
-                LoadedModel::Llm(_) => Ok(()),
-            })
-            .await??;
+        LoadedModel::Embedding(service) => {
+            let input = vec![EmbeddingInput::Text("A short sentence to embed.".into())];
+            let settings = EmbedSettings {
+                normalize: true,
+                forbid_truncation: false,
+            };
+            service.embed(input, settings, None).await?;
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use minerva_runtime::embedding::CacheConfig;
 use minerva_runtime::patterns::PreloadStrategy;
 use minerva_runtime::preload::{self, PreloadConfig};
 use minerva_runtime::pressure::BudgetStrategy;
@@ -88,6 +89,15 @@ pub struct Settings {
     /// Models from the usage history's hot list to load at start (0: none) [default: 2].
     #[arg(long, env = "MINERVA_WARM_START")]
     warm_start: Option<usize>,
+    /// Memory limit of the embedding cache in bytes; 0 turns it off [default: 256 MiB].
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_BYTES")]
+    embedding_cache_bytes: Option<u64>,
+    /// Seconds a cached embedding stays valid; 0 keeps it until evicted [default: 86400].
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_TTL")]
+    embedding_cache_ttl: Option<u64>,
+    /// File the embedding cache is loaded from at start and saved to at shutdown.
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE_FILE")]
+    embedding_cache_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +133,9 @@ impl Settings {
             pinned: list(self.pinned, file.pinned),
             preload: self.preload.or(file.preload),
             warm_start: self.warm_start.or(file.warm_start),
+            embedding_cache_bytes: self.embedding_cache_bytes.or(file.embedding_cache_bytes),
+            embedding_cache_ttl: self.embedding_cache_ttl.or(file.embedding_cache_ttl),
+            embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
         }
     }
 
@@ -168,6 +181,15 @@ impl Settings {
             request_timeout: self
                 .request_timeout
                 .map_or(defaults.request_timeout, Duration::from_secs),
+            embedding_cache: CacheConfig {
+                max_bytes: self.embedding_cache_bytes.unwrap_or(defaults.embedding_cache.max_bytes),
+                ttl: match self.embedding_cache_ttl {
+                    Some(0) => None,
+                    Some(seconds) => Some(Duration::from_secs(seconds)),
+                    None => defaults.embedding_cache.ttl,
+                },
+                file: self.embedding_cache_file,
+            },
             ..defaults
         };
         let mut pool = PoolConfig::new(
@@ -259,7 +281,7 @@ mod tests {
         let path = dir.path().join("minerva.toml");
         std::fs::write(
             &path,
-            "addr = \"127.0.0.1:9999\"\nmax_tokens = 100\napi_keys = [\"from-file\"]\nctx = 2048\n",
+            "addr = \"127.0.0.1:9999\"\nmax_tokens = 100\napi_keys = [\"from-file\"]\nctx = 2048\nembedding_cache_ttl = 0\nembedding_cache_bytes = 1000\n",
         )
         .unwrap();
         let flags = Settings {
@@ -272,6 +294,8 @@ mod tests {
         assert_eq!(server.api_keys, ["from-file"]);
         assert_eq!(pool.n_ctx, 2048);
         assert_eq!(server.max_body_bytes, ServerConfig::default().max_body_bytes);
+        assert_eq!(server.embedding_cache.ttl, None, "0 keeps entries until evicted");
+        assert_eq!(server.embedding_cache.max_bytes, 1000);
     }
 
     #[test]

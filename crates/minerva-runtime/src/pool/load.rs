@@ -4,9 +4,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use minerva_engine::SessionParams;
-use minerva_engine::embed::EmbeddingModel;
 
 use super::{PoolConfig, PoolError};
+use crate::embedding::{EmbeddingService, EmbeddingServiceConfig};
 use crate::llm_worker::LlmWorker;
 use crate::memory::resident_bytes;
 use crate::{ModelFormat, ModelId};
@@ -15,8 +15,8 @@ use crate::{ModelFormat, ModelId};
 pub enum LoadedModel {
     /// A GGUF language model with its worker.
     Llm(LlmWorker),
-    /// A sentence-embedding model.
-    Embedding(Box<EmbeddingModel>),
+    /// A sentence-embedding model with its batching worker.
+    Embedding(EmbeddingService),
 }
 
 /// A loaded model and what loading it cost.
@@ -54,7 +54,11 @@ pub(super) fn load(
     let before = resident_bytes();
     let model = match format {
         ModelFormat::Gguf => LoadedModel::Llm(LlmWorker::start(path, session_params(config), id.as_str())?),
-        ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
+        ModelFormat::SentenceTransformers => LoadedModel::Embedding(EmbeddingService::load(
+            path,
+            id.as_str(),
+            EmbeddingServiceConfig::default(),
+        )?),
     };
     let bytes = resident_bytes().saturating_sub(before);
     tracing::info!(model = %id, bytes, "model loaded");

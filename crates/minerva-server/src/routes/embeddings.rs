@@ -1,9 +1,17 @@
-//! `POST /v1/embeddings`.
+//! `POST /v1/embeddings` and `GET /v1/embeddings/stats`.
+//!
+//! A request goes to the model's embedding service (its batching worker) through the
+//! server's embedding cache: hits are answered at once, misses take an admission slot
+//! (as every inference request does), join the worker's queue and are merged with other
+//! requests' inputs into batches.
 
+use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};
 use minerva_runtime::{AcquireOptions, KeepAlive, LoadedModel};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -33,6 +41,33 @@ enum Input {
     TokenLists(Vec<Vec<u32>>),
 }
 
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            Self::Text(_) | Self::Tokens(_) => 1,
+            Self::Texts(t) => t.len(),
+            Self::TokenLists(t) => t.len(),
+        }
+    }
+
+    fn chars(&self) -> usize {
+        match self {
+            Self::Text(t) => t.chars().count(),
+            Self::Texts(t) => t.iter().map(|s| s.chars().count()).sum(),
+            Self::Tokens(_) | Self::TokenLists(_) => 0,
+        }
+    }
+
+    fn into_inputs(self) -> Vec<EmbeddingInput> {
+        match self {
+            Self::Text(t) => vec![EmbeddingInput::Text(t)],
+            Self::Texts(texts) => texts.into_iter().map(EmbeddingInput::Text).collect(),
+            Self::Tokens(ids) => vec![EmbeddingInput::Tokens(ids)],
+            Self::TokenLists(lists) => lists.into_iter().map(EmbeddingInput::Tokens).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
@@ -41,15 +76,39 @@ enum EncodingFormat {
     Base64,
 }
 
+#[derive(Serialize)]
+struct EmbeddingResponse<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingData<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingData<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Vector<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u64,
+    total_tokens: u64,
+}
+
 pub async fn embeddings(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EmbeddingRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let count = match &req.input {
-        Input::Text(_) | Input::Tokens(_) => 1,
-        Input::Texts(t) => t.len(),
-        Input::TokenLists(t) => t.len(),
-    };
+) -> Result<Response, ApiError> {
+    let count = req.input.len();
     if count == 0 {
         return Err(ApiError::invalid("input", "must not be empty"));
     }
@@ -62,11 +121,7 @@ pub async fn embeddings(
             ),
         ));
     }
-    let chars: usize = match &req.input {
-        Input::Text(t) => t.chars().count(),
-        Input::Texts(t) => t.iter().map(|s| s.chars().count()).sum(),
-        _ => 0,
-    };
+    let chars = req.input.chars();
     if chars > state.config.max_prompt_chars.saturating_mul(16) {
         return Err(ApiError::invalid(
             "input",
@@ -83,68 +138,84 @@ pub async fn embeddings(
             },
         )
         .await?;
-    let LoadedModel::Embedding(model) = &lease.model else {
+    let LoadedModel::Embedding(service) = &lease.model else {
         return Err(ApiError::invalid(
             "model",
             format!("{id} is not an embedding model; use /v1/chat/completions"),
         ));
     };
     if let Some(d) = req.dimensions
-        && d != model.dimensions()
+        && d != service.dimensions()
     {
         return Err(ApiError::invalid(
             "dimensions",
             format!(
                 "{id} produces {} dimensions and cannot shorten them",
-                model.dimensions()
+                service.dimensions()
             ),
         ));
     }
-    let slot = state.admission.admit().await?;
-    let forbid_truncation = req.truncate == Some(false);
-    let work_lease = lease.clone();
-    // The slot moves into the blocking task: it is held as long as the CPU work runs,
-    // even if the client goes away meanwhile.
-    let (vectors, prompt_tokens) = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let LoadedModel::Embedding(model) = &work_lease.model else {
-            unreachable!("checked above")
-        };
-        let inputs: Vec<Vec<u32>> = match req.input {
-            Input::Text(t) => vec![model.tokenize(0, &t, forbid_truncation)?.ids],
-            Input::Texts(texts) => texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| model.tokenize(i, t, forbid_truncation).map(|input| input.ids))
-                .collect::<Result<_, _>>()?,
-            Input::Tokens(ids) => vec![ids],
-            Input::TokenLists(lists) => lists,
-        };
-        let tokens: usize = inputs.iter().map(Vec::len).sum();
-        let vectors = model.embed_tokens(&inputs, model.normalizes())?;
-        Ok::<_, minerva_engine::EngineError>((vectors, tokens))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("embedding task failed: {e}")))??;
-    metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(vectors.len() as u64);
-    let data: Vec<_> = vectors
+    let settings = EmbedSettings {
+        normalize: service.normalizes(),
+        forbid_truncation: req.truncate == Some(false),
+    };
+    let cache = Some(state.embedding_cache.as_ref());
+    let lookup = service.lookup(req.input.into_inputs(), settings, cache);
+    // Only work for the model takes an admission slot; the slot is held until the
+    // vectors are back, and batch mates come from the requests holding slots.
+    let _slot = match lookup.misses() {
+        0 => None,
+        _ => Some(state.admission.admit().await?),
+    };
+    let embedded = service.compute(lookup, cache).await?;
+    metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(count as u64);
+    let prompt_tokens: u64 = embedded.tokens.iter().map(|&t| u64::from(t)).sum();
+    let data = embedded
+        .vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = match req.encoding_format {
-                EncodingFormat::Float => serde_json::json!(v),
+        .map(|(index, v)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: match req.encoding_format {
+                EncodingFormat::Float => Vector::Float(v),
                 EncodingFormat::Base64 => {
                     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    serde_json::json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
                 }
-            };
-            serde_json::json!({ "object": "embedding", "index": index, "embedding": embedding })
+            },
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({
-        "object": "list",
-        "data": data,
-        "model": req.model,
-        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
-    })))
+    Ok(Json(EmbeddingResponse {
+        object: "list",
+        data,
+        model: &req.model,
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    })
+    .into_response())
+}
+
+/// `GET /v1/embeddings/stats`: the embedding cache and each loaded embedding model's
+/// batching counters.
+pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let models: serde_json::Map<String, serde_json::Value> = state
+        .pool
+        .loaded()
+        .iter()
+        .filter_map(|lease| match &lease.model {
+            LoadedModel::Embedding(service) => Some((
+                lease.id.to_string(),
+                serde_json::to_value(service.stats()).unwrap_or_default(),
+            )),
+            LoadedModel::Llm(_) => None,
+        })
+        .collect();
+    Json(serde_json::json!({
+        "object": "embedding_stats",
+        "cache": state.embedding_cache.stats(),
+        "models": models,
+    }))
 }

@@ -46,6 +46,23 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("minerva_model_evictions", "model" => model.clone(), "reason" => reason).set(*n as f64);
         }
     }
+    let cache = state.embedding_cache.stats();
+    metrics::counter!("minerva_embedding_cache_hits_total").absolute(cache.hits);
+    metrics::counter!("minerva_embedding_cache_misses_total").absolute(cache.misses);
+    metrics::counter!("minerva_embedding_cache_evictions_total").absolute(cache.evictions);
+    metrics::counter!("minerva_embedding_cache_expirations_total").absolute(cache.expirations);
+    metrics::gauge!("minerva_embedding_cache_bytes").set(cache.bytes as f64);
+    metrics::gauge!("minerva_embedding_cache_entries").set(cache.entries as f64);
+    for lease in &state.pool.loaded() {
+        if let minerva_runtime::LoadedModel::Embedding(service) = &lease.model {
+            let s = service.stats();
+            let model = lease.id.to_string();
+            metrics::counter!("minerva_embedding_batches_total", "model" => model.clone()).absolute(s.batches);
+            metrics::counter!("minerva_embedding_padded_tokens_total", "model" => model.clone())
+                .absolute(s.padded_tokens);
+            metrics::gauge!("minerva_embedding_token_budget", "model" => model).set(s.token_budget as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -1,0 +1,482 @@
+//! The content-addressed embedding cache (seed 003's IntelligentEmbeddingCache made
+//! real): the key is the SHA-256 of everything that decides a vector (the model files'
+//! fingerprint, pooling, normalization, truncation, and the exact input), the value the
+//! vector itself, so a hit is bit-identical to a fresh computation.
+//!
+//! Storage is a `moka` cache bounded in bytes (a weigher counts each entry's key, vector
+//! and bookkeeping; TinyLFU admission with LRU eviction). The time-to-live is checked on
+//! read against `tokio::time::Instant`, so tests drive it with virtual time; moka's own
+//! expiry backs it up in real time to reclaim memory. [`EmbeddingCache::save`] and
+//! [`EmbeddingCache::open`] keep the entries across restarts in a versioned binary file.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::notification::RemovalCause;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::EmbeddingInput;
+use minerva_engine::embed::Pooling;
+
+/// Bytes of bookkeeping per entry besides key and vector (moka's node, the `Arc`).
+const ENTRY_OVERHEAD: usize = 96;
+/// First bytes of a cache file.
+const FILE_MAGIC: &[u8; 8] = b"MNVEMBC\0";
+/// Layout version of the cache file; a file of another version is ignored.
+const FILE_VERSION: u32 = 1;
+
+/// How the cache is bounded and where it persists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Most bytes the entries may take; 0 turns the cache off.
+    pub max_bytes: u64,
+    /// How long an entry serves hits; `None` keeps entries until evicted.
+    pub ttl: Option<Duration>,
+    /// File the entries are loaded from at start and saved to at shutdown.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            ttl: Some(Duration::from_secs(24 * 3600)),
+            file: None,
+        }
+    }
+}
+
+/// What decides a vector besides the input: part of every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyContext<'a> {
+    /// SHA-256 over the model's files.
+    pub fingerprint: &'a [u8; 32],
+    /// The model's pooling.
+    pub pooling: Pooling,
+    /// Whether vectors are L2-normalized.
+    pub normalize: bool,
+    /// Whether over-long inputs are refused (else truncated).
+    pub forbid_truncation: bool,
+    /// Tokens per input after truncation.
+    pub max_tokens: usize,
+}
+
+/// SHA-256 of a vector's context and input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// The key of `input` under `context`.
+    pub fn new(context: &KeyContext<'_>, input: &EmbeddingInput) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"minerva-embedding-v1\0");
+        h.update(context.fingerprint);
+        h.update([
+            match context.pooling {
+                Pooling::Mean => 0,
+                Pooling::Cls => 1,
+            },
+            u8::from(context.normalize),
+            u8::from(context.forbid_truncation),
+        ]);
+        h.update((context.max_tokens as u64).to_le_bytes());
+        match input {
+            EmbeddingInput::Text(text) => {
+                h.update([0]);
+                h.update(text.as_bytes());
+            }
+            EmbeddingInput::Tokens(ids) => {
+                h.update([1]);
+                for id in ids {
+                    h.update(id.to_le_bytes());
+                }
+            }
+        }
+        Self(h.finalize().into())
+    }
+}
+
+/// A cached vector and the tokens its input had (for usage counts).
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The vector, exactly as computed.
+    pub vector: Arc<[f32]>,
+    /// Tokens of the input.
+    pub tokens: u32,
+}
+
+#[derive(Clone)]
+struct Entry {
+    cached: Cached,
+    stored: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    inserts: AtomicU64,
+}
+
+/// Counters and size of the cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes they take (by the weigher).
+    pub bytes: u64,
+    /// The limit.
+    pub max_bytes: u64,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to compute.
+    pub misses: u64,
+    /// Hits / (hits + misses), 0 before any lookup.
+    pub hit_rate: f64,
+    /// Entries dropped (or refused) to stay within the limit.
+    pub evictions: u64,
+    /// Entries dropped because their time-to-live passed.
+    pub expirations: u64,
+    /// Vectors stored.
+    pub inserts: u64,
+    /// Time-to-live in seconds, if any.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Vectors by content, bounded in bytes; cheap to share (`Arc` inside).
+pub struct EmbeddingCache {
+    entries: Option<moka::sync::Cache<CacheKey, Entry>>,
+    counters: Arc<Counters>,
+    config: CacheConfig,
+}
+
+/// Why the cache file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheFileError {
+    /// Reading or writing failed.
+    #[error("embedding cache file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The file is not a cache file of this version.
+    #[error(
+        "embedding cache file {path} is not a Minerva cache file of version {FILE_VERSION}; delete it or choose another path"
+    )]
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl EmbeddingCache {
+    /// An empty cache for `config` (the file, if any, is not read: see [`Self::open`]).
+    pub fn new(config: CacheConfig) -> Self {
+        let counters = Arc::new(Counters::default());
+        let entries = (config.max_bytes > 0).then(|| {
+            let listener_counters = Arc::clone(&counters);
+            let mut builder = moka::sync::Cache::builder()
+                .max_capacity(config.max_bytes)
+                .weigher(|_key: &CacheKey, entry: &Entry| {
+                    u32::try_from(entry_bytes(entry.cached.vector.len())).unwrap_or(u32::MAX)
+                })
+                .eviction_listener(move |_key, _entry, cause| {
+                    let counter = match cause {
+                        RemovalCause::Size => &listener_counters.evictions,
+                        RemovalCause::Expired => &listener_counters.expirations,
+                        RemovalCause::Explicit | RemovalCause::Replaced => return,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                });
+            if let Some(ttl) = config.ttl {
+                builder = builder.time_to_live(ttl);
+            }
+            builder.build()
+        });
+        Self {
+            entries,
+            counters,
+            config,
+        }
+    }
+
+    /// A cache for `config`, filled from its file when one exists. An unreadable file is
+    /// an error; a missing one is an empty cache.
+    pub fn open(config: CacheConfig) -> Result<Self, CacheFileError> {
+        let cache = Self::new(config);
+        if let Some(path) = &cache.config.file
+            && path.exists()
+        {
+            let loaded = cache.load(path)?;
+            tracing::info!(path = %path.display(), entries = loaded, "embedding cache loaded");
+        }
+        Ok(cache)
+    }
+
+    /// The vector stored under `key`, if fresh; counts a hit or a miss.
+    pub fn get(&self, key: &CacheKey) -> Option<Cached> {
+        let found = self.entries.as_ref().and_then(|entries| {
+            let entry = entries.get(key)?;
+            if self.config.ttl.is_some_and(|ttl| entry.stored.elapsed() >= ttl) {
+                entries.invalidate(key);
+                self.counters.expirations.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Some(entry.cached)
+        });
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Stores `cached` under `key`.
+    pub fn insert(&self, key: CacheKey, cached: Cached) {
+        if let Some(entries) = &self.entries {
+            entries.insert(
+                key,
+                Entry {
+                    cached,
+                    stored: Instant::now(),
+                },
+            );
+            self.counters.inserts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Size and counters (pending evictions applied first, so the size is exact).
+    pub fn stats(&self) -> CacheStats {
+        let (entries, bytes) = self.entries.as_ref().map_or((0, 0), |e| {
+            e.run_pending_tasks();
+            (e.entry_count(), e.weighted_size())
+        });
+        let hits = self.counters.hits.load(Ordering::Relaxed);
+        let misses = self.counters.misses.load(Ordering::Relaxed);
+        CacheStats {
+            entries,
+            bytes,
+            max_bytes: self.config.max_bytes,
+            hits,
+            misses,
+            hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            expirations: self.counters.expirations.load(Ordering::Relaxed),
+            inserts: self.counters.inserts.load(Ordering::Relaxed),
+            ttl_seconds: self.config.ttl.map(|t| t.as_secs()),
+        }
+    }
+
+    /// Writes the entries to the configured file (nothing without one); returns how many.
+    pub fn persist(&self) -> Result<usize, CacheFileError> {
+        match &self.config.file {
+            Some(path) => self.save(path),
+            None => Ok(0),
+        }
+    }
+
+    /// Writes every entry to `path` (through a temporary file, so a crash leaves the old
+    /// file intact); returns how many.
+    pub fn save(&self, path: &Path) -> Result<usize, CacheFileError> {
+        let io = |source| CacheFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let Some(entries) = &self.entries else {
+            return Ok(0);
+        };
+        entries.run_pending_tasks();
+        let items: Vec<(Arc<CacheKey>, Entry)> = entries.iter().collect();
+        let tmp = path.with_extension("tmp");
+        let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        out.write_all(FILE_MAGIC).map_err(io)?;
+        out.write_all(&FILE_VERSION.to_le_bytes()).map_err(io)?;
+        out.write_all(&(items.len() as u64).to_le_bytes()).map_err(io)?;
+        for (key, entry) in &items {
+            out.write_all(&key.0).map_err(io)?;
+            out.write_all(&entry.cached.tokens.to_le_bytes()).map_err(io)?;
+            out.write_all(&(entry.cached.vector.len() as u32).to_le_bytes())
+                .map_err(io)?;
+            for x in entry.cached.vector.iter() {
+                out.write_all(&x.to_le_bytes()).map_err(io)?;
+            }
+        }
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(items.len())
+    }
+
+    fn load(&self, path: &Path) -> Result<usize, CacheFileError> {
+        let io = |source| CacheFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let format = || CacheFileError::Format { path: path.to_owned() };
+        let mut input = BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic).map_err(|_| format())?;
+        if &magic != FILE_MAGIC || read_u32(&mut input).map_err(|_| format())? != FILE_VERSION {
+            return Err(format());
+        }
+        let mut count = [0u8; 8];
+        input.read_exact(&mut count).map_err(|_| format())?;
+        let count = u64::from_le_bytes(count);
+        let mut loaded = 0;
+        for _ in 0..count {
+            let mut key = [0u8; 32];
+            input.read_exact(&mut key).map_err(|_| format())?;
+            let tokens = read_u32(&mut input).map_err(|_| format())?;
+            let dims = read_u32(&mut input).map_err(|_| format())? as usize;
+            if dims > 1 << 16 {
+                return Err(format());
+            }
+            let mut bytes = vec![0u8; dims * 4];
+            input.read_exact(&mut bytes).map_err(|_| format())?;
+            let vector: Arc<[f32]> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            self.insert(CacheKey(key), Cached { vector, tokens });
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+}
+
+/// What the weigher charges for a vector of `dims` floats.
+fn entry_bytes(dims: usize) -> usize {
+    std::mem::size_of::<CacheKey>() + ENTRY_OVERHEAD + dims * std::mem::size_of::<f32>()
+}
+
+fn read_u32(input: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    input.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FINGERPRINT: [u8; 32] = [7; 32];
+
+    fn context(normalize: bool) -> KeyContext<'static> {
+        KeyContext {
+            fingerprint: &FINGERPRINT,
+            pooling: Pooling::Mean,
+            normalize,
+            forbid_truncation: false,
+            max_tokens: 256,
+        }
+    }
+
+    fn key(text: &str) -> CacheKey {
+        CacheKey::new(&context(true), &EmbeddingInput::Text(text.to_owned()))
+    }
+
+    fn vector(seed: f32) -> Cached {
+        Cached {
+            vector: (0..384).map(|i| seed + i as f32 * 1e-3).collect(),
+            tokens: 5,
+        }
+    }
+
+    #[test]
+    fn keys_differ_by_text_options_model_and_input_kind() {
+        let text = EmbeddingInput::Text("a".into());
+        let base = CacheKey::new(&context(true), &text);
+        assert_ne!(base, key("b"));
+        assert_ne!(base, CacheKey::new(&context(false), &text));
+        let other_model = KeyContext {
+            fingerprint: &[8; 32],
+            ..context(true)
+        };
+        assert_ne!(base, CacheKey::new(&other_model, &text));
+        assert_ne!(base, CacheKey::new(&context(true), &EmbeddingInput::Tokens(vec![97])));
+        assert_eq!(base, key("a"));
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_byte_limit() {
+        let limit = 50 * entry_bytes(384) as u64;
+        let cache = EmbeddingCache::new(CacheConfig {
+            max_bytes: limit,
+            ttl: None,
+            file: None,
+        });
+        for i in 0..1000 {
+            cache.insert(key(&i.to_string()), vector(i as f32));
+        }
+        let stats = cache.stats();
+        assert!(stats.bytes <= limit, "{stats:?}");
+        assert!(stats.entries <= 50 && stats.entries > 0, "{stats:?}");
+        assert!(stats.evictions >= 950, "{stats:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_their_time_to_live() {
+        let cache = EmbeddingCache::new(CacheConfig {
+            max_bytes: 1 << 20,
+            ttl: Some(Duration::from_secs(60)),
+            file: None,
+        });
+        cache.insert(key("a"), vector(1.0));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(cache.get(&key("a")).is_some(), "fresh before the TTL");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(cache.get(&key("a")).is_none(), "expired after the TTL");
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.expirations), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_saved_cache_reopens_with_bit_identical_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig {
+            max_bytes: 1 << 20,
+            ttl: None,
+            file: Some(dir.path().join("embeddings.cache")),
+        };
+        let cache = EmbeddingCache::new(config.clone());
+        let stored = vector(0.1);
+        cache.insert(key("a"), stored.clone());
+        assert_eq!(cache.persist().unwrap(), 1);
+        let reopened = EmbeddingCache::open(config).unwrap();
+        let hit = reopened.get(&key("a")).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&hit.vector), bits(&stored.vector));
+        assert_eq!(hit.tokens, 5);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-cache");
+        std::fs::write(&path, b"hello world, not a cache").unwrap();
+        let err = EmbeddingCache::open(CacheConfig {
+            file: Some(path),
+            ..CacheConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("not a Minerva cache file"), "{err}");
+    }
+}
