@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use minerva_engine::EngineError;
 use minerva_engine::embed::EmbeddingModel;
-use minerva_engine::{EngineError, SessionParams};
 use tokio::sync::OnceCell;
 
-use crate::llm_worker::LlmWorker;
+use crate::llm_worker::{LlmWorker, LlmWorkerConfig};
 use crate::memory::resident_bytes;
 use crate::{ModelFormat, ModelId, ModelStore, StoreError};
 
@@ -21,8 +21,20 @@ use crate::{ModelFormat, ModelId, ModelStore, StoreError};
 pub struct PoolConfig {
     /// CPU threads per forward pass.
     pub threads: usize,
-    /// Context size of each language model's session (capped at the model's training context).
+    /// Context of one generation request (capped at the model's training context).
     pub n_ctx: u32,
+    /// Generations each language model runs at once, batched together.
+    pub parallel: usize,
+    /// Most distinct prompt tokens whose KV each language model keeps for reuse; 0 turns
+    /// the prefix cache off.
+    pub prefix_cache_tokens: usize,
+}
+
+impl PoolConfig {
+    /// Default of [`PoolConfig::parallel`].
+    pub const DEFAULT_PARALLEL: usize = 16;
+    /// Default of [`PoolConfig::prefix_cache_tokens`].
+    pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 4096;
 }
 
 /// A loaded model.
@@ -214,13 +226,13 @@ fn load(
     let before = resident_bytes();
     let model = match format {
         ModelFormat::Gguf => {
-            let params = SessionParams {
+            let worker = LlmWorkerConfig {
                 n_ctx: config.n_ctx,
-                n_batch: config.n_ctx.min(2048),
-                n_seq_max: 1,
                 threads: config.threads,
+                parallel: config.parallel,
+                prefix_cache_tokens: config.prefix_cache_tokens,
             };
-            LoadedModel::Llm(LlmWorker::start(path, params, id.as_str())?)
+            LoadedModel::Llm(LlmWorker::start(path, worker, id.as_str())?)
         }
         ModelFormat::SentenceTransformers => LoadedModel::Embedding(Box::new(EmbeddingModel::load(path)?)),
     };

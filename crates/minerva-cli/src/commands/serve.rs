@@ -47,7 +47,7 @@ pub struct Settings {
     /// Largest max_tokens a request may ask for [default: 4096].
     #[arg(long, env = "MINERVA_MAX_TOKENS")]
     max_tokens: Option<usize>,
-    /// Inference requests running at once [default: 4].
+    /// Inference requests running at once [default: --parallel].
     #[arg(long, env = "MINERVA_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
     /// Requests waiting for a slot before the server answers 503 [default: 64].
@@ -62,6 +62,12 @@ pub struct Settings {
     /// CPU threads per forward pass [default: all cores].
     #[arg(long, short, env = "MINERVA_THREADS")]
     threads: Option<usize>,
+    /// Generations each language model runs at once, batched together [default: 16].
+    #[arg(long, env = "MINERVA_PARALLEL")]
+    parallel: Option<usize>,
+    /// Prompt tokens whose KV each language model keeps for reuse, 0 for none [default: 4096].
+    #[arg(long, env = "MINERVA_PREFIX_CACHE_TOKENS")]
+    prefix_cache_tokens: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +96,8 @@ impl Settings {
             request_timeout: self.request_timeout.or(file.request_timeout),
             ctx: self.ctx.or(file.ctx),
             threads: self.threads.or(file.threads),
+            parallel: self.parallel.or(file.parallel),
+            prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
         }
     }
 
@@ -105,6 +113,7 @@ impl Settings {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             api_keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
         }
+        let parallel = self.parallel.unwrap_or(PoolConfig::DEFAULT_PARALLEL).max(1);
         let server = ServerConfig {
             addr: self.addr.unwrap_or(defaults.addr),
             api_keys,
@@ -112,7 +121,10 @@ impl Settings {
             allowed_hosts: self.allowed_hosts,
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
-            max_concurrent_requests: self.max_concurrent.unwrap_or(defaults.max_concurrent_requests),
+            // Admission never holds back a generation that a batch slot could run.
+            max_concurrent_requests: self
+                .max_concurrent
+                .unwrap_or(defaults.max_concurrent_requests.max(parallel)),
             max_queued_requests: self.max_queued.unwrap_or(defaults.max_queued_requests),
             request_timeout: self
                 .request_timeout
@@ -122,6 +134,10 @@ impl Settings {
         let pool = PoolConfig {
             threads: self.threads.unwrap_or_else(model_arg::default_threads),
             n_ctx: self.ctx.unwrap_or(4096),
+            parallel,
+            prefix_cache_tokens: self
+                .prefix_cache_tokens
+                .unwrap_or(PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS),
         };
         Ok((server, pool))
     }
@@ -177,6 +193,8 @@ mod tests {
         assert_eq!(server.api_keys, ["from-file"]);
         assert_eq!(pool.n_ctx, 2048);
         assert_eq!(server.max_body_bytes, ServerConfig::default().max_body_bytes);
+        assert_eq!(pool.parallel, PoolConfig::DEFAULT_PARALLEL);
+        assert!(server.max_concurrent_requests >= pool.parallel);
     }
 
     #[test]

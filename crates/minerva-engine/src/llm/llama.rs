@@ -34,6 +34,9 @@ fn backend() -> Result<&'static LlamaBackend> {
         })
 }
 
+/// `LLAMA_FLASH_ATTN_TYPE_DISABLED` of llama.h.
+const FLASH_ATTENTION_DISABLED: i32 = 0;
+
 /// llama.cpp mutates model state while creating a context, so contexts of one process
 /// are created one at a time.
 static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
@@ -111,8 +114,22 @@ impl LanguageModel for LlamaCppModel {
             .with_n_batch(params.n_batch)
             .with_n_ubatch(params.n_batch.min(512))
             .with_n_seq_max(params.n_seq_max)
+            // One pool of cells for all sequences: any sequence may use the whole context,
+            // and a shared prefix copied between sequences shares its cells.
+            .with_kv_unified(true)
+            // Sliding-window layers keep every position, so a cached prefix stays whole.
+            .with_swa_full(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
+        // llama.cpp's CPU flash attention takes a tiled path for 64 or more tokens per pass,
+        // which rounds differently: a token's logits would depend on how many other
+        // sequences' tokens share its pass. Sessions that batch sequences compute attention
+        // without it, so every stream's output is what it would be alone.
+        let context_params = if params.n_seq_max > 1 {
+            context_params.with_flash_attention_policy(FLASH_ATTENTION_DISABLED)
+        } else {
+            context_params
+        };
         let context = {
             let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.model
@@ -203,5 +220,15 @@ impl Session for LlamaCppSession {
     fn free_sequence(&mut self, seq: SeqId) {
         // Only fails for ids beyond i32, which `decode` never admits.
         let _ = self.context.clear_kv_cache_seq(Some(seq.0), None, None);
+    }
+
+    fn copy_sequence(&mut self, src: SeqId, dst: SeqId, len: u32) {
+        if len == 0 || src.0 >= self.params.n_seq_max || dst.0 >= self.params.n_seq_max {
+            return;
+        }
+        // Only fails for positions beyond i32, which `decode` never admits.
+        let _ = self
+            .context
+            .copy_kv_cache_seq(src.0 as i32, dst.0 as i32, Some(0), Some(len));
     }
 }

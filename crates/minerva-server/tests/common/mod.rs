@@ -30,6 +30,8 @@ pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 pub const POOL: PoolConfig = PoolConfig {
     threads: 1,
     n_ctx: 1024,
+    parallel: PoolConfig::DEFAULT_PARALLEL,
+    prefix_cache_tokens: PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS,
 };
 
 /// The models directory the project's set-up fills (`scripts/fetch-models.sh`).
