@@ -13,7 +13,21 @@ struct CachedPrefix {
     seq: SeqId,
     /// The tokens whose KV the sequence holds, from position 0.
     tokens: Vec<TokenId>,
+    /// The logits after the first `.0` tokens (the prompt of the request that left it).
+    prompt_logits: Option<(usize, Vec<f32>)>,
     last_used: u64,
+}
+
+/// The cached prefix a new prompt starts from.
+#[derive(Debug)]
+pub(crate) struct PrefixMatch {
+    /// The sequence holding it.
+    pub(crate) seq: SeqId,
+    /// Tokens shared with the prompt.
+    pub(crate) len: usize,
+    /// The logits after the whole prompt, when the entry has them: a repeated prompt then
+    /// needs no forward pass at all, and its first token is exactly the earlier one's.
+    pub(crate) logits: Option<Vec<f32>>,
 }
 
 /// Cached token prefixes, each held in its own sequence of the session.
@@ -38,9 +52,9 @@ impl PrefixCache {
         }
     }
 
-    /// The cached sequence sharing the longest prefix with `prompt`, and the length of
-    /// that prefix; the entry counts as used.
-    pub(crate) fn longest_match(&mut self, prompt: &[TokenId]) -> Option<(SeqId, usize)> {
+    /// The cached sequence sharing the longest prefix with `prompt`; the entry counts as
+    /// used.
+    pub(crate) fn longest_match(&mut self, prompt: &[TokenId]) -> Option<PrefixMatch> {
         self.clock += 1;
         let clock = self.clock;
         let best = self
@@ -49,13 +63,29 @@ impl PrefixCache {
             .map(|e| (common_prefix(&e.tokens, prompt), e))
             .filter(|(n, _)| *n > 0)
             .max_by_key(|(n, _)| *n)?;
-        best.1.last_used = clock;
-        Some((best.1.seq, best.0))
+        let (len, entry) = best;
+        entry.last_used = clock;
+        let logits = entry
+            .prompt_logits
+            .as_ref()
+            .filter(|(n, _)| *n == prompt.len() && len >= prompt.len())
+            .map(|(_, logits)| logits.clone());
+        Some(PrefixMatch {
+            seq: entry.seq,
+            len,
+            logits,
+        })
     }
 
-    /// Keeps the KV of `tokens` held by `seq`. Returns the sequences whose KV must be
-    /// freed: entries made redundant or evicted, or `seq` itself when it is not kept.
-    pub(crate) fn insert(&mut self, seq: SeqId, tokens: Vec<TokenId>) -> Vec<SeqId> {
+    /// Keeps the KV of `tokens` held by `seq` (and the logits after its first tokens, when
+    /// known). Returns the sequences whose KV must be freed: entries made redundant or
+    /// evicted, or `seq` itself when it is not kept.
+    pub(crate) fn insert(
+        &mut self,
+        seq: SeqId,
+        tokens: Vec<TokenId>,
+        prompt_logits: Option<(usize, Vec<f32>)>,
+    ) -> Vec<SeqId> {
         let mut freed = Vec::new();
         if self.max_entries == 0 || tokens.is_empty() || tokens.len() > self.max_tokens {
             freed.push(seq);
@@ -75,6 +105,7 @@ impl PrefixCache {
         self.entries.push(CachedPrefix {
             seq,
             tokens,
+            prompt_logits,
             last_used: self.clock,
         });
         while self.entries.len() > self.max_entries || self.distinct_tokens() > self.max_tokens {
@@ -90,6 +121,11 @@ impl PrefixCache {
     pub(crate) fn pop_lru(&mut self) -> Option<SeqId> {
         let oldest = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used)?;
         Some(self.entries.swap_remove(oldest).seq)
+    }
+
+    /// Whether it keeps anything at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.max_entries > 0
     }
 
     /// Number of cached prefixes.
@@ -121,34 +157,47 @@ pub(crate) fn common_prefix(a: &[TokenId], b: &[TokenId]) -> usize {
 mod tests {
     use super::*;
 
+    fn found(cache: &mut PrefixCache, prompt: &[TokenId]) -> Option<(SeqId, usize)> {
+        cache.longest_match(prompt).map(|m| (m.seq, m.len))
+    }
+
+    #[test]
+    fn a_repeated_prompt_gets_its_logits_back_and_only_it() {
+        let mut cache = PrefixCache::new(100, 4);
+        cache.insert(SeqId(1), vec![1, 2, 3, 4], Some((2, vec![0.5, 1.5])));
+        assert_eq!(cache.longest_match(&[1, 2]).unwrap().logits, Some(vec![0.5, 1.5]));
+        assert_eq!(cache.longest_match(&[1, 2, 3]).unwrap().logits, None);
+        assert_eq!(cache.longest_match(&[1]).unwrap().logits, None);
+    }
+
     #[test]
     fn the_longest_shared_prefix_wins() {
         let mut cache = PrefixCache::new(100, 4);
-        assert!(cache.insert(SeqId(1), vec![1, 2, 3]).is_empty());
-        assert!(cache.insert(SeqId(2), vec![1, 2, 9, 9]).is_empty());
-        assert_eq!(cache.longest_match(&[1, 2, 9, 5]), Some((SeqId(2), 3)));
-        assert_eq!(cache.longest_match(&[1, 2, 3, 4]), Some((SeqId(1), 3)));
-        assert_eq!(cache.longest_match(&[7]), None);
+        assert!(cache.insert(SeqId(1), vec![1, 2, 3], None).is_empty());
+        assert!(cache.insert(SeqId(2), vec![1, 2, 9, 9], None).is_empty());
+        assert_eq!(found(&mut cache, &[1, 2, 9, 5]), Some((SeqId(2), 3)));
+        assert_eq!(found(&mut cache, &[1, 2, 3, 4]), Some((SeqId(1), 3)));
+        assert_eq!(found(&mut cache, &[7]), None);
     }
 
     #[test]
     fn a_prefix_of_a_cached_entry_is_not_kept_and_an_extension_replaces_it() {
         let mut cache = PrefixCache::new(100, 4);
-        cache.insert(SeqId(1), vec![1, 2, 3]);
-        assert_eq!(cache.insert(SeqId(2), vec![1, 2]), vec![SeqId(2)]);
-        assert_eq!(cache.insert(SeqId(3), vec![1, 2, 3, 4]), vec![SeqId(1)]);
+        cache.insert(SeqId(1), vec![1, 2, 3], None);
+        assert_eq!(cache.insert(SeqId(2), vec![1, 2], None), vec![SeqId(2)]);
+        assert_eq!(cache.insert(SeqId(3), vec![1, 2, 3, 4], None), vec![SeqId(1)]);
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.longest_match(&[1, 2, 3, 4, 5]), Some((SeqId(3), 4)));
+        assert_eq!(found(&mut cache, &[1, 2, 3, 4, 5]), Some((SeqId(3), 4)));
     }
 
     #[test]
     fn least_recently_used_entries_leave_first_when_over_the_token_cap() {
         let mut cache = PrefixCache::new(8, 4);
-        cache.insert(SeqId(1), vec![1, 1, 1, 1]);
-        cache.insert(SeqId(2), vec![2, 2, 2, 2]);
+        cache.insert(SeqId(1), vec![1, 1, 1, 1], None);
+        cache.insert(SeqId(2), vec![2, 2, 2, 2], None);
         cache.longest_match(&[1, 1]);
         // Sequence 2 is now the least recently used.
-        assert_eq!(cache.insert(SeqId(3), vec![3, 3, 3]), vec![SeqId(2)]);
+        assert_eq!(cache.insert(SeqId(3), vec![3, 3, 3], None), vec![SeqId(2)]);
         assert_eq!(cache.distinct_tokens(), 7);
     }
 
@@ -159,7 +208,7 @@ mod tests {
         for question in 0..4 {
             let mut tokens = system.to_vec();
             tokens.push(question);
-            assert!(cache.insert(SeqId(question as u32), tokens).is_empty());
+            assert!(cache.insert(SeqId(question as u32), tokens, None).is_empty());
         }
         assert_eq!(cache.distinct_tokens(), 10);
         assert_eq!(cache.len(), 4);
@@ -168,8 +217,8 @@ mod tests {
     #[test]
     fn the_entry_cap_evicts_too() {
         let mut cache = PrefixCache::new(100, 1);
-        cache.insert(SeqId(1), vec![1]);
-        assert_eq!(cache.insert(SeqId(2), vec![2]), vec![SeqId(1)]);
+        cache.insert(SeqId(1), vec![1], None);
+        assert_eq!(cache.insert(SeqId(2), vec![2], None), vec![SeqId(1)]);
         assert_eq!(cache.pop_lru(), Some(SeqId(2)));
         assert_eq!(cache.pop_lru(), None);
     }

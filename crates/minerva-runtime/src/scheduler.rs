@@ -70,6 +70,10 @@ struct Running {
     phase: Phase,
     generator: SequenceGenerator,
     events: async_mpsc::UnboundedSender<GenerationEvent>,
+    /// Logits after the whole prompt, known without a forward pass (a repeated prompt).
+    ready: Option<Vec<f32>>,
+    /// The logits after the prompt, kept for the prefix cache.
+    prompt_logits: Option<Vec<f32>>,
 }
 
 impl Running {
@@ -163,6 +167,7 @@ impl Scheduler {
             self.drop_abandoned();
             self.admit();
             self.resolve_waiting();
+            self.accept_ready();
             self.step();
         }
     }
@@ -230,6 +235,8 @@ impl Scheduler {
                 phase: Phase::Prefill,
                 generator,
                 events: job.events,
+                ready: None,
+                prompt_logits: None,
             });
             self.plan_prefix(self.running.len() - 1);
         }
@@ -242,7 +249,14 @@ impl Scheduler {
         let prompt = &self.running[index].prompt;
         // The last prompt token is always evaluated: its logits give the first token.
         let usable = prompt.len() - 1;
-        let cached = self.cache.longest_match(prompt).map(|(seq, n)| (seq, n.min(usable)));
+        let found = self.cache.longest_match(prompt);
+        if let Some(logits) = found.as_ref().and_then(|m| m.logits.clone()) {
+            let src = found.as_ref().map_or(SeqId(0), |m| m.seq);
+            self.start_from(index, src, usable + 1);
+            self.running[index].ready = Some(logits);
+            return;
+        }
+        let cached = found.map(|m| (m.seq, m.len.min(usable)));
         let mut shared: Option<(usize, usize, usize)> = None; // (index, shared, available now)
         for (i, other) in self.running.iter().enumerate() {
             if i == index || matches!(other.phase, Phase::Waiting { .. }) {
@@ -305,6 +319,23 @@ impl Scheduler {
         }
     }
 
+    /// Samples the first token of sequences whose prompt's logits were cached.
+    fn accept_ready(&mut self) {
+        let mut finished = Vec::new();
+        for (index, r) in self.running.iter_mut().enumerate() {
+            let Some(logits) = r.ready.take() else { continue };
+            let mut sink = ChannelSink(&r.events);
+            match r.generator.accept(self.model.as_ref(), &logits, &mut sink) {
+                Step::Continue(token) => r.phase = Phase::Decode(token),
+                Step::Finished(reason) => finished.push((index, reason)),
+            }
+            r.prompt_logits = Some(logits);
+        }
+        for (index, reason) in finished.into_iter().rev() {
+            self.finish(index, reason);
+        }
+    }
+
     /// Chooses what the next forward pass evaluates: every decoding sequence's next token,
     /// then prompt chunks in arrival order within the step's budget.
     fn plan_batch(&self) -> Vec<Member> {
@@ -324,7 +355,7 @@ impl Scheduler {
             }
         }
         for (index, r) in self.running.iter().enumerate() {
-            if r.phase != Phase::Prefill || used >= budget {
+            if r.phase != Phase::Prefill || r.ready.is_some() || used >= budget {
                 continue;
             }
             let from = r.kv.len();
@@ -406,6 +437,9 @@ impl Scheduler {
             if !member.logits {
                 continue;
             }
+            if r.phase == Phase::Prefill && self.cache.enabled() {
+                r.prompt_logits = Some(row[0].to_vec());
+            }
             let mut sink = ChannelSink(&r.events);
             match r.generator.accept(self.model.as_ref(), row[0], &mut sink) {
                 Step::Continue(token) => r.phase = Phase::Decode(token),
@@ -442,7 +476,8 @@ impl Scheduler {
         let mut sink = ChannelSink(&r.events);
         let generation = r.generator.finish(reason, &mut sink);
         let _ = r.events.send(GenerationEvent::Done(Ok(generation)));
-        for seq in self.cache.insert(r.seq, r.kv) {
+        let prompt_logits = r.prompt_logits.map(|logits| (r.prompt.len(), logits));
+        for seq in self.cache.insert(r.seq, r.kv, prompt_logits) {
             self.session.free_sequence(seq);
             self.free_seqs.push(seq);
         }
