@@ -30,8 +30,9 @@
 # matches, and no input file is newer than the binaries.
 #
 # LLAMA_REF_SERVER=1 builds llama-server instead (for scripts/bench-serving.sh), in its
-# own work dir: its front-end (tools/server, tools/ui and the UI-assets CMake script) comes
-# from the same sdist, the multimodal library it links (tools/mtmd) from the crate; the
+# own work dir: its front-end (tools/server, tools/ui, the multimodal helper library
+# tools/mtmd whose API the server sources expect, and the UI-assets CMake script) comes
+# from the same sdist, the library (ggml, llama, common) from the crate as above; the
 # web UI is not built (LLAMA_BUILD_UI=OFF, no prebuilt download), so the binary serves
 # the API only.
 #
@@ -71,8 +72,7 @@ add_subdirectory(perplexity)
 add_subdirectory(tokenize)"
 if [ "$SERVER" = 1 ]; then
     TARGETS=(llama-server)
-    OVERLAY=(tools/server tools/ui scripts/ui-assets.cmake)
-    LIBRARY+=(tools/mtmd)
+    OVERLAY=(tools/server tools/ui tools/mtmd scripts/ui-assets.cmake)
     TOOLS_CMAKE="add_subdirectory(mtmd)
 add_subdirectory(ui)
 add_subdirectory(server)"

@@ -1,9 +1,9 @@
 //! Continuous batching for one language model: the scheduler owns the llama.cpp session
 //! and steps every running generation together.
 //!
-//! Each step is one forward pass over one batch: the next token of every decoding
-//! sequence plus chunks of prompts being prefilled, within a token budget so that a long
-//! prompt never stalls running streams. Requests join between steps (FIFO, while a
+//! Each step is at most two forward passes: the next token of every decoding sequence
+//! plus short prompts, then one chunk (within a token budget, so that a long prompt never
+//! stalls running streams) of the oldest long prompt. Requests join between steps (FIFO, while a
 //! sequence slot and KV cells are free); a finished or abandoned one leaves at once.
 //!
 //! Prefix reuse: a new prompt starts from the longest prefix whose KV is already there,
@@ -25,6 +25,12 @@ use crate::prefix_cache::{PrefixCache, common_prefix};
 
 /// Most tokens one step evaluates (decodes plus prefill chunks).
 const STEP_TOKENS: usize = 512;
+
+/// Forward passes of this many tokens or more take other kernels in llama.cpp (tiled
+/// flash attention) that round differently: decode tokens never share such a pass, and a
+/// prompt chunk of that size has it to itself, as it would alone, so that a stream's
+/// output does not depend on its batch mates.
+const LARGE_PASS: usize = 64;
 
 /// A shared prefix shorter than this is recomputed rather than waited for.
 const MIN_SHARED_PREFIX: usize = 32;
@@ -336,10 +342,9 @@ impl Scheduler {
         }
     }
 
-    /// Chooses what the next forward pass evaluates: every decoding sequence's next token,
-    /// then prompt chunks in arrival order within the step's budget.
-    fn plan_batch(&self) -> Vec<Member> {
-        let budget = STEP_TOKENS.min(self.session.params().n_batch as usize);
+    /// The step's first forward pass: every decoding sequence's next token and the short
+    /// prompt chunks that fit, fewer than [`LARGE_PASS`] tokens in all.
+    fn plan_small_pass(&self) -> Vec<Member> {
         let mut members = Vec::new();
         let mut used = 0;
         for (index, r) in self.running.iter().enumerate() {
@@ -355,25 +360,55 @@ impl Scheduler {
             }
         }
         for (index, r) in self.running.iter().enumerate() {
-            if r.phase != Phase::Prefill || r.ready.is_some() || used >= budget {
+            let rest = r.prompt.len() - r.kv.len();
+            if r.phase != Phase::Prefill || r.ready.is_some() || rest >= LARGE_PASS || used + rest >= LARGE_PASS {
                 continue;
             }
-            let from = r.kv.len();
-            let to = r.prompt.len().min(from + budget - used);
-            used += to - from;
+            used += rest;
             members.push(Member {
                 index,
-                from,
-                to,
-                logits: to == r.prompt.len(),
+                from: r.kv.len(),
+                to: r.prompt.len(),
+                logits: true,
             });
         }
         members
     }
 
-    /// One forward pass, then sampling for every sequence that got logits.
+    /// The step's second forward pass: the next chunk (up to the step's budget) of the
+    /// oldest prompt with [`LARGE_PASS`] tokens or more still to evaluate, alone; else a
+    /// short prompt the small pass had no room for.
+    fn plan_large_pass(&self) -> Vec<Member> {
+        let budget = STEP_TOKENS.min(self.session.params().n_batch as usize);
+        let pending = |r: &&Running, min: usize| {
+            r.phase == Phase::Prefill && r.ready.is_none() && r.prompt.len() - r.kv.len() >= min
+        };
+        let chosen = (self.running.iter().enumerate().find(|(_, r)| pending(r, LARGE_PASS)))
+            .or_else(|| self.running.iter().enumerate().find(|(_, r)| pending(r, 1)));
+        chosen
+            .map(|(index, r)| {
+                let from = r.kv.len();
+                let to = r.prompt.len().min(from + budget);
+                vec![Member {
+                    index,
+                    from,
+                    to,
+                    logits: to == r.prompt.len(),
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    /// One step: the small pass, then the large one.
     fn step(&mut self) {
-        let members = self.plan_batch();
+        let small = self.plan_small_pass();
+        self.forward(small);
+        let large = self.plan_large_pass();
+        self.forward(large);
+    }
+
+    /// One forward pass, then sampling for every sequence that got logits.
+    fn forward(&mut self, members: Vec<Member>) {
         if members.is_empty() {
             return;
         }

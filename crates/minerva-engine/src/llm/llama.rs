@@ -34,9 +34,6 @@ fn backend() -> Result<&'static LlamaBackend> {
         })
 }
 
-/// `LLAMA_FLASH_ATTN_TYPE_DISABLED` of llama.h.
-const FLASH_ATTENTION_DISABLED: i32 = 0;
-
 /// llama.cpp mutates model state while creating a context, so contexts of one process
 /// are created one at a time.
 static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
@@ -121,15 +118,6 @@ impl LanguageModel for LlamaCppModel {
             .with_swa_full(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        // llama.cpp's CPU flash attention takes a tiled path for 64 or more tokens per pass,
-        // which rounds differently: a token's logits would depend on how many other
-        // sequences' tokens share its pass. Sessions that batch sequences compute attention
-        // without it, so every stream's output is what it would be alone.
-        let context_params = if params.n_seq_max > 1 {
-            context_params.with_flash_attention_policy(FLASH_ATTENTION_DISABLED)
-        } else {
-            context_params
-        };
         let context = {
             let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.model

@@ -27,11 +27,16 @@ pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
 /// One thread per forward pass and a small context: the harness runs tests in parallel on
 /// a 2-core machine, and llama.cpp's OpenMP workers slow down badly when oversubscribed.
+/// One generation at a time and no prefix cache: tests that compare two runs of one seeded
+/// request share the server with other tests, and batch mates or cached prefixes change a
+/// logit's last bits (llama.cpp's attention kernels depend on the pass size and on how far
+/// the KV cells in use extend), which can flip a sampled token. Batching and the prefix
+/// cache are tested in minerva-runtime.
 pub const POOL: PoolConfig = PoolConfig {
     threads: 1,
     n_ctx: 1024,
-    parallel: PoolConfig::DEFAULT_PARALLEL,
-    prefix_cache_tokens: PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS,
+    parallel: 1,
+    prefix_cache_tokens: 0,
 };
 
 /// The models directory the project's set-up fills (`scripts/fetch-models.sh`).
