@@ -63,7 +63,7 @@ pub struct Timings {
     pub generation_tokens_per_second: f64,
 }
 
-/// The result of [`generate`].
+/// The result of a generation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generation {
     /// Generated token ids (an end-of-generation token is not included).
@@ -74,8 +74,143 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// One entry per generated token with its log probability (and alternatives when asked).
     pub logprobs: Vec<SampledToken>,
+    /// Prompt tokens whose KV state was reused from a cached prefix instead of computed.
+    pub cached_tokens: usize,
     /// Timings.
     pub timings: Timings,
+}
+
+/// What a [`SequenceGenerator`] wants after it has been given logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Evaluate this token (at the next position) and hand back its logits.
+    Continue(TokenId),
+    /// The generation is over; call [`SequenceGenerator::finish`].
+    Finished(FinishReason),
+}
+
+/// One generation between forward passes: it samples from the logits it is given, turns
+/// tokens into final text for its sink, and says when it is done. It never runs the model,
+/// so the single-sequence [`generate`] and a scheduler batching many sequences drive the
+/// same logic.
+pub struct SequenceGenerator {
+    sampler: Sampler,
+    stream: Utf8Stream,
+    stops: StopMatcher,
+    max_tokens: usize,
+    n_ctx: usize,
+    prompt_len: usize,
+    tokens: Vec<TokenId>,
+    logprobs: Vec<SampledToken>,
+    cached_tokens: usize,
+    started: Instant,
+    first_token_at: Option<Instant>,
+    decoded: usize,
+}
+
+impl SequenceGenerator {
+    /// Checks `options` and `prompt` against the model and a context of `n_ctx` tokens per
+    /// sequence, and starts the clock.
+    pub fn new(model: &dyn LanguageModel, prompt: &[TokenId], options: &GenerateOptions, n_ctx: u32) -> Result<Self> {
+        options.sampling.validate(model.metadata().n_vocab)?;
+        if options.max_tokens == 0 {
+            return Err(EngineError::invalid("max_tokens", "must be at least 1"));
+        }
+        if prompt.is_empty() {
+            return Err(EngineError::invalid(
+                "prompt",
+                "is empty (the model adds no BOS token to start from)",
+            ));
+        }
+        if prompt.len() >= n_ctx as usize {
+            return Err(EngineError::ContextOverflow {
+                tokens: prompt.len(),
+                n_ctx,
+            });
+        }
+        let mut sampler = Sampler::new(options.sampling.clone());
+        sampler.remember(prompt);
+        Ok(Self {
+            sampler,
+            stream: Utf8Stream::new(),
+            stops: StopMatcher::new(options.stop.clone()),
+            max_tokens: options.max_tokens,
+            n_ctx: n_ctx as usize,
+            prompt_len: prompt.len(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            cached_tokens: 0,
+            started: Instant::now(),
+            first_token_at: None,
+            decoded: 0,
+        })
+    }
+
+    /// Records how many prompt tokens came from a cached prefix.
+    pub fn set_cached_tokens(&mut self, n: usize) {
+        self.cached_tokens = n;
+    }
+
+    /// Takes the logits after the last evaluated token (the prompt's last, then each token
+    /// this returned), samples the next token and hands `sink` the text that became final.
+    pub fn accept(&mut self, model: &dyn LanguageModel, logits: &[f32], sink: &mut dyn TokenSink) -> Step {
+        let next = self.sampler.sample(logits);
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(Instant::now());
+        } else {
+            self.decoded += 1;
+        }
+        let token = next.token;
+        if model.is_end_of_generation(token) {
+            return Step::Finished(FinishReason::Stop);
+        }
+        self.tokens.push(token);
+        self.logprobs.push(next);
+        let piece = self.stream.push(&model.token_bytes(token, false));
+        if self.stops.push(&piece, sink) {
+            return Step::Finished(FinishReason::Stop);
+        }
+        if self.tokens.len() >= self.max_tokens || self.prompt_len + self.tokens.len() >= self.n_ctx {
+            return Step::Finished(FinishReason::Length);
+        }
+        Step::Continue(token)
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
+
+    /// Ends the generation for `reason`: releases text held back for a stop sequence or an
+    /// unfinished character, and returns the result.
+    pub fn finish(mut self, mut reason: FinishReason, sink: &mut dyn TokenSink) -> Generation {
+        if !self.stops.stopped() {
+            let tail = self.stream.finish();
+            if self.stops.push(&tail, sink) {
+                reason = FinishReason::Stop;
+            }
+            self.stops.flush(sink);
+        }
+        let done = Instant::now();
+        let prompt_done = self.first_token_at.unwrap_or(done);
+        let prompt_s = (prompt_done - self.started).as_secs_f64();
+        let generation_s = (done - prompt_done).as_secs_f64();
+        let per_second = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        let computed = self.prompt_len - self.cached_tokens;
+        Generation {
+            text: self.stops.into_text(),
+            finish_reason: reason,
+            cached_tokens: self.cached_tokens,
+            timings: Timings {
+                prompt_ms: prompt_s * 1e3,
+                generation_ms: generation_s * 1e3,
+                prompt_tokens_per_second: per_second(computed, prompt_s),
+                generation_tokens_per_second: per_second(self.decoded, generation_s),
+            },
+            tokens: self.tokens,
+            logprobs: self.logprobs,
+        }
+    }
 }
 
 /// Generates a continuation of `prompt` in sequence `seq` of `session`, handing `sink`
@@ -89,69 +224,22 @@ pub fn generate(
     options: &GenerateOptions,
     sink: &mut dyn TokenSink,
 ) -> Result<Generation> {
-    let n_vocab = model.metadata().n_vocab;
-    options.sampling.validate(n_vocab)?;
-    if options.max_tokens == 0 {
-        return Err(EngineError::invalid("max_tokens", "must be at least 1"));
-    }
-    if prompt.is_empty() {
-        return Err(EngineError::invalid(
-            "prompt",
-            "is empty (the model adds no BOS token to start from)",
-        ));
-    }
-    let params = session.params();
-    if prompt.len() >= params.n_ctx as usize {
-        return Err(EngineError::ContextOverflow {
-            tokens: prompt.len(),
-            n_ctx: params.n_ctx,
-        });
-    }
+    let mut generator = SequenceGenerator::new(model, prompt, options, session.params().n_ctx)?;
     session.free_sequence(seq);
-    // A request may have waited in the worker's queue; its client may be gone already.
+    // A request may have waited in a queue; its client may be gone already.
     if sink.cancelled() {
-        return Ok(Generation {
-            tokens: Vec::new(),
-            text: String::new(),
-            finish_reason: FinishReason::Cancelled,
-            logprobs: Vec::new(),
-            timings: Timings::default(),
-        });
+        return Ok(generator.finish(FinishReason::Cancelled, sink));
     }
-
-    let started = Instant::now();
-    let mut sampler = Sampler::new(options.sampling.clone());
-    sampler.remember(prompt);
     let first = prefill(session, seq, prompt)?;
-    let mut next = sampler.sample(&first);
-    let prompt_done = Instant::now();
-
-    let mut stream = Utf8Stream::new();
-    let mut stops = StopMatcher::new(&options.stop);
-    let mut tokens = Vec::new();
-    let mut logprobs = Vec::new();
-    let mut finish_reason = FinishReason::Length;
+    let mut step = generator.accept(model, &first, sink);
     let mut pos = prompt.len();
-    let mut decoded = 0;
-    loop {
-        let token = next.token;
-        if model.is_end_of_generation(token) {
-            finish_reason = FinishReason::Stop;
-            break;
-        }
-        tokens.push(token);
-        logprobs.push(next);
-        let piece = stream.push(&model.token_bytes(token, false));
-        if stops.push(&piece, sink) {
-            finish_reason = FinishReason::Stop;
-            break;
-        }
-        if tokens.len() >= options.max_tokens || pos + 1 >= params.n_ctx as usize {
-            break;
-        }
+    let reason = loop {
+        let token = match step {
+            Step::Finished(reason) => break reason,
+            Step::Continue(token) => token,
+        };
         if sink.cancelled() {
-            finish_reason = FinishReason::Cancelled;
-            break;
+            break FinishReason::Cancelled;
         }
         let input = SequenceInput {
             seq,
@@ -160,34 +248,10 @@ pub fn generate(
             logits: LogitsWanted::Last,
         };
         let rows = session.decode(&[input])?;
-        next = sampler.sample(rows[0][0]);
+        step = generator.accept(model, rows[0][0], sink);
         pos += 1;
-        decoded += 1;
-    }
-    if !stops.stopped() {
-        let tail = stream.finish();
-        if stops.push(&tail, sink) {
-            finish_reason = FinishReason::Stop;
-        }
-        stops.flush(sink);
-    }
-    let done = Instant::now();
-
-    let prompt_s = (prompt_done - started).as_secs_f64();
-    let generation_s = (done - prompt_done).as_secs_f64();
-    let per_second = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    Ok(Generation {
-        text: stops.into_text(),
-        finish_reason,
-        timings: Timings {
-            prompt_ms: prompt_s * 1e3,
-            generation_ms: generation_s * 1e3,
-            prompt_tokens_per_second: per_second(prompt.len(), prompt_s),
-            generation_tokens_per_second: per_second(decoded, generation_s),
-        },
-        tokens,
-        logprobs,
-    })
+    };
+    Ok(generator.finish(reason, sink))
 }
 
 /// Evaluates `prompt` in batch-sized chunks and returns the logits after its last token.
@@ -215,8 +279,8 @@ pub fn prefill(session: &mut dyn Session, seq: SeqId, prompt: &[TokenId]) -> Res
 }
 
 /// Holds back text that may be the start of a stop sequence and cuts at the first match.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+struct StopMatcher {
+    stops: Vec<String>,
     /// All final text so far.
     text: String,
     /// Bytes of `text` already handed to the caller.
@@ -224,8 +288,8 @@ struct StopMatcher<'a> {
     stopped: bool,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    fn new(stops: Vec<String>) -> Self {
         Self {
             stops,
             text: String::new(),
@@ -303,7 +367,7 @@ mod tests {
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, Vec<String>, bool) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut matcher = StopMatcher::new(&stops);
+        let mut matcher = StopMatcher::new(stops);
         let mut streamed = Vec::new();
         let mut stopped = false;
         for piece in pieces {

@@ -70,7 +70,9 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
     let n_head_kv = key("attention.head_count_kv").unwrap_or(n_head);
     let head_k = key("attention.key_length").unwrap_or(n_embd / n_head);
     let head_v = key("attention.value_length").unwrap_or(n_embd / n_head);
-    let n_ctx = u64::from(shape.n_ctx).min(info.context_length.unwrap_or(u64::MAX));
+    // KV cells of the whole session: with several sequences they may exceed the
+    // training context of one.
+    let n_ctx = u64::from(shape.n_ctx);
     // llama.cpp's default KV type is f16: 2 bytes per element, keys and values.
     let kv_cache = n_layer * n_ctx * n_head_kv * (head_k + head_v) * 2;
     let n_vocab = info

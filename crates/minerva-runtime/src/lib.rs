@@ -7,7 +7,8 @@
 //!   unloads idle models when their [`KeepAlive`] runs out or memory runs short.
 //! - [`estimate`]: a model's footprint from its files, before loading it.
 //! - [`pressure`]: system memory (meminfo, cgroups) and the budget it allows.
-//! - [`LlmWorker`]: the thread that owns a language model's session.
+//! - [`LlmWorker`]: the thread that owns a language model's session and batches its
+//!   generations (continuous batching, prefix KV cache).
 //! - [`Registry`]: every known model in SQLite (digest, metadata, integrity, usage),
 //!   crash-safe imports.
 //! - [`patterns`]: hot/cold models, trends and preload recommendations from the access log.
@@ -26,14 +27,16 @@ mod memory;
 mod model_id;
 pub mod patterns;
 mod pool;
+mod prefix_cache;
 pub mod preload;
 pub mod pressure;
 mod registry;
+mod scheduler;
 mod store;
 
 pub use hash::{fingerprint_dir, sha256_file, sha256_model};
 pub use keep_alive::{InvalidKeepAlive, KeepAlive};
-pub use llm_worker::{GenerationEvent, LlmWorker};
+pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
 pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};
 pub use pool::{

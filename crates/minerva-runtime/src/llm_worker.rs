@@ -1,14 +1,54 @@
 //! A loaded language model's worker: one thread that owns the llama.cpp session and runs
-//! generation jobs in arrival order. Callers talk to it through channels, never a lock.
+//! the model's [`Scheduler`] (continuous batching with a prefix cache). Callers talk to it
+//! through channels, never a lock.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use minerva_engine::generate::{GenerateOptions, Generation, TokenSink, generate};
+use minerva_engine::generate::{GenerateOptions, Generation};
 use minerva_engine::llm::llama::LlamaCppModel;
-use minerva_engine::{EngineError, LanguageModel, SeqId, SessionParams, TokenId};
+use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
+
+use crate::scheduler::{Job, Scheduler, SchedulerLimits};
+
+/// Most sequences llama.cpp allows in one context.
+const MAX_SEQUENCES: usize = 256;
+
+/// KV cells reserved per parallel sequence on top of the prefix cache's.
+const CELLS_PER_SEQUENCE: usize = 512;
+
+/// How a language model's worker is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmWorkerConfig {
+    /// Context of one request (prompt plus generated tokens), capped at the model's
+    /// training context.
+    pub n_ctx: u32,
+    /// CPU threads per forward pass.
+    pub threads: usize,
+    /// Requests generating at once, batched together; more wait in arrival order.
+    pub parallel: usize,
+    /// Most distinct tokens whose KV the prefix cache keeps; 0 turns it off.
+    pub prefix_cache_tokens: usize,
+}
+
+impl LlmWorkerConfig {
+    /// The session that serves this configuration: one pool of KV cells big enough for
+    /// one request of the full context, or `parallel` typical ones plus the prefix cache.
+    pub(crate) fn session_params(&self, n_ctx: u32) -> SessionParams {
+        let parallel = self.parallel.clamp(1, MAX_SEQUENCES / 2);
+        let cells = (parallel * CELLS_PER_SEQUENCE + self.prefix_cache_tokens).max(n_ctx as usize);
+        let cells = u32::try_from(cells).unwrap_or(u32::MAX);
+        SessionParams {
+            n_ctx: cells,
+            n_batch: cells.min(512),
+            // Sequence ids beyond the parallel ones hold cached prefixes.
+            n_seq_max: (parallel * 2) as u32,
+            threads: self.threads,
+        }
+    }
+}
 
 /// What a generation job reports, in order: text pieces, then one final result.
 #[derive(Debug)]
@@ -17,12 +57,6 @@ pub enum GenerationEvent {
     Text(String),
     /// The generation ended (successfully or not).
     Done(Result<Generation, EngineError>),
-}
-
-struct Job {
-    prompt: Vec<TokenId>,
-    options: GenerateOptions,
-    events: async_mpsc::UnboundedSender<GenerationEvent>,
 }
 
 /// Handle to a language model and its worker thread; the thread ends when the last
@@ -35,13 +69,13 @@ pub struct LlmWorker {
 
 impl LlmWorker {
     /// Starts the worker thread, which loads the model from `path` and creates its
-    /// session (its context capped at the model's training length), and waits until it
-    /// is ready.
+    /// session (a request's context capped at the model's training length), and waits
+    /// until it is ready.
     ///
     /// Loading on the worker thread matters: llama.cpp's OpenMP thread team belongs to
     /// the thread that first runs a parallel region (the load's weight repacking). Loading
     /// elsewhere leaves a second team whose spinning threads slow every decode down.
-    pub fn start(path: &Path, params: SessionParams, name: &str) -> Result<Self, EngineError> {
+    pub fn start(path: &Path, config: LlmWorkerConfig, name: &str) -> Result<Self, EngineError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, inbox) = mpsc::channel::<Job>();
         let path = path.to_owned();
@@ -49,37 +83,34 @@ impl LlmWorker {
             .name(format!("llm-{name}"))
             .spawn(move || {
                 let loaded = LlamaCppModel::load(&path).map(Arc::new).and_then(|model| {
-                    let n_ctx = params.n_ctx.min(model.metadata().n_ctx_train.max(1));
-                    let session = model.new_session(SessionParams {
-                        n_ctx,
-                        n_batch: params.n_batch.min(n_ctx),
-                        ..params
-                    })?;
-                    Ok((model, session))
+                    let n_ctx = config.n_ctx.min(model.metadata().n_ctx_train.max(1));
+                    let session = model.new_session(config.session_params(n_ctx))?;
+                    Ok((model, session, n_ctx))
                 });
-                let (model, mut session) = match loaded {
+                let (model, session, n_ctx) = match loaded {
                     Ok(loaded) => loaded,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                if ready_tx.send(Ok((Arc::clone(&model), session.params().n_ctx))).is_err() {
+                if ready_tx.send(Ok((Arc::clone(&model), n_ctx))).is_err() {
                     return;
                 }
-                for job in inbox {
-                    let mut sink = ChannelSink { events: &job.events };
-                    let result = generate(
-                        model.as_ref(),
-                        session.as_mut(),
-                        SeqId(0),
-                        &job.prompt,
-                        &job.options,
-                        &mut sink,
-                    );
-                    // The receiver may be gone (client disconnected): nothing left to tell.
-                    let _ = job.events.send(GenerationEvent::Done(result));
-                }
+                let params = session.params();
+                let limits = SchedulerLimits {
+                    parallel: params.n_seq_max as usize / 2,
+                    n_ctx,
+                    kv_cells: params.n_ctx as usize,
+                };
+                tracing::info!(
+                    parallel = limits.parallel,
+                    n_ctx,
+                    kv_cells = limits.kv_cells,
+                    prefix_cache_tokens = config.prefix_cache_tokens,
+                    "language model scheduler started"
+                );
+                Scheduler::new(model, session, limits, config.prefix_cache_tokens, inbox).run();
             })
             .map_err(|e| EngineError::Decode(format!("cannot start the model's worker thread: {e}")))?;
         let (model, n_ctx) = ready_rx
@@ -93,13 +124,13 @@ impl LlmWorker {
         &self.model
     }
 
-    /// Context size of the worker's session.
+    /// Most tokens (prompt plus generated) one request may use.
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
     }
 
     /// Queues a generation; its events arrive on the returned channel. Dropping the
-    /// receiver cancels the generation before its next token.
+    /// receiver cancels the generation before its next step.
     pub fn submit(
         &self,
         prompt: Vec<TokenId>,
@@ -116,19 +147,5 @@ impl LlmWorker {
             ))));
         }
         receiver
-    }
-}
-
-struct ChannelSink<'a> {
-    events: &'a async_mpsc::UnboundedSender<GenerationEvent>,
-}
-
-impl TokenSink for ChannelSink<'_> {
-    fn text(&mut self, text: &str) {
-        let _ = self.events.send(GenerationEvent::Text(text.to_owned()));
-    }
-
-    fn cancelled(&self) -> bool {
-        self.events.is_closed()
     }
 }

@@ -27,7 +27,8 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Most inputs in one embeddings request.
     pub max_embedding_inputs: usize,
-    /// Inference requests running at once.
+    /// Inference requests running at once (at least the models' parallel generations,
+    /// so that admission never holds back a request a batch slot could run).
     pub max_concurrent_requests: usize,
     /// Inference requests waiting for a slot; beyond this the server answers 503.
     pub max_queued_requests: usize,
@@ -53,7 +54,7 @@ impl Default for ServerConfig {
             max_tokens: 4096,
             default_max_tokens: 512,
             max_embedding_inputs: 2048,
-            max_concurrent_requests: 4,
+            max_concurrent_requests: 16,
             max_queued_requests: 64,
             queue_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),

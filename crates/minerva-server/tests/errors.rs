@@ -248,7 +248,7 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_longer_than_the_context_is_400() {
-    let pool = PoolConfig::new(1, 256);
+    let pool = PoolConfig { n_ctx: 256, ..pool() };
     let server = TestServer::start_with(ServerConfig::default(), pool, models_dir()).await;
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(40);
     let response = server

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use minerva_engine::LanguageModel;
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::LanguageModel;
-use minerva_runtime::estimate::estimate;
 use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};
+use minerva_runtime::estimate::estimate;
 use minerva_runtime::patterns::{PatternConfig, PreloadStrategy};
 use minerva_runtime::preload::{self, PreloadConfig};
 use minerva_runtime::{

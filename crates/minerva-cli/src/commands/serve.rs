@@ -51,7 +51,7 @@ pub struct Settings {
     /// Largest max_tokens a request may ask for [default: 4096].
     #[arg(long, env = "MINERVA_MAX_TOKENS")]
     max_tokens: Option<usize>,
-    /// Inference requests running at once [default: 4].
+    /// Inference requests running at once [default: --parallel].
     #[arg(long, env = "MINERVA_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
     /// Requests waiting for a slot before the server answers 503 [default: 64].
@@ -98,6 +98,12 @@ pub struct Settings {
     /// File the embedding cache is loaded from at start and saved to at shutdown.
     #[arg(long, env = "MINERVA_EMBEDDING_CACHE_FILE")]
     embedding_cache_file: Option<PathBuf>,
+    /// Generations each language model runs at once, batched together [default: 16].
+    #[arg(long, env = "MINERVA_PARALLEL")]
+    parallel: Option<usize>,
+    /// Prompt tokens whose KV each language model keeps for reuse, 0 for none [default: 4096].
+    #[arg(long, env = "MINERVA_PREFIX_CACHE_TOKENS")]
+    prefix_cache_tokens: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +142,8 @@ impl Settings {
             embedding_cache_bytes: self.embedding_cache_bytes.or(file.embedding_cache_bytes),
             embedding_cache_ttl: self.embedding_cache_ttl.or(file.embedding_cache_ttl),
             embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
+            parallel: self.parallel.or(file.parallel),
+            prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
         }
     }
 
@@ -169,6 +177,7 @@ impl Settings {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             api_keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
         }
+        let parallel = self.parallel.unwrap_or(PoolConfig::DEFAULT_PARALLEL).max(1);
         let server = ServerConfig {
             addr: self.addr.unwrap_or(defaults.addr),
             api_keys,
@@ -176,7 +185,10 @@ impl Settings {
             allowed_hosts: self.allowed_hosts,
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
-            max_concurrent_requests: self.max_concurrent.unwrap_or(defaults.max_concurrent_requests),
+            // Admission never holds back a generation that a batch slot could run.
+            max_concurrent_requests: self
+                .max_concurrent
+                .unwrap_or(defaults.max_concurrent_requests.max(parallel)),
             max_queued_requests: self.max_queued.unwrap_or(defaults.max_queued_requests),
             request_timeout: self
                 .request_timeout
@@ -210,6 +222,10 @@ impl Settings {
         if let Some(keep_alive) = &self.keep_alive {
             pool.keep_alive = keep_alive.parse()?;
         }
+        pool.parallel = parallel;
+        pool.prefix_cache_tokens = self
+            .prefix_cache_tokens
+            .unwrap_or(PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS);
         pool.pinned = self
             .pinned
             .iter()
@@ -296,6 +312,8 @@ mod tests {
         assert_eq!(server.max_body_bytes, ServerConfig::default().max_body_bytes);
         assert_eq!(server.embedding_cache.ttl, None, "0 keeps entries until evicted");
         assert_eq!(server.embedding_cache.max_bytes, 1000);
+        assert_eq!(pool.parallel, PoolConfig::DEFAULT_PARALLEL);
+        assert!(server.max_concurrent_requests >= pool.parallel);
     }
 
     #[test]

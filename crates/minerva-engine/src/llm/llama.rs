@@ -111,6 +111,11 @@ impl LanguageModel for LlamaCppModel {
             .with_n_batch(params.n_batch)
             .with_n_ubatch(params.n_batch.min(512))
             .with_n_seq_max(params.n_seq_max)
+            // One pool of cells for all sequences: any sequence may use the whole context,
+            // and a shared prefix copied between sequences shares its cells.
+            .with_kv_unified(true)
+            // Sliding-window layers keep every position, so a cached prefix stays whole.
+            .with_swa_full(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let context = {
@@ -203,5 +208,15 @@ impl Session for LlamaCppSession {
     fn free_sequence(&mut self, seq: SeqId) {
         // Only fails for ids beyond i32, which `decode` never admits.
         let _ = self.context.clear_kv_cache_seq(Some(seq.0), None, None);
+    }
+
+    fn copy_sequence(&mut self, src: SeqId, dst: SeqId, len: u32) {
+        if len == 0 || src.0 >= self.params.n_seq_max || dst.0 >= self.params.n_seq_max {
+            return;
+        }
+        // Only fails for positions beyond i32, which `decode` never admits.
+        let _ = self
+            .context
+            .copy_kv_cache_seq(src.0 as i32, dst.0 as i32, Some(0), Some(len));
     }
 }

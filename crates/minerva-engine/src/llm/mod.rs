@@ -47,7 +47,7 @@ pub struct ModelMetadata {
 /// How a [`Session`] is sized.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionParams {
-    /// Total context (KV cache cells) shared by all sequences.
+    /// Total context (KV cache cells), one pool shared by all sequences.
     pub n_ctx: u32,
     /// Most tokens one [`Session::decode`] call may carry.
     pub n_batch: u32,
@@ -112,4 +112,9 @@ pub trait Session: Send {
 
     /// Forgets a sequence's KV state so its cells can be reused.
     fn free_sequence(&mut self, seq: SeqId);
+
+    /// Makes the first `len` positions of `src` part of `dst` too (`dst` should hold
+    /// nothing yet): the shared cells are not recomputed, and in a unified KV cache not
+    /// even duplicated. `dst` then continues at position `len`.
+    fn copy_sequence(&mut self, src: SeqId, dst: SeqId, len: u32);
 }

@@ -3,11 +3,9 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use minerva_engine::SessionParams;
-
 use super::{PoolConfig, PoolError};
 use crate::embedding::{EmbeddingService, EmbeddingServiceConfig};
-use crate::llm_worker::LlmWorker;
+use crate::llm_worker::{LlmWorker, LlmWorkerConfig};
 use crate::memory::resident_bytes;
 use crate::{ModelFormat, ModelId};
 
@@ -33,13 +31,13 @@ pub struct ModelLease {
     pub(super) generation: u64,
 }
 
-/// The session every language model of the pool gets.
-pub(super) fn session_params(config: &PoolConfig) -> SessionParams {
-    SessionParams {
+/// The worker every language model of the pool gets.
+pub(super) fn worker_config(config: &PoolConfig) -> LlmWorkerConfig {
+    LlmWorkerConfig {
         n_ctx: config.n_ctx,
-        n_batch: config.n_ctx.min(2048),
-        n_seq_max: 1,
         threads: config.threads,
+        parallel: config.parallel,
+        prefix_cache_tokens: config.prefix_cache_tokens,
     }
 }
 
@@ -53,7 +51,7 @@ pub(super) fn load(
 ) -> Result<ModelLease, PoolError> {
     let before = resident_bytes();
     let model = match format {
-        ModelFormat::Gguf => LoadedModel::Llm(LlmWorker::start(path, session_params(config), id.as_str())?),
+        ModelFormat::Gguf => LoadedModel::Llm(LlmWorker::start(path, worker_config(config), id.as_str())?),
         ModelFormat::SentenceTransformers => LoadedModel::Embedding(EmbeddingService::load(
             path,
             id.as_str(),

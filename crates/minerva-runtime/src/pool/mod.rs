@@ -64,8 +64,13 @@ pub enum Budget {
 pub struct PoolConfig {
     /// CPU threads per forward pass.
     pub threads: usize,
-    /// Context size of each language model's session (capped at the model's training context).
+    /// Context of one generation request (capped at the model's training context).
     pub n_ctx: u32,
+    /// Generations each language model runs at once, batched together.
+    pub parallel: usize,
+    /// Most distinct prompt tokens whose KV each language model keeps for reuse; 0 turns
+    /// the prefix cache off.
+    pub prefix_cache_tokens: usize,
     /// The byte budget.
     pub budget: Budget,
     /// How often system memory is re-read (dynamic budget, pressure).
@@ -85,12 +90,20 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// A pool config with `threads` and `n_ctx`, the balanced dynamic budget, LRU, five
+    /// Default of [`PoolConfig::parallel`].
+    pub const DEFAULT_PARALLEL: usize = 16;
+    /// Default of [`PoolConfig::prefix_cache_tokens`].
+    pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 4096;
+
+    /// A pool config with `threads` and `n_ctx`, 16 parallel generations per language
+    /// model with a 4096-token prefix cache, the balanced dynamic budget, LRU, five
     /// minutes of keep-alive.
     pub fn new(threads: usize, n_ctx: u32) -> Self {
         Self {
             threads,
             n_ctx,
+            parallel: Self::DEFAULT_PARALLEL,
+            prefix_cache_tokens: Self::DEFAULT_PREFIX_CACHE_TOKENS,
             budget: Budget::Dynamic {
                 strategy: BudgetStrategy::Balanced,
                 min: 256 << 20,
@@ -108,7 +121,7 @@ impl PoolConfig {
 
     /// What the footprint estimate of a model loaded by this pool depends on.
     pub fn session_shape(&self) -> SessionShape {
-        let params = load::session_params(self);
+        let params = load::worker_config(self).session_params(self.n_ctx);
         SessionShape {
             n_ctx: params.n_ctx,
             n_batch: params.n_batch,

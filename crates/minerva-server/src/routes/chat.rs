@@ -201,6 +201,8 @@ pub async fn chat_completions(
     let id = generation::response_id("chatcmpl");
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
+    // The prompt is counted once, so is its reuse: the first choice's.
+    let mut cached_tokens = None;
     for index in 0..n {
         let mut prepared_i = Prepared {
             lease: prepared.lease.clone(),
@@ -211,6 +213,7 @@ pub async fn chat_completions(
         prepared_i.options.sampling.seed = prepared.options.sampling.seed.map(|s| s.wrapping_add(u64::from(index)));
         let g = generation::complete(&state, &prepared_i).await?;
         completion_tokens += g.tokens.len();
+        cached_tokens.get_or_insert(g.cached_tokens);
         let logprobs = top_logprobs.map(|_| generation::chat_logprobs(prepared.model(), &g.logprobs));
         choices.push(serde_json::json!({
             "index": index,
@@ -226,7 +229,7 @@ pub async fn chat_completions(
         "created": generation::created(),
         "model": model,
         "choices": choices,
-        "usage": generation::usage(prepared.prompt.len(), completion_tokens),
+        "usage": generation::usage(prepared.prompt.len(), completion_tokens, cached_tokens.unwrap_or(0)),
         "system_fingerprint": null,
     }))
     .into_response())

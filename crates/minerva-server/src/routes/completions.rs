@@ -134,11 +134,12 @@ pub async fn completions(
     }
 
     let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let (mut prompt_tokens, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
     for (index, p) in prepared.iter().enumerate() {
         let g = generation::complete(&state, p).await?;
         prompt_tokens += p.prompt.len();
         completion_tokens += g.tokens.len();
+        cached_tokens += g.cached_tokens;
         let prefix = if req.echo {
             detokenize(p.model(), &p.prompt)
         } else {
@@ -156,7 +157,7 @@ pub async fn completions(
     Ok(axum::Json(serde_json::json!({
         "id": id, "object": "text_completion", "created": created, "model": model_name,
         "choices": choices,
-        "usage": generation::usage(prompt_tokens, completion_tokens),
+        "usage": generation::usage(prompt_tokens, completion_tokens, cached_tokens),
     }))
     .into_response())
 }

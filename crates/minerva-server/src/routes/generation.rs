@@ -214,12 +214,14 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-/// `usage` of a response.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> serde_json::Value {
+/// `usage` of a response; `cached_tokens` are prompt tokens whose KV came from the
+/// prefix cache (OpenAI's `prompt_tokens_details.cached_tokens`).
+pub fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": cached_tokens },
     })
 }
 

@@ -62,7 +62,7 @@ where
                     if include_usage {
                         let mut last = render(StreamPiece::Text(""));
                         last["choices"] = serde_json::json!([]);
-                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len());
+                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len(), g.cached_tokens);
                         let _ = send(last);
                     }
                     let _ = tx.send(Event::default().data("[DONE]"));

@@ -27,8 +27,17 @@ pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
 /// One thread per forward pass and a small context: the harness runs tests in parallel on
 /// a 2-core machine, and llama.cpp's OpenMP workers slow down badly when oversubscribed.
+/// One generation at a time and no prefix cache: tests that compare two runs of one seeded
+/// request share the server with other tests, and batch mates or cached prefixes change a
+/// logit's last bits (llama.cpp's attention kernels depend on the pass size and on how far
+/// the KV cells in use extend), which can flip a sampled token. Batching and the prefix
+/// cache are tested in minerva-runtime.
 pub fn pool() -> PoolConfig {
-    PoolConfig::new(1, 1024)
+    PoolConfig {
+        parallel: 1,
+        prefix_cache_tokens: 0,
+        ..PoolConfig::new(1, 1024)
+    }
 }
 
 /// The models directory the project's set-up fills (`scripts/fetch-models.sh`).

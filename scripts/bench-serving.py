@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Load generator for scripts/bench-serving.sh (Python standard library only).
+
+Drives one OpenAI-compatible server on 127.0.0.1 with streaming chat requests and prints
+one JSON line per measurement:
+
+  clients N   N concurrent clients, each sending ROUNDS short questions one after the
+              other (temperature 0, max_tokens 128): aggregate generated tok/s, mean and
+              p95 time to first token, mean latency.
+  burst       8 requests at once sharing a ~400-token system prompt, first with a system
+              prompt no server has seen (cold, a fresh nonce per run), then again with new
+              questions (warm): mean and p95 time to first token.
+
+Bounded: every request has a timeout, the host must be a loopback address, and the work
+per run is fixed.
+"""
+
+import argparse
+import http.client
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How do plants make food?",
+    "What is a prime number?",
+    "Who wrote Romeo and Juliet?",
+    "How far is the Moon from the Earth?",
+    "What is the boiling point of water?",
+    "Why do cats purr?",
+    "What causes the seasons?",
+    "How does a rainbow form?",
+    "What is the largest ocean?",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Why do leaves change color in autumn?",
+    "What is the speed of light?",
+    "How do bees make honey?",
+    "What is gravity?",
+    "Why is the ocean salty?",
+    "What do pandas eat?",
+    "How does a compass work?",
+    "What is an atom?",
+    "Why do we have day and night?",
+    "What is the tallest mountain?",
+    "How do fish breathe?",
+    "What is a volcano?",
+    "Why do birds migrate?",
+    "What is the water cycle?",
+    "How do airplanes fly?",
+    "What is the Milky Way?",
+    "Why do we dream?",
+    "What is electricity?",
+    "How does the heart pump blood?",
+]
+
+SYSTEM_PARAGRAPH = (
+    "You are the assistant of the Riverside Public Library. You answer questions from "
+    "visitors about opening hours, borrowing rules, renewals, late fees, lost cards, "
+    "the digital collection, e-books and audiobooks, study rooms that can be booked for "
+    "two hours at a time, the maker space with its 3D printers, printing and scanning, "
+    "events for children, teenagers and adults, language cafes, author readings, and "
+    "the local history archive. Keep answers short, friendly and accurate. If you do "
+    "not know something, say so and suggest asking a librarian at the front desk. "
+)
+
+
+def system_prompt(nonce):
+    # About 400 tokens with SmolLM2's tokenizer; the nonce makes each cold burst cold.
+    return f"Session {nonce}. " + SYSTEM_PARAGRAPH * 4
+
+
+def stream_chat(host, port, model, messages, max_tokens, timeout):
+    """One streaming chat request: (ttft seconds, latency seconds, generated tokens)."""
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    ttft = None
+    chunks = 0
+    usage_tokens = None
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        if event.get("usage"):
+            usage_tokens = event["usage"].get("completion_tokens")
+        for choice in event.get("choices", []):
+            if choice.get("delta", {}).get("content"):
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+    latency = time.perf_counter() - start
+    conn.close()
+    return (ttft if ttft is not None else latency), latency, (usage_tokens if usage_tokens is not None else chunks)
+
+
+def run_concurrent(args, jobs):
+    """Runs `jobs` (lists of message lists, one list per client) at once; returns results."""
+    results = []
+    errors = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(jobs))
+
+    def client(conversations):
+        barrier.wait()
+        for messages in conversations:
+            try:
+                r = stream_chat(args.host, args.port, args.model, messages, args.max_tokens, args.timeout)
+            except Exception as e:  # noqa: BLE001 - reported, then the run fails
+                with lock:
+                    errors.append(str(e))
+                return
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in jobs]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    return results, wall
+
+
+def p95(values):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(0.95 * len(ordered))) - 1))]
+
+
+def summary(results, wall):
+    ttfts = [r[0] for r in results]
+    return {
+        "requests": len(results),
+        "tokens": sum(r[2] for r in results),
+        "tok_s": sum(r[2] for r in results) / wall,
+        "ttft_mean": statistics.mean(ttfts),
+        "ttft_p95": p95(ttfts),
+        "latency_mean": statistics.mean(r[1] for r in results),
+    }
+
+
+def user(question, system=None):
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": question}]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--clients", type=int, nargs="*", default=[])
+    parser.add_argument("--burst", action="store_true", help="run the shared-prefix cold and warm bursts")
+    parser.add_argument("--rounds", type=int, default=2, help="questions per client")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("the load generator only talks to a loopback address")
+    rng = random.Random(7)
+
+    # Warm-up: loads the model (Minerva loads on first use) and touches every code path.
+    stream_chat(args.host, args.port, args.model, user("Hello!"), 8, args.timeout)
+
+    for rep in range(args.reps):
+        for n in args.clients:
+            questions = QUESTIONS[:]
+            rng.shuffle(questions)
+            jobs = [[user(questions[(c * args.rounds + r) % len(questions)]) for r in range(args.rounds)] for c in range(n)]
+            results, wall = run_concurrent(args, jobs)
+            print(json.dumps({"label": args.label, "scenario": f"N={n}", "rep": rep, **summary(results, wall)}), flush=True)
+        if args.burst:
+            system = system_prompt(f"{time.time_ns() % 10**9}-{rep}")
+            for phase, offset in (("cold burst", 0), ("warm burst", 8)):
+                jobs = [[user(QUESTIONS[offset + i], system)] for i in range(8)]
+                results, wall = run_concurrent(args, jobs)
+                print(json.dumps({"label": args.label, "scenario": phase, "rep": rep, **summary(results, wall)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

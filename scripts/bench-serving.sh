@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Serving benchmark, side by side in one run: llama.cpp's `llama-server` (built from the
+# same llama.cpp source as our engine, scripts/reference/build-llama-cpp.sh with
+# LLAMA_REF_SERVER=1) in its default slot setting (--parallel 4) and tuned to the load
+# (--parallel N), against `minerva serve` in its default configuration, on the same GGUF
+# file with the same threads. The load generator (scripts/bench-serving.py) runs:
+#   N = 1, 4, 8, 16 concurrent chat clients (short questions, 128 tokens, temperature 0)
+#   8 requests at once sharing a ~400-token system prompt: cold, then warm
+# and the table shows medians of REPS runs and the ratios to llama-server.
+#   scripts/bench-serving.sh
+#   THREADS=2 REPS=3 CLIENTS="1 4 8 16" ROUNDS=2 scripts/bench-serving.sh
+# Servers listen on 127.0.0.1 only and are stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS="${THREADS:-2}"
+REPS="${REPS:-3}"
+CLIENTS="${CLIENTS:-1 4 8 16}"
+ROUNDS="${ROUNDS:-2}"
+PORT="${PORT:-18080}"
+MODEL_ID=smollm2-135m-instruct
+MODELS_DIR="${MINERVA_HOME:-$HOME/.local/share/minerva}/models"
+MODEL_FILE="$MODELS_DIR/$MODEL_ID.gguf"
+[ -f "$MODEL_FILE" ] || { echo "$MODEL_FILE is missing: run scripts/fetch-models.sh" >&2; exit 1; }
+
+LLAMA_BIN="$(LLAMA_REF_SERVER=1 scripts/reference/build-llama-cpp.sh | tail -1)"
+cargo build --release --locked --bin minerva >&2
+out="$(mktemp -d)"
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+trap 'stop_server; rm -rf "$out"' EXIT
+
+wait_ready() {
+  for _ in $(seq 1 300); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$server_pid" 2>/dev/null || { echo "the server exited; log:" >&2; tail -20 "$out/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "the server did not become ready" >&2
+  exit 1
+}
+
+# run LABEL LOADGEN-ARGS -- SERVER-COMMAND...
+run() {
+  local label="$1"; shift
+  local load=()
+  while [ "$1" != "--" ]; do load+=("$1"); shift; done
+  shift
+  echo "[bench-serving] $label: $*" >&2
+  "$@" > "$out/server.log" 2>&1 &
+  server_pid=$!
+  wait_ready
+  python3 scripts/bench-serving.py --port "$PORT" --model "$MODEL_ID" --label "$label" \
+    --reps "$REPS" --rounds "$ROUNDS" "${load[@]}" | tee -a "$out/results.jsonl" >&2
+  stop_server
+}
+
+llama_server() { # PARALLEL
+  "$LLAMA_BIN/llama-server" -m "$MODEL_FILE" -t "$THREADS" --parallel "$1" \
+    --host 127.0.0.1 --port "$PORT" --alias "$MODEL_ID" --no-webui
+}
+
+# shellcheck disable=SC2086
+run "llama-server --parallel 4" --clients $CLIENTS --burst -- llama_server 4
+for n in $CLIENTS; do
+  [ "$n" = 4 ] && continue
+  run "llama-server tuned" --clients "$n" -- llama_server "$n"
+done
+# tuned for N=4 is the default setting
+grep '"N=4"' "$out/results.jsonl" | sed 's/"llama-server --parallel 4"/"llama-server tuned"/' >> "$out/results.jsonl" || true
+run "llama-server tuned" --burst -- llama_server 8
+# shellcheck disable=SC2086
+run "minerva" --clients $CLIENTS --burst -- \
+  target/release/minerva serve --addr "127.0.0.1:$PORT" --threads "$THREADS"
+
+python3 - "$out/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(label, scenario, key):
+    vals = [r[key] for r in rows if r["label"] == label and r["scenario"] == scenario]
+    return statistics.median(vals) if vals else float("nan")
+scenarios = []
+for r in rows:
+    if r["scenario"] not in scenarios:
+        scenarios.append(r["scenario"])
+scenarios.sort(key=lambda s: (not s.startswith("N="), int(s[2:]) if s.startswith("N=") else s))
+systems = [("llama-server --parallel 4", "llama p4"), ("llama-server tuned", "llama tuned"), ("minerva", "minerva")]
+print("Medians of runs; tok/s = aggregate generated tokens per second; TTFT and latency in seconds.")
+print()
+head = "| scenario |"
+for _, short in systems:
+    head += f" {short} tok/s | {short} TTFT mean | {short} TTFT p95 | {short} latency |"
+head += " tok/s vs tuned | TTFT p95 vs p4 | TTFT mean vs p4 | TTFT mean vs tuned |"
+print(head)
+print("|" + "---|" * (1 + 4 * len(systems) + 4))
+for s in scenarios:
+    line = f"| {s} |"
+    for label, _ in systems:
+        line += " {:.1f} | {:.3f} | {:.3f} | {:.2f} |".format(*(med(label, s, k) for k in ("tok_s", "ttft_mean", "ttft_p95", "latency_mean")))
+    ratio = lambda a, b: a / b if b == b and b > 0 else float("nan")
+    line += " {:.2f}x | {:.2f}x | {:.2f}x | {:.2f}x |".format(
+        ratio(med("minerva", s, "tok_s"), med("llama-server tuned", s, "tok_s")),
+        ratio(med("minerva", s, "ttft_p95"), med("llama-server --parallel 4", s, "ttft_p95")),
+        ratio(med("minerva", s, "ttft_mean"), med("llama-server --parallel 4", s, "ttft_mean")),
+        ratio(med("minerva", s, "ttft_mean"), med("llama-server tuned", s, "ttft_mean")),
+    )
+    print(line)
+PY
