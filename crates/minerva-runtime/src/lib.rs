@@ -33,6 +33,7 @@ pub mod pressure;
 mod registry;
 mod scheduler;
 mod store;
+mod worker_thread;
 
 pub use hash::{fingerprint_dir, sha256_file, sha256_model};
 pub use keep_alive::{InvalidKeepAlive, KeepAlive};

@@ -11,6 +11,8 @@ use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
+use crate::worker_thread::JoinOnDrop;
+
 use crate::scheduler::{Job, Scheduler, SchedulerLimits};
 
 /// Most sequences llama.cpp allows in one context.
@@ -65,6 +67,8 @@ pub struct LlmWorker {
     model: Arc<LlamaCppModel>,
     jobs: mpsc::Sender<Job>,
     n_ctx: u32,
+    /// After `jobs`: the channel closes first, then the thread is joined.
+    _thread: JoinOnDrop,
 }
 
 impl LlmWorker {
@@ -79,7 +83,7 @@ impl LlmWorker {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, inbox) = mpsc::channel::<Job>();
         let path = path.to_owned();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn(move || {
                 let loaded = LlamaCppModel::load(&path).map(Arc::new).and_then(|model| {
@@ -116,7 +120,12 @@ impl LlmWorker {
         let (model, n_ctx) = ready_rx
             .recv()
             .map_err(|_| EngineError::Decode("the model's worker thread died while loading".into()))??;
-        Ok(Self { model, jobs, n_ctx })
+        Ok(Self {
+            model,
+            jobs,
+            n_ctx,
+            _thread: JoinOnDrop::new(Some(thread)),
+        })
     }
 
     /// The model, for tokenizing and metadata.

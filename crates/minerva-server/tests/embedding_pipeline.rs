@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{EMBED, POOL, TestServer, models_dir};
+use common::{EMBED, TestServer, models_dir, pool};
 use minerva_runtime::embedding::CacheConfig;
 use minerva_server::ServerConfig;
 use serde_json::{Value, json};
@@ -54,7 +54,7 @@ async fn stats(server: &TestServer) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_merged_into_shared_batches_and_get_their_own_vectors() {
-    let server = TestServer::start_with(config(NO_CACHE), POOL, models_dir()).await;
+    let server = TestServer::start_with(config(NO_CACHE), pool(), models_dir()).await;
     let pairs: Vec<[String; 2]> = (0..7)
         .map(|i| {
             [
@@ -107,7 +107,7 @@ async fn concurrent_requests_are_merged_into_shared_batches_and_get_their_own_ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_hit_is_bit_identical_and_counted_in_stats_and_metrics() {
-    let server = TestServer::start_with(config(CacheConfig::default()), POOL, models_dir()).await;
+    let server = TestServer::start_with(config(CacheConfig::default()), pool(), models_dir()).await;
     let request = json!({ "model": EMBED, "input": ["cached text", "another cached text"] });
     let fresh = server.ok("/v1/embeddings", &request).await;
     let hit = server.ok("/v1/embeddings", &request).await;
@@ -136,12 +136,12 @@ async fn the_cache_file_keeps_vectors_across_a_restart() {
         ..CacheConfig::default()
     };
     let request = json!({ "model": EMBED, "input": "remember me across restarts" });
-    let mut first = TestServer::start_with(config(cache.clone()), POOL, models_dir()).await;
+    let mut first = TestServer::start_with(config(cache.clone()), pool(), models_dir()).await;
     let computed = server_vectors(&first, &request).await;
     first.trigger_shutdown();
     first.stopped().await.unwrap();
 
-    let second = TestServer::start_with(config(cache), POOL, models_dir()).await;
+    let second = TestServer::start_with(config(cache), pool(), models_dir()).await;
     let reloaded = server_vectors(&second, &request).await;
     assert_eq!(bits(&computed), bits(&reloaded));
     let stats = stats(&second).await;

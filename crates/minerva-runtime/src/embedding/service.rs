@@ -22,6 +22,7 @@ use super::cache::{CacheKey, Cached, EmbeddingCache, KeyContext};
 use super::optimizer::BatchOptimizer;
 use super::strategy::{MemoryThresholds, Strategy};
 use crate::pressure::{MemorySource, ProcMemory};
+use crate::worker_thread::JoinOnDrop;
 
 /// Token budget the optimizer starts from.
 const START_BUDGET: usize = 4096;
@@ -160,6 +161,9 @@ pub struct EmbeddingService {
     stats: Arc<Mutex<ServiceStats>>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    /// After `jobs`: the channel closes first, then the thread (which owns the model) is
+    /// joined, so the model's memory is free when the service is dropped.
+    _thread: JoinOnDrop,
 }
 
 impl EmbeddingService {
@@ -200,16 +204,19 @@ impl EmbeddingService {
         let spawned = std::thread::Builder::new()
             .name(format!("embed-{name}"))
             .spawn(move || worker.run(rx));
-        if let Err(e) = spawned {
-            // The handle then answers every request with `Stopped`.
-            tracing::error!(error = %e, "could not start the embedding worker");
-        }
+        let thread = spawned
+            .inspect_err(|e| {
+                // The handle then answers every request with `Stopped`.
+                tracing::error!(error = %e, "could not start the embedding worker");
+            })
+            .ok();
         Self {
             jobs,
             info,
             stats,
             queued,
             max_queued,
+            _thread: JoinOnDrop::new(thread),
         }
     }
 
