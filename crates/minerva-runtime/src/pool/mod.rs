@@ -238,6 +238,9 @@ struct Entry {
     idle_deadline: Option<Instant>,
     unused_preload: bool,
     pinned: bool,
+    /// When the load finished; a model no request has used yet is kept for
+    /// [`LOAD_GRACE`] so the requests that waited for it get it before anyone evicts it.
+    ready_at: Option<Instant>,
 }
 
 enum Phase {
@@ -448,6 +451,9 @@ impl Shared {
         let mut needed = None;
         // Held from the first wait for room until room is made or the request gives up.
         let mut room_waiter: Option<RoomWaiter<'_>> = None;
+        // Set once this request has waited for a load of its model: it then takes the
+        // model without queueing behind requests that wait for room.
+        let mut waited_for_load = false;
         loop {
             if needed.is_none() && !self.lock().entries.contains_key(id) {
                 needed = Some(self.footprint(&entry)?);
@@ -461,7 +467,12 @@ impl Shared {
                 let others_wait_for_room = self.room_waiters.load(Ordering::Acquire) > room_waiter.is_some() as usize;
                 let step = match state.entries.get_mut(id) {
                     Some(e) => match &e.phase {
-                        Phase::Ready(_) if matches!(purpose, Purpose::Request) && others_wait_for_room && !e.pinned => {
+                        Phase::Ready(_)
+                            if matches!(purpose, Purpose::Request)
+                                && others_wait_for_room
+                                && !e.pinned
+                                && !waited_for_load =>
+                        {
                             Step::WaitTurn
                         }
                         Phase::Ready(model) => {
@@ -531,6 +542,7 @@ impl Shared {
             };
             match step {
                 Step::WaitLoad(mut done) => {
+                    waited_for_load = true;
                     let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());
                     match outcome {
                         Ok(Some(Err(cause))) => return Err(PoolError::LoadFailed { id: id.clone(), cause }),
@@ -609,6 +621,7 @@ impl Shared {
                 idle_deadline: None,
                 unused_preload: matches!(purpose, Purpose::Preload { .. }),
                 pinned,
+                ready_at: None,
             },
         );
         state.peak_bytes = state.peak_bytes.max(state.bytes_in_use());
@@ -666,6 +679,7 @@ impl Shared {
                 let floor = state.credit_floor;
                 let e = state.entries.get_mut(id).expect("checked above");
                 e.phase = Phase::Ready(Arc::new(model));
+                e.ready_at = Some(Instant::now());
                 e.bytes = bytes;
                 e.load_ms = load_ms;
                 e.credit = EvictionPolicy::credit(floor, 1, load_ms, bytes);
@@ -891,6 +905,10 @@ impl State {
             self.entries
                 .iter()
                 .filter(|(_, e)| e.leases == 0 && !e.pinned && matches!(e.phase, Phase::Ready(_)))
+                .filter(|(_, e)| {
+                    let awaited = e.uses == 0 && !e.unused_preload;
+                    !(awaited && e.ready_at.is_some_and(|at| at.elapsed() < LOAD_GRACE))
+                })
                 .filter(|(id, _)| max_hotness.is_none_or(|max| hotness(id) < max))
                 .map(|(id, e)| Candidate {
                     id,
