@@ -673,8 +673,9 @@ impl Shared {
                 let measured = model.bytes;
                 // The RSS delta under-counts when the allocator hands out memory freed
                 // earlier, so it never goes below the weights and KV the model must hold;
-                // with other loads running it mixes them up, so the estimate stays.
-                let bytes = if alone { measured.max(resident_floor) } else { estimated };
+                // with other loads running it mixes them up, so the reservation stays.
+                let reserved = state.entries.get(id).map_or(estimated, |e| e.bytes);
+                let bytes = if alone { measured.max(resident_floor) } else { reserved };
                 model.bytes = bytes;
                 let floor = state.credit_floor;
                 let e = state.entries.get_mut(id).expect("checked above");
