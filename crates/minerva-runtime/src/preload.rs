@@ -1,11 +1,11 @@
 //! The preloader: loads models before they are asked for, from the usage patterns of the
 //! registry's access log.
 //!
-//! On boot it warms the pool with the hot list. Then, after each request (at most one
-//! preload per `min_interval`), it asks the patterns for recommendations of its strategy
-//! and preloads the best one that is not in memory yet. A preload goes through
-//! [`ModelPool::preload`], so it only takes free room or room of idle models used less
-//! than it, never waits, and never evicts a model in use.
+//! On boot it warms the pool with the hot list. Then, each time a request ends (at most
+//! one preload per `min_interval`), it asks the patterns for recommendations of its
+//! strategy and preloads the best one that is not in memory yet. A preload goes through
+//! [`ModelPool::preload_displacing`]: it only takes free room or the room of idle models
+//! the recommendations rank below it, never waits, and never evicts a model in use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::patterns::{PatternConfig, PreloadRecommendation, PreloadStrategy, UsagePatterns};
+use crate::pool::Displace;
 use crate::registry::{AccessEvent, AccessKind, Registry, RegistryError, UnixMillis, now_millis};
 use crate::{ModelId, ModelPool};
 
@@ -79,20 +80,37 @@ async fn run(pool: Arc<ModelPool>, registry: Arc<Registry>, config: PreloadConfi
             Err(_) => continue,
         };
         let Some(pick) = recommendations
-            .into_iter()
+            .iter()
             .find(|r| r.id != requested && !pool.is_resident(&r.id))
+            .cloned()
         else {
             continue;
         };
         last_preload = Some(Instant::now());
         tracing::info!(model = %pick.id, reason = %pick.reason, "preloading");
+        let displace = Displace::Only(ranked_below(&pool, &recommendations, &pick));
         let pool = Arc::clone(&pool);
         tokio::spawn(async move {
-            if let Err(e) = pool.preload(&pick.id).await {
+            if let Err(e) = pool.preload_displacing(&pick.id, displace).await {
                 tracing::debug!(model = %pick.id, error = %e, "preload skipped");
             }
         });
     }
+}
+
+/// The loaded models the recommendations rank below `pick` (a model they do not name
+/// ranks lowest): those a preload of `pick` may displace.
+fn ranked_below(
+    pool: &ModelPool,
+    recommendations: &[PreloadRecommendation],
+    pick: &PreloadRecommendation,
+) -> Vec<ModelId> {
+    let priority = |id: &ModelId| recommendations.iter().find(|r| &r.id == id).map_or(0.0, |r| r.priority);
+    pool.loaded()
+        .iter()
+        .map(|m| m.id.clone())
+        .filter(|id| priority(id) < pick.priority)
+        .collect()
 }
 
 /// Loads the hottest models of the access log, one after the other.

@@ -1,6 +1,8 @@
-//! The memory-budgeted pool on real models: eviction order of each policy, leases that
-//! block eviction, single-flight loads, a budget too small, memory really returned after
-//! an unload, keep-alive on virtual time, and memory pressure from a simulated system.
+//! The memory-budgeted pool on real models: eviction order of each policy (and the
+//! cost-aware policy's choice between models of different sizes), leases that block
+//! eviction, two models taking turns under a one-model budget, single-flight loads,
+//! preloads that displace only what they may, a budget too small, memory really returned
+//! after an unload, keep-alive on virtual time, and memory pressure from a simulated system.
 //!
 //! Three copies of all-MiniLM-L6-v2 (hard links of the real files under the ids a, b, c)
 //! make three models of the same size, so a budget of two estimates holds two of them.
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use minerva_runtime::pressure::{MemorySource, SystemMemory};
 use minerva_runtime::{
-    AcquireOptions, Budget, EvictionPolicy, EvictionReason, KeepAlive, ModelId, ModelPool, ModelStore, PoolConfig,
-    PoolError, resident_bytes,
+    AcquireOptions, Budget, Displace, EvictionPolicy, EvictionReason, KeepAlive, ModelId, ModelPool, ModelStore,
+    PoolConfig, PoolError, resident_bytes,
 };
 
 const EMBED: &str = "all-minilm-l6-v2";
@@ -173,6 +175,117 @@ async fn a_leased_model_is_never_evicted_and_waiters_get_room_when_a_lease_ends(
     drop(a);
 }
 
+/// [`config`] with one sequence and no prefix cache.
+fn one_slot_config(policy: EvictionPolicy, budget: u64) -> PoolConfig {
+    PoolConfig {
+        parallel: 1,
+        prefix_cache_tokens: 0,
+        ..config(policy, budget)
+    }
+}
+
+/// The footprint the pool reserves for model `name` of `dir` under [`one_slot_config`].
+fn estimated(dir: &Path, name: &str) -> u64 {
+    let entry = ModelStore::new(dir).resolve(&id(name)).unwrap();
+    let shape = one_slot_config(EvictionPolicy::Lru, 0).session_shape();
+    minerva_runtime::estimate::estimate(&entry, shape).unwrap().total()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_aware_evicts_one_big_model_where_lru_evicts_a_small_one_with_it() {
+    let _serial = SERIAL.lock().await;
+    // A small embedding model and two copies of a bigger language model; the budget holds
+    // the small one and one big one.
+    let dir = tempfile::tempdir().unwrap();
+    link_tree(&models_dir().join(EMBED), &dir.path().join("small"));
+    for big in ["big1.gguf", "big2.gguf"] {
+        std::fs::hard_link(models_dir().join("gemma-3-270m.gguf"), dir.path().join(big))
+            .or_else(|_| std::fs::copy(models_dir().join("gemma-3-270m.gguf"), dir.path().join(big)).map(drop))
+            .unwrap();
+    }
+    let budget = estimated(dir.path(), "small") + estimated(dir.path(), "big1") + (1 << 20);
+    let mut kept = Vec::new();
+    for policy in [EvictionPolicy::Lru, EvictionPolicy::CostAware] {
+        let pool = ModelPool::new(ModelStore::new(dir.path()), one_slot_config(policy, budget));
+        use_in_order(&pool, &["small", "big1"]).await;
+        assert_eq!(loaded(&pool), ["big1", "small"], "both fit");
+        // big2 needs the room of big1 (small alone is not enough). LRU takes small first,
+        // as the least recently used, and then big1 as well.
+        drop(pool.acquire(&id("big2")).await.unwrap());
+        assert!(pool.totals().peak_bytes <= budget, "{:?}", pool.totals());
+        kept.push(loaded(&pool));
+    }
+    assert_eq!(kept[0], ["big2"], "LRU");
+    assert_eq!(kept[1], ["big2", "small"], "cost-aware keeps the small model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_taking_turns_under_a_one_model_budget_all_get_served() {
+    let _serial = SERIAL.lock().await;
+    let dir = three_models();
+    let budget = one_model_bytes(dir.path()) * 3 / 2;
+    let pool = Arc::new(ModelPool::new(
+        ModelStore::new(dir.path()),
+        config(EvictionPolicy::CostAware, budget),
+    ));
+    // Sixteen concurrent requests alternating between a and b: each model must load,
+    // serve the requests that waited for it, and make way for the other (no livelock in
+    // which each evicts the other before it is used).
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let name = if i % 2 == 0 { "a" } else { "b" };
+                let lease = pool.acquire(&id(name)).await?;
+                tokio::task::yield_now().await;
+                drop(lease);
+                Ok::<_, PoolError>(())
+            })
+        })
+        .collect();
+    let all = async {
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("every request served within a minute");
+    let totals = pool.totals();
+    assert!(totals.peak_bytes <= budget, "{totals:?}");
+    assert_eq!(totals.hits + totals.misses, 16);
+    assert!(totals.loads <= 16, "{totals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preload_displaces_only_the_models_it_may_and_requests_are_announced_as_they_end() {
+    let _serial = SERIAL.lock().await;
+    let dir = three_models();
+    let pool = ModelPool::new(
+        ModelStore::new(dir.path()),
+        config(EvictionPolicy::Lru, one_model_bytes(dir.path()) * 2),
+    );
+    let mut ended = pool.requests();
+    use_in_order(&pool, &["a", "b"]).await;
+    assert_eq!(ended.recv().await.unwrap(), id("a"));
+    assert_eq!(ended.recv().await.unwrap(), id("b"));
+    // c may displace nothing: no room, and a preload does not wait.
+    let err = pool
+        .preload_displacing(&id("c"), Displace::Only(Vec::new()))
+        .await
+        .err();
+    assert!(matches!(err, Some(PoolError::Busy { .. })), "{err:?}");
+    // c may displace b (the most recently used): b leaves, a stays.
+    drop(
+        pool.preload_displacing(&id("c"), Displace::Only(vec![id("b")]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(loaded(&pool), ["a", "c"]);
+    // A preload is not a request: nothing announced.
+    assert!(ended.try_recv().is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_load() {
     let _serial = SERIAL.lock().await;
@@ -232,11 +345,7 @@ async fn unloading_returns_the_memory() {
     for (models, name) in [(dir.path().to_owned(), "a"), (models_dir(), "gemma-3-270m")] {
         let pool = ModelPool::new(
             ModelStore::new(models),
-            PoolConfig {
-                parallel: 1,
-                prefix_cache_tokens: 0,
-                ..config(EvictionPolicy::Lru, 4 << 30)
-            },
+            one_slot_config(EvictionPolicy::Lru, 4 << 30),
         );
         let before = resident_bytes();
         let lease = pool.acquire(&id(name)).await.unwrap();

@@ -13,11 +13,13 @@ pub struct Lease(Arc<Guard>);
 struct Guard {
     model: Arc<ModelLease>,
     shared: Arc<Shared>,
+    /// A request's lease (not a preload's).
+    request: bool,
 }
 
 impl Lease {
-    pub(super) fn new(model: Arc<ModelLease>, shared: Arc<Shared>) -> Self {
-        Self(Arc::new(Guard { model, shared }))
+    pub(super) fn new(model: Arc<ModelLease>, shared: Arc<Shared>, request: bool) -> Self {
+        Self(Arc::new(Guard { model, shared, request }))
     }
 }
 
@@ -31,6 +33,6 @@ impl Deref for Lease {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.shared.release(&self.model);
+        self.shared.release(&self.model, self.request);
     }
 }

@@ -36,7 +36,7 @@ use crate::keep_alive::KeepAlive;
 use crate::pressure::{BudgetStrategy, MemorySource, ProcMemory};
 use crate::registry::{AccessKind, Registry, RegistryError, now_millis};
 use crate::{ModelEntry, ModelId, ModelStore, StoreError};
-use policy::Candidate;
+use policy::{Candidate, Shortfall};
 
 /// How long a freshly loaded model waits for the requests that asked for it before its
 /// keep-alive starts counting.
@@ -208,6 +208,15 @@ pub(crate) struct Shared {
     room_waiters: AtomicUsize,
 }
 
+/// Which idle models a preload may evict.
+#[derive(Debug, Clone)]
+pub enum Displace {
+    /// Those used fewer times than this.
+    UsedLessThan(u64),
+    /// These.
+    Only(Vec<ModelId>),
+}
+
 #[derive(Default)]
 struct State {
     entries: HashMap<ModelId, Entry>,
@@ -262,10 +271,8 @@ enum Step {
 
 enum Purpose {
     Request,
-    /// A preload: only models less used than `hotness` may leave for it, and it never waits.
-    Preload {
-        hotness: u64,
-    },
+    /// A preload: only the idle models of `displace` may leave for it, and it never waits.
+    Preload(Displace),
 }
 
 impl ModelPool {
@@ -327,7 +334,8 @@ impl ModelPool {
         self.shared.registry.as_ref()
     }
 
-    /// The model of every request from now on (not preloads), as they arrive.
+    /// The model of every request from now on (not preloads), as each one ends (its
+    /// lease released): the moment its model is idle and may make way for the next.
     pub fn requests(&self) -> tokio::sync::broadcast::Receiver<ModelId> {
         self.shared.requests.subscribe()
     }
@@ -353,8 +361,15 @@ impl ModelPool {
     /// not loaded yet.
     pub async fn preload(&self, id: &ModelId) -> Result<Lease, PoolError> {
         let hotness = self.shared.lock().stats.get(id).map_or(0, |s| s.hits + s.misses);
+        self.preload_displacing(id, Displace::UsedLessThan(hotness)).await
+    }
+
+    /// Loads model `id` without using it, if it fits once the idle models of `displace`
+    /// leave; never waits for room (the preloader: it displaces the models its strategy
+    /// ranks below `id`).
+    pub async fn preload_displacing(&self, id: &ModelId, displace: Displace) -> Result<Lease, PoolError> {
         self.shared
-            .acquire(id, Purpose::Preload { hotness }, AcquireOptions::default())
+            .acquire(id, Purpose::Preload(displace), AcquireOptions::default())
             .await
     }
 
@@ -438,11 +453,8 @@ impl Shared {
     ) -> Result<Lease, PoolError> {
         let entry = self.store.resolve(id)?;
         let kind = match purpose {
-            Purpose::Request => {
-                let _ = self.requests.send(id.clone());
-                AccessKind::Request
-            }
-            Purpose::Preload { .. } => AccessKind::Preload,
+            Purpose::Request => AccessKind::Request,
+            Purpose::Preload(_) => AccessKind::Preload,
         };
         self.log_usage(UsageRecord::Access(id.clone(), kind, now_millis()));
         let keep_alive = options.keep_alive.unwrap_or(self.config.keep_alive);
@@ -498,7 +510,7 @@ impl Shared {
                             s.leases = leases;
                             s.expires_at = None;
                             s.last_used = unix_now();
-                            return Ok(Lease::new(model, Arc::clone(self)));
+                            return Ok(Lease::new(model, Arc::clone(self), matches!(purpose, Purpose::Request)));
                         }
                         Phase::Loading(done) => {
                             let done = done.clone();
@@ -529,7 +541,7 @@ impl Shared {
                                     let s = state.stats.entry(id.clone()).or_default();
                                     match purpose {
                                         Purpose::Request => s.misses += 1,
-                                        Purpose::Preload { .. } => s.preloads += 1,
+                                        Purpose::Preload(_) => s.preloads += 1,
                                     }
                                 }
                                 let done = self.start_load(&mut state, &entry, needed, &purpose, evicted);
@@ -551,7 +563,7 @@ impl Shared {
                     }
                 }
                 Step::WaitRoom | Step::WaitTurn => {
-                    if matches!(purpose, Purpose::Preload { .. }) {
+                    if matches!(purpose, Purpose::Preload(_)) {
                         return Err(PoolError::Busy {
                             id: id.clone(),
                             reason: "a preload never waits",
@@ -572,13 +584,14 @@ impl Shared {
         }
     }
 
-    /// The bytes model `entry` will need: the figure kept from its last load, else the
-    /// estimate from its files.
+    /// The bytes a load of model `entry` reserves: the estimate from its files, an upper
+    /// bound of what it will hold (so a load never takes the pool over its budget); the
+    /// measurement after the load shrinks it.
     fn footprint(&self, entry: &ModelEntry) -> Result<u64, PoolError> {
         if let Some(s) = self.lock().stats.get(&entry.id)
-            && s.bytes > 0
+            && s.estimated_bytes > 0
         {
-            return Ok(s.bytes);
+            return Ok(s.estimated_bytes);
         }
         let footprint = estimate(entry, self.config.session_shape())?;
         let mut state = self.lock();
@@ -619,7 +632,7 @@ impl Shared {
                 credit: state.credit_floor,
                 keep_alive: self.config.keep_alive,
                 idle_deadline: None,
-                unused_preload: matches!(purpose, Purpose::Preload { .. }),
+                unused_preload: matches!(purpose, Purpose::Preload(_)),
                 pinned,
                 ready_at: None,
             },
@@ -669,13 +682,18 @@ impl Shared {
             Ok(mut model) if current => {
                 let load_ms = elapsed.as_secs_f64() * 1e3;
                 let estimated = state.stats.get(id).map_or(0, |s| s.estimated_bytes);
-                let resident_floor = state.resident_floor.get(id).copied().unwrap_or(0);
                 let measured = model.bytes;
-                // The RSS delta under-counts when the allocator hands out memory freed
-                // earlier, so it never goes below the weights and KV the model must hold;
-                // with other loads running it mixes them up, so the reservation stays.
+                // The RSS delta is noisy: it under-counts when the allocator hands out
+                // memory freed earlier and over-counts when other models allocate at the
+                // same time. So it is kept between the weights and KV the model must hold
+                // and its reservation, and with other loads running the reservation stays.
                 let reserved = state.entries.get(id).map_or(estimated, |e| e.bytes);
-                let bytes = if alone { measured.max(resident_floor) } else { reserved };
+                let resident_floor = state.resident_floor.get(id).copied().unwrap_or(0).min(reserved);
+                let bytes = if alone {
+                    measured.clamp(resident_floor, reserved)
+                } else {
+                    reserved
+                };
                 model.bytes = bytes;
                 let floor = state.credit_floor;
                 let e = state.entries.get_mut(id).expect("checked above");
@@ -726,8 +744,16 @@ impl Shared {
     }
 
     /// A lease ended: when it was the model's last, its keep-alive starts (or, for a
+    /// A lease ended; a request's lease ending is announced to [`ModelPool::requests`].
+    fn release(&self, model: &Arc<ModelLease>, request: bool) {
+        self.end_lease(model);
+        if request {
+            let _ = self.requests.send(model.id.clone());
+        }
+    }
+
     /// keep-alive of zero, it leaves now).
-    fn release(&self, model: &Arc<ModelLease>) {
+    fn end_lease(&self, model: &Arc<ModelLease>) {
         let mut to_free = None;
         {
             let mut state = self.lock();
@@ -811,7 +837,7 @@ impl Shared {
             let mut available = reading.available;
             let used = |available: u64| 1.0 - available.min(reading.total) as f64 / reading.total.max(1) as f64;
             while used(available) > threshold {
-                let Some(victim) = state.idle_victim(&self.config.policy, None).cloned() else {
+                let Some(victim) = state.idle_victim(&self.config.policy).cloned() else {
                     break;
                 };
                 let bytes = state.entries.get(&victim).map_or(0, |e| e.bytes);
@@ -833,7 +859,7 @@ impl Shared {
                 }
             };
             while state.bytes_in_use() > state.budget {
-                let Some(victim) = state.idle_victim(&self.config.policy, None).cloned() else {
+                let Some(victim) = state.idle_victim(&self.config.policy).cloned() else {
                     break;
                 };
                 freed.extend(state.evict(&victim, EvictionReason::Budget));
@@ -864,61 +890,67 @@ impl State {
         self.entries.len()
     }
 
-    /// Evicts idle models by policy until `needed` more bytes fit (or, under a count
-    /// policy, one more model).
+    /// Evicts idle models by policy so that `needed` more bytes fit (or, under a count
+    /// policy, one more model). When the idle models together would not make enough room,
+    /// none leaves: the request waits for a lease to end.
     fn make_room(&mut self, id: &ModelId, needed: u64, config: &PoolConfig, purpose: &Purpose) -> Room {
-        let count_limit = match config.policy {
-            EvictionPolicy::CountLru { max_models } => Some(max_models),
-            _ => None,
-        };
-        if count_limit.is_none() && needed > self.budget {
-            return Room::Never;
-        }
-        let max_hotness = match purpose {
-            Purpose::Request => None,
-            Purpose::Preload { hotness } => Some(*hotness),
-        };
-        let mut evicted = Vec::new();
-        loop {
-            let fits = match count_limit {
-                Some(max) => self.loaded_count() < max,
-                None => self.bytes_in_use() + needed <= self.budget,
-            };
-            if fits {
-                return Room::Made(evicted);
+        let shortfall = match config.policy {
+            EvictionPolicy::CountLru { max_models } => {
+                Shortfall::Models((self.loaded_count() + 1).saturating_sub(max_models))
             }
-            let Some(victim) = self.idle_victim(&config.policy, max_hotness).cloned() else {
-                // Nothing idle left: whatever was evicted stays evicted (its memory is
-                // freed now), the request waits for a lease to end.
-                evicted.into_iter().for_each(free_in_background);
-                return Room::NotNow;
-            };
-            debug_assert_ne!(&victim, id);
-            evicted.extend(self.evict(&victim, EvictionReason::Budget));
+            _ if needed > self.budget => return Room::Never,
+            _ => Shortfall::Bytes((self.bytes_in_use() + needed).saturating_sub(self.budget)),
+        };
+        if matches!(shortfall, Shortfall::Models(0) | Shortfall::Bytes(0)) {
+            return Room::Made(Vec::new());
         }
+        let displace = match purpose {
+            Purpose::Request => None,
+            Purpose::Preload(displace) => Some(displace),
+        };
+        let candidates = self.idle_candidates(displace);
+        let Some(victims) = config.policy.victims(candidates, shortfall, self.credit_floor) else {
+            return Room::NotNow;
+        };
+        let victims: Vec<ModelId> = victims.into_iter().cloned().collect();
+        debug_assert!(!victims.contains(id));
+        let evicted = victims
+            .iter()
+            .filter_map(|victim| self.evict(victim, EvictionReason::Budget))
+            .collect();
+        Room::Made(evicted)
     }
 
-    /// The idle, unpinned, loaded model the policy evicts first; with `max_hotness`, only
-    /// models used fewer times than that are candidates.
-    fn idle_victim(&self, policy: &EvictionPolicy, max_hotness: Option<u64>) -> Option<&ModelId> {
+    /// The idle, unpinned, loaded model the policy evicts first.
+    fn idle_victim(&self, policy: &EvictionPolicy) -> Option<&ModelId> {
+        policy.victim(self.idle_candidates(None).into_iter())
+    }
+
+    /// The idle, unpinned, loaded models that may leave; for a preload, only those of
+    /// `displace`.
+    fn idle_candidates(&self, displace: Option<&Displace>) -> Vec<Candidate<'_>> {
         let hotness = |id: &ModelId| self.stats.get(id).map_or(0, |s| s.hits + s.misses);
-        policy.victim(
-            self.entries
-                .iter()
-                .filter(|(_, e)| e.leases == 0 && !e.pinned && matches!(e.phase, Phase::Ready(_)))
-                .filter(|(_, e)| {
-                    let awaited = e.uses == 0 && !e.unused_preload;
-                    !(awaited && e.ready_at.is_some_and(|at| at.elapsed() < LOAD_GRACE))
-                })
-                .filter(|(id, _)| max_hotness.is_none_or(|max| hotness(id) < max))
-                .map(|(id, e)| Candidate {
-                    id,
-                    loaded: e.loaded_tick,
-                    last_used: e.last_used_tick,
-                    uses: e.uses,
-                    credit: e.credit,
-                }),
-        )
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.leases == 0 && !e.pinned && matches!(e.phase, Phase::Ready(_)))
+            .filter(|(_, e)| {
+                let awaited = e.uses == 0 && !e.unused_preload;
+                !(awaited && e.ready_at.is_some_and(|at| at.elapsed() < LOAD_GRACE))
+            })
+            .filter(|(id, _)| match displace {
+                None => true,
+                Some(Displace::UsedLessThan(max)) => hotness(id) < *max,
+                Some(Displace::Only(ids)) => ids.contains(id),
+            })
+            .map(|(id, e)| Candidate {
+                id,
+                loaded: e.loaded_tick,
+                last_used: e.last_used_tick,
+                uses: e.uses,
+                credit: e.credit,
+                bytes: e.bytes,
+            })
+            .collect()
     }
 
     /// Removes model `id`; returns the model when it was loaded (the caller frees it).

@@ -36,8 +36,8 @@ impl EvictionPolicy {
         }
     }
 
-    /// Picks the candidate to evict first.
-    pub(crate) fn victim<'a>(&self, candidates: impl Iterator<Item = Candidate<'a>>) -> Option<&'a ModelId> {
+    /// The policy's order, first to leave first.
+    fn order(&self, a: &Candidate<'_>, b: &Candidate<'_>) -> std::cmp::Ordering {
         let key = |c: &Candidate<'_>| -> (f64, u64) {
             match self {
                 Self::Lru | Self::CountLru { .. } => (c.last_used as f64, 0),
@@ -46,9 +46,49 @@ impl EvictionPolicy {
                 Self::CostAware => (c.credit, c.last_used),
             }
         };
-        candidates
-            .min_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal))
-            .map(|c| c.id)
+        key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
+    }
+
+    /// Picks the candidate to evict first.
+    pub(crate) fn victim<'a>(&self, candidates: impl Iterator<Item = Candidate<'a>>) -> Option<&'a ModelId> {
+        candidates.min_by(|a, b| self.order(a, b)).map(|c| c.id)
+    }
+
+    /// Picks the candidates to evict so that `shortfall` is covered, or `None` when even
+    /// all of them would not cover it (then none should leave: the request waits).
+    ///
+    /// The order policies take candidates in their order until the shortfall is covered.
+    /// The cost-aware policy picks the set that loses the least: each candidate's loss is
+    /// what reloading it would cost by its credit above the pool's `floor` (uses × load
+    /// time, less the ageing since its last use), so one big idle model leaves rather than
+    /// a small busy one and the big one together.
+    pub(crate) fn victims<'a>(
+        &self,
+        mut candidates: Vec<Candidate<'a>>,
+        shortfall: Shortfall,
+        floor: f64,
+    ) -> Option<Vec<&'a ModelId>> {
+        let covers = |chosen: &[Candidate<'_>]| match shortfall {
+            Shortfall::Bytes(bytes) => chosen.iter().map(|c| c.bytes).sum::<u64>() >= bytes,
+            Shortfall::Models(models) => chosen.len() >= models,
+        };
+        if !covers(&candidates) {
+            return None;
+        }
+        if let (Self::CostAware, Shortfall::Bytes(bytes)) = (self, shortfall)
+            && candidates.len() <= MAX_SET_SEARCH
+        {
+            return Some(cheapest_set(&candidates, bytes, floor));
+        }
+        candidates.sort_by(|a, b| self.order(a, b));
+        let mut chosen = Vec::new();
+        for candidate in candidates {
+            if covers(&chosen) {
+                break;
+            }
+            chosen.push(candidate);
+        }
+        Some(chosen.into_iter().map(|c| c.id).collect())
     }
 
     /// The credit a model gets on a use under [`EvictionPolicy::CostAware`].
@@ -57,6 +97,42 @@ impl EvictionPolicy {
         let mib = (bytes as f64 / (1 << 20) as f64).max(1.0);
         floor + uses as f64 * (load_ms + 1.0) / mib
     }
+}
+
+/// Up to this many idle models, the cost-aware policy searches every set of victims.
+const MAX_SET_SEARCH: usize = 12;
+
+/// The set of `candidates` freeing at least `bytes` whose loss (credit above `floor`,
+/// times size) is lowest; among equal losses, the one freeing the fewest bytes.
+fn cheapest_set<'a>(candidates: &[Candidate<'a>], bytes: u64, floor: f64) -> Vec<&'a ModelId> {
+    let mib = |c: &Candidate<'_>| c.bytes as f64 / (1 << 20) as f64;
+    let loss = |c: &Candidate<'_>| (c.credit - floor).max(0.0) * mib(c);
+    let mut best: Option<(f64, u64, u32)> = None;
+    for set in 1u32..(1 << candidates.len()) {
+        let members = || candidates.iter().enumerate().filter(move |(i, _)| set & (1 << i) != 0);
+        let freed: u64 = members().map(|(_, c)| c.bytes).sum();
+        if freed < bytes {
+            continue;
+        }
+        let lost: f64 = members().map(|(_, c)| loss(c)).sum();
+        if best.is_none_or(|(l, f, _)| (lost, freed) < (l, f)) {
+            best = Some((lost, freed, set));
+        }
+    }
+    let set = best.map_or(0, |(_, _, set)| set);
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| set & (1 << i) != 0)
+        .map(|(_, c)| c.id)
+        .collect()
+}
+
+/// What a load is short of: bytes under a byte budget, or model places under a count cap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Shortfall {
+    Bytes(u64),
+    Models(usize),
 }
 
 impl std::str::FromStr for EvictionPolicy {
@@ -87,6 +163,8 @@ pub(crate) struct Candidate<'a> {
     pub last_used: u64,
     pub uses: u64,
     pub credit: f64,
+    /// What it holds.
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -108,8 +186,80 @@ mod tests {
                 last_used,
                 uses,
                 credit,
+                bytes: 0,
             });
         policy.victim(cands).unwrap().to_string()
+    }
+
+    fn candidate(id: &ModelId, last_used: u64, credit: f64, mib: u64) -> Candidate<'_> {
+        Candidate {
+            id,
+            loaded: 0,
+            last_used,
+            uses: 1,
+            credit,
+            bytes: mib << 20,
+        }
+    }
+
+    fn names(victims: Option<Vec<&ModelId>>) -> Vec<String> {
+        let mut names: Vec<String> = victims.expect("enough room").iter().map(|id| id.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn order_policies_take_victims_in_order_until_the_shortfall_is_covered() {
+        let [a, b, c] = ids();
+        // a: small, least recent; b: big; c: most recent.
+        let cands = || {
+            vec![
+                candidate(&a, 1, 5.0, 100),
+                candidate(&b, 2, 1.0, 500),
+                candidate(&c, 3, 0.5, 300),
+            ]
+        };
+        let lru = EvictionPolicy::Lru;
+        assert_eq!(names(lru.victims(cands(), Shortfall::Bytes(50 << 20), 0.0)), ["a"]);
+        assert_eq!(
+            names(lru.victims(cands(), Shortfall::Bytes(400 << 20), 0.0)),
+            ["a", "b"]
+        );
+        assert_eq!(
+            lru.victims(cands(), Shortfall::Bytes(901 << 20), 0.0),
+            None,
+            "not enough even with all"
+        );
+        let count = EvictionPolicy::CountLru { max_models: 1 };
+        assert_eq!(names(count.victims(cands(), Shortfall::Models(2), 0.0)), ["a", "b"]);
+    }
+
+    #[test]
+    fn cost_aware_evicts_the_cheapest_set_that_frees_enough() {
+        let [a, b, c] = ids();
+        // a small model with much credit, a big one with little: needing 400 MiB, the big
+        // one alone leaves; LRU would also take the small one first.
+        let cands = || {
+            vec![
+                candidate(&a, 1, 5.0, 100),
+                candidate(&b, 2, 0.8, 500),
+                candidate(&c, 3, 4.0, 300),
+            ]
+        };
+        let cost = EvictionPolicy::CostAware;
+        assert_eq!(names(cost.victims(cands(), Shortfall::Bytes(400 << 20), 0.0)), ["b"]);
+        assert_eq!(
+            names(EvictionPolicy::Lru.victims(cands(), Shortfall::Bytes(400 << 20), 0.0)),
+            ["a", "b"]
+        );
+        // Needing little, the set losing least: b loses 0.8 × 500, a 5 × 100, c 4 × 300.
+        assert_eq!(names(cost.victims(cands(), Shortfall::Bytes(10 << 20), 0.0)), ["b"]);
+        // Credit at or under the floor (aged out) loses nothing: the smallest such set goes.
+        assert_eq!(names(cost.victims(cands(), Shortfall::Bytes(10 << 20), 4.5)), ["c"]);
+        assert_eq!(
+            names(cost.victims(cands(), Shortfall::Bytes(700 << 20), 0.0)),
+            ["b", "c"]
+        );
     }
 
     #[test]
