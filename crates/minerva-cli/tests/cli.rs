@@ -1,22 +1,14 @@
 //! The `minerva` binary end to end on the real default models.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn minerva(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_minerva"))
-        .args(args)
-        .output()
-        .expect("minerva runs")
-}
+use common::{json, minerva_command};
 
-fn json(output: &Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+fn minerva(args: &[&str]) -> Output {
+    minerva_command(args).output().expect("minerva runs")
 }
 
 /// Asserts a failure with exactly one `error:` line on stderr (logs aside) that mentions `needle`.

@@ -1,11 +1,14 @@
 //! `minerva import`, `verify` and `models` on a registry in a temporary `MINERVA_HOME`,
 //! including a kill -9 in the middle of an import.
 
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::{json, minerva_command};
 use minerva_runtime::{ModelStore, Registry};
 
 const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
@@ -18,22 +21,13 @@ fn default_model(name: &str) -> PathBuf {
 }
 
 fn minerva(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_minerva"));
-    command.args(args).env("MINERVA_HOME", home);
+    let mut command = minerva_command(args);
+    command.env("MINERVA_HOME", home);
     command
 }
 
 fn run(home: &Path, args: &[&str]) -> Output {
     minerva(home, args).output().expect("minerva runs")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
 }
 
 fn listing(dir: &Path) -> Vec<String> {

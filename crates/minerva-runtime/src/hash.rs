@@ -1,5 +1,5 @@
-//! SHA-256 of models, streamed with progress: of a file, of a directory, and while copying;
-//! and the fingerprint of a model directory (what the embedding cache keys on).
+//! SHA-256 of models, streamed with progress: of a file, of a directory, and while copying
+//! (a model's digest is also what the embedding cache keys on).
 //!
 //! A GGUF model's digest is the SHA-256 of its file. A directory model's digest is the
 //! SHA-256 of the `sha256sum` listing of its regular files in bytewise order of their
@@ -185,45 +185,16 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// SHA-256 over the files of model directory `dir` that decide its output (every
-/// `.json` and `.safetensors` file, recursively): each file's relative path, length and
-/// bytes, in path order. Two directories with the same weights, tokenizer and settings
-/// have the same fingerprint wherever they live.
-pub fn fingerprint_dir(dir: &Path) -> std::io::Result<[u8; 32]> {
-    let mut files = Vec::new();
-    collect_files(dir, &mut files)?;
-    files.sort();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for path in files {
-        let relative = path.strip_prefix(dir).unwrap_or(&path);
-        hasher.update(relative.to_string_lossy().as_bytes());
-        hasher.update([0]);
-        let mut file = std::fs::File::open(&path)?;
-        hasher.update(file.metadata()?.len().to_le_bytes());
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+/// The 32 bytes of a hex SHA-256 digest; `None` when `hex` is not one.
+pub(crate) fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
     }
-    Ok(hasher.finalize().into())
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        // Real directories only: a symlinked one could loop.
-        if entry.file_type()?.is_dir() {
-            collect_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "json" || e == "safetensors") {
-            out.push(path);
-        }
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
-    Ok(())
+    Some(out)
 }
 
 #[cfg(test)]
@@ -295,20 +266,10 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_fingerprint_follows_content_not_location() {
-        let make = |config: &str| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-            std::fs::write(dir.path().join("config.json"), config).unwrap();
-            std::fs::write(dir.path().join("1_Pooling/config.json"), "{}").unwrap();
-            std::fs::write(dir.path().join("README.md"), "ignored").unwrap();
-            dir
-        };
-        let (a, b, c) = (make("{\"a\": 1}"), make("{\"a\": 1}"), make("{\"a\": 2}"));
-        let print = |d: &tempfile::TempDir| fingerprint_dir(d.path()).unwrap();
-        assert_eq!(print(&a), print(&b));
-        assert_ne!(print(&a), print(&c));
-        std::fs::write(a.path().join("README.md"), "changed").unwrap();
-        assert_eq!(print(&a), print(&b), "files that do not change vectors do not count");
+    fn a_hex_digest_reads_back_as_its_bytes() {
+        let bytes = digest_bytes(ABC).unwrap();
+        assert_eq!(hex(&bytes), ABC);
+        assert_eq!(digest_bytes("abc"), None);
+        assert_eq!(digest_bytes(&"zz".repeat(32)), None);
     }
 }

@@ -35,7 +35,7 @@ mod scheduler;
 mod store;
 mod worker_thread;
 
-pub use hash::{fingerprint_dir, sha256_file, sha256_model};
+pub use hash::{sha256_file, sha256_model};
 pub use keep_alive::{InvalidKeepAlive, KeepAlive};
 pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
 pub use memory::resident_bytes;

@@ -40,7 +40,7 @@ fn service(memory_used: u64) -> EmbeddingService {
         memory: Arc::new(Used(memory_used)),
         ..EmbeddingServiceConfig::default()
     };
-    EmbeddingService::load(&model_dir(), "test", config).unwrap()
+    EmbeddingService::load(&model_dir(), "test", config, None).unwrap()
 }
 
 const SETTINGS: EmbedSettings = EmbedSettings {

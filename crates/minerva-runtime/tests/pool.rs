@@ -343,10 +343,7 @@ async fn unloading_returns_the_memory() {
     // An embedding model (Candle, weights copied into memory) and a language model
     // (llama.cpp, weights mapped and repacked, KV cache).
     for (models, name) in [(dir.path().to_owned(), "a"), (models_dir(), "gemma-3-270m")] {
-        let pool = ModelPool::new(
-            ModelStore::new(models),
-            one_slot_config(EvictionPolicy::Lru, 4 << 30),
-        );
+        let pool = ModelPool::new(ModelStore::new(models), one_slot_config(EvictionPolicy::Lru, 4 << 30));
         let before = resident_bytes();
         let lease = pool.acquire(&id(name)).await.unwrap();
         // What the pool counts for the model: the measured growth, never below the

@@ -30,9 +30,12 @@ use crate::model_arg;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The trace to replay (`<ms> <model id>` per line).
-    #[arg(long)]
-    trace: PathBuf,
+    /// The traces to replay (`<ms> <model id>` per line), one after the other.
+    #[arg(long, num_args = 1.., required = true)]
+    trace: Vec<PathBuf>,
+    /// Replays of each trace per policy; the table shows their medians.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
     /// Policies to compare, comma-separated: lru, lfu, fifo, cost, count-lru (a count cap
     /// that is safe for the largest model, as Ollama and llama-server configure it).
     #[arg(long, value_delimiter = ',', default_value = "count-lru,lru,lfu,fifo,cost")]
@@ -95,8 +98,8 @@ fn read_trace(path: &Path) -> Result<Vec<Request>> {
     Ok(requests)
 }
 
-/// What one replay measured.
-#[derive(Debug, serde::Serialize)]
+/// What one replay measured (or the medians of several).
+#[derive(Debug, Clone, serde::Serialize)]
 struct Outcome {
     policy: String,
     requests: usize,
@@ -111,10 +114,41 @@ struct Outcome {
 }
 
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
-    let trace = read_trace(&args.trace)?;
     if !(args.speed > 0.0) {
         bail!("--speed must be positive");
     }
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Pools start their housekeeping task on this runtime.
+    let _runtime_context = runtime.enter();
+    let mut tables = Vec::new();
+    for path in &args.trace {
+        let outcomes = replay_trace(store, &args, path, &runtime)?;
+        if !args.json {
+            print_table(path, &outcomes, args.reps);
+        }
+        tables.push(serde_json::json!({ "trace": path, "reps": args.reps, "policies": outcomes }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&tables)?);
+    }
+    Ok(())
+}
+
+/// Replays the trace at `path` under each policy, `args.reps` times; the median outcome
+/// per policy.
+fn replay_trace(
+    store: &ModelStore,
+    args: &Args,
+    path: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Vec<Outcome>> {
+    let trace = read_trace(path)?;
     let threads = args.threads.unwrap_or_else(model_arg::default_threads);
     let base = PoolConfig {
         keep_alive: KeepAlive::Forever,
@@ -140,12 +174,6 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         total >> 20,
         budget >> 20
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Pools start their housekeeping task on this runtime.
-    let _runtime_context = runtime.enter();
     let trace = Arc::new(trace);
     let mut runs = Vec::new();
     for name in &args.policies {
@@ -160,34 +188,33 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     }
     let mut outcomes = Vec::new();
     for (policy, preload) in runs {
-        let config = PoolConfig {
-            budget: Budget::Fixed(budget),
-            policy,
-            ..base.clone()
-        };
-        // The registry's directory lives as long as the run.
-        let (pool, _registry_dir) = match preload {
-            None => (ModelPool::new(store.clone(), config), None),
-            Some(_) => {
-                let (pool, dir) = pool_with_fresh_registry(store, config, &models)?;
-                (pool, Some(dir))
-            }
-        };
-        let outcome = runtime.block_on(replay(pool, preload, Arc::clone(&trace), args.speed));
-        eprintln!(
-            "  {:<12} hit rate {:>5.1} %  mean {:>7.1} ms",
-            outcome.policy,
-            outcome.hit_rate * 100.0,
-            outcome.mean_ms
-        );
-        outcomes.push(outcome);
+        let mut reps = Vec::new();
+        for _ in 0..args.reps {
+            let config = PoolConfig {
+                budget: Budget::Fixed(budget),
+                policy,
+                ..base.clone()
+            };
+            // The registry's directory lives as long as the run.
+            let (pool, _registry_dir) = match preload {
+                None => (ModelPool::new(store.clone(), config), None),
+                Some(_) => {
+                    let (pool, dir) = pool_with_fresh_registry(store, config, &models)?;
+                    (pool, Some(dir))
+                }
+            };
+            let outcome = runtime.block_on(replay(pool, preload, Arc::clone(&trace), args.speed));
+            eprintln!(
+                "  {:<12} hit rate {:>5.1} %  mean {:>7.1} ms",
+                outcome.policy,
+                outcome.hit_rate * 100.0,
+                outcome.mean_ms
+            );
+            reps.push(outcome);
+        }
+        outcomes.push(Outcome::median(reps));
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
-    } else {
-        print_table(&args.trace, &outcomes);
-    }
-    Ok(())
+    Ok(outcomes)
 }
 
 /// A pool with a registry of its own in a temporary directory, the trace's models
@@ -308,6 +335,26 @@ async fn serve_one(pool: &ModelPool, model: &ModelId) -> Result<()> {
     Ok(())
 }
 
+impl Outcome {
+    /// Field by field, the median of `reps` (the worst for peak memory and failures).
+    fn median(reps: Vec<Outcome>) -> Outcome {
+        fn mid<T: Copy + PartialOrd>(reps: &[Outcome], field: impl Fn(&Outcome) -> T) -> T {
+            let mut values: Vec<T> = reps.iter().map(field).collect();
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            values[values.len() / 2]
+        }
+        let mut median = reps[0].clone();
+        median.hit_rate = mid(&reps, |o| o.hit_rate);
+        median.loads = mid(&reps, |o| o.loads);
+        median.bytes_loaded = mid(&reps, |o| o.bytes_loaded);
+        median.mean_ms = mid(&reps, |o| o.mean_ms);
+        median.p95_ms = mid(&reps, |o| o.p95_ms);
+        median.peak_bytes = reps.iter().map(|o| o.peak_bytes).max().unwrap_or(0);
+        median.failed = reps.iter().map(|o| o.failed).max().unwrap_or(0);
+        median
+    }
+}
+
 fn strategy_name(strategy: PreloadStrategy) -> &'static str {
     match strategy {
         PreloadStrategy::Sequential => "sequential",
@@ -317,9 +364,14 @@ fn strategy_name(strategy: PreloadStrategy) -> &'static str {
     }
 }
 
-fn print_table(trace: &Path, outcomes: &[Outcome]) {
+fn print_table(trace: &Path, outcomes: &[Outcome], reps: usize) {
     let baseline = outcomes.iter().find(|o| o.policy.starts_with("count-lru"));
-    println!("trace {}", trace.display());
+    let medians = if reps > 1 {
+        format!(" (medians of {reps} replays)")
+    } else {
+        String::new()
+    };
+    println!("trace {}{medians}", trace.display());
     println!(
         "{:<16} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>8}",
         "policy", "hit rate", "loads", "MiB loaded", "mean ms", "p95 ms", "peak MiB", "over budget", "vs count"

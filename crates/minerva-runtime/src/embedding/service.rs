@@ -167,13 +167,27 @@ pub struct EmbeddingService {
 }
 
 impl EmbeddingService {
-    /// Loads the model at `dir`, fingerprints its files and starts its worker thread.
-    pub fn load(dir: &Path, name: &str, config: EmbeddingServiceConfig) -> Result<Self, EngineError> {
+    /// Loads the model at `dir` and starts its worker thread. Cached vectors are keyed on
+    /// the model's `digest` ([`sha256_model`](crate::sha256_model), as the registry has
+    /// it); without one, the files are hashed here.
+    pub fn load(
+        dir: &Path,
+        name: &str,
+        config: EmbeddingServiceConfig,
+        digest: Option<&str>,
+    ) -> Result<Self, EngineError> {
         let model = EmbeddingModel::load(dir)?;
-        let fingerprint = crate::hash::fingerprint_dir(dir).map_err(|e| EngineError::InvalidEmbeddingModel {
+        let invalid = |reason: String| EngineError::InvalidEmbeddingModel {
             path: dir.to_owned(),
-            reason: format!("reading the model files: {e}"),
-        })?;
+            reason,
+        };
+        let digest = match digest {
+            Some(digest) => digest.to_owned(),
+            None => crate::hash::sha256_model(dir, &mut |_, _| {})
+                .map_err(|e| invalid(format!("reading the model files: {e}")))?,
+        };
+        let fingerprint =
+            crate::hash::digest_bytes(&digest).ok_or_else(|| invalid(format!("{digest:?} is not a SHA-256 digest")))?;
         Ok(Self::start(model, fingerprint, name, config))
     }
 

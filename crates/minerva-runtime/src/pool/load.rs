@@ -42,12 +42,14 @@ pub(super) fn worker_config(config: &PoolConfig) -> LlmWorkerConfig {
 }
 
 /// Loads a model on the calling (blocking) thread; `bytes` is the RSS the load added.
+/// `digest` is the model's SHA-256 when the registry has just checked it.
 pub(super) fn load(
     id: &ModelId,
     format: ModelFormat,
     path: &Path,
     config: &PoolConfig,
     generation: u64,
+    digest: Option<&str>,
 ) -> Result<ModelLease, PoolError> {
     let before = resident_bytes();
     let model = match format {
@@ -56,6 +58,7 @@ pub(super) fn load(
             path,
             id.as_str(),
             EmbeddingServiceConfig::default(),
+            digest,
         )?),
     };
     let bytes = resident_bytes().saturating_sub(before);

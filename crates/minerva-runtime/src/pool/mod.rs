@@ -651,11 +651,19 @@ impl Shared {
             let registry = shared.registry.clone();
             let store = shared.store.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                if let Some(registry) = registry {
-                    // Hashes on first sight or when the file changed; refuses a mismatch.
-                    registry.check(&store, &task_entry.id)?;
-                }
-                load::load(&task_entry.id, task_entry.format, &task_entry.path, &config, generation)
+                // Hashes on first sight or when the file changed; refuses a mismatch.
+                let digest = match registry {
+                    Some(registry) => Some(registry.check(&store, &task_entry.id)?.sha256),
+                    None => None,
+                };
+                load::load(
+                    &task_entry.id,
+                    task_entry.format,
+                    &task_entry.path,
+                    &config,
+                    generation,
+                    digest.as_deref(),
+                )
             })
             .await
             .unwrap_or_else(|_| Err(PoolError::Interrupted(entry.id.clone())));
