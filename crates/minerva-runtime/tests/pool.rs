@@ -287,6 +287,35 @@ async fn a_preload_displaces_only_the_models_it_may_and_requests_are_announced_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_room_does_not_hold_up_requests_for_loaded_models() {
+    let _serial = SERIAL.lock().await;
+    let dir = three_models();
+    let pool = Arc::new(ModelPool::new(
+        ModelStore::new(dir.path()),
+        config(EvictionPolicy::Lru, one_model_bytes(dir.path()) * 2),
+    ));
+    let a = pool.acquire(&id("a")).await.unwrap();
+    let b = pool.acquire(&id("b")).await.unwrap();
+    let waiter = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move { pool.acquire(&id("c")).await.map(|l| l.id.to_string()) })
+    };
+    while pool.totals().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    // c waits for a lease to end; a second request for a (loaded) is served meanwhile.
+    let again = tokio::time::timeout(Duration::from_secs(10), pool.acquire(&id("a")))
+        .await
+        .expect("a loaded model is served while another request waits for room")
+        .unwrap();
+    assert!(!waiter.is_finished());
+    drop((again, b));
+    assert_eq!(waiter.await.unwrap().unwrap(), "c");
+    assert_eq!(loaded(&pool), ["a", "c"]);
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_load() {
     let _serial = SERIAL.lock().await;
     let dir = three_models();

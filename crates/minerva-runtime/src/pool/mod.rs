@@ -18,7 +18,7 @@ mod policy;
 mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +41,11 @@ use policy::{Candidate, Shortfall};
 /// How long a freshly loaded model waits for the requests that asked for it before its
 /// keep-alive starts counting.
 const LOAD_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a request waiting for room lets requests for loaded models pass (they join
+/// the passes of models in memory at little cost); after that they queue behind it, so
+/// that it is not starved by a stream of them.
+const ROOM_WAIT_PRECEDENCE: Duration = Duration::from_secs(1);
 
 /// How big the pool may grow.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,8 +209,9 @@ pub(crate) struct Shared {
     /// Wakes requests waiting for room: a lease ended or a model left.
     room_freed: Notify,
     waiting: AtomicUsize,
-    /// Requests waiting for room for a model that is not loaded.
-    room_waiters: AtomicUsize,
+    /// Requests waiting for room for a model that is not loaded: since when, by ticket.
+    room_waiters: Mutex<HashMap<u64, Instant>>,
+    next_room_waiter: AtomicU64,
 }
 
 /// Which idle models a preload may evict.
@@ -264,8 +270,9 @@ enum Step {
     WaitLoad(watch::Receiver<LoadOutcome>),
     /// No room for the model until a lease ends.
     WaitRoom,
-    /// The model is loaded, but a request that arrived earlier waits for room: wait
-    /// behind it, so that it is not starved by a stream of new requests.
+    /// The model is loaded, but a request that arrived earlier has waited for room
+    /// longer than [`ROOM_WAIT_PRECEDENCE`]: wait behind it, so that it is not starved by
+    /// a stream of new requests.
     WaitTurn,
 }
 
@@ -312,7 +319,8 @@ impl ModelPool {
             deadlines_changed: Arc::clone(&deadlines_changed),
             room_freed: Notify::new(),
             waiting: AtomicUsize::new(0),
-            room_waiters: AtomicUsize::new(0),
+            room_waiters: Mutex::default(),
+            next_room_waiter: AtomicU64::new(0),
         });
         shared.refresh_budget();
         let housekeeper = tokio::spawn(housekeeping(Arc::downgrade(&shared), deadlines_changed));
@@ -445,6 +453,20 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn room_waiters_lock(&self) -> MutexGuard<'_, HashMap<u64, Instant>> {
+        self.room_waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a request other than `me` has waited for room for longer than
+    /// [`ROOM_WAIT_PRECEDENCE`]: requests for loaded models then queue behind it.
+    fn someone_waits_for_room(&self, me: Option<&RoomWaiter<'_>>) -> bool {
+        self.room_waiters_lock()
+            .iter()
+            .any(|(ticket, since)| me.is_none_or(|me| me.ticket != *ticket) && since.elapsed() >= ROOM_WAIT_PRECEDENCE)
+    }
+
     async fn acquire(
         self: &Arc<Self>,
         id: &ModelId,
@@ -476,7 +498,7 @@ impl Shared {
                 let tick = state.tick;
                 let room_freed = self.room_freed.notified();
                 let floor = state.credit_floor;
-                let others_wait_for_room = self.room_waiters.load(Ordering::Acquire) > room_waiter.is_some() as usize;
+                let others_wait_for_room = self.someone_waits_for_room(room_waiter.as_ref());
                 let step = match state.entries.get_mut(id) {
                     Some(e) => match &e.phase {
                         Phase::Ready(_)
@@ -985,18 +1007,20 @@ impl State {
 /// requests that waited behind it look again.
 struct RoomWaiter<'a> {
     shared: &'a Shared,
+    ticket: u64,
 }
 
 impl<'a> RoomWaiter<'a> {
     fn new(shared: &'a Shared) -> Self {
-        shared.room_waiters.fetch_add(1, Ordering::AcqRel);
-        Self { shared }
+        let ticket = shared.next_room_waiter.fetch_add(1, Ordering::Relaxed);
+        shared.room_waiters_lock().insert(ticket, Instant::now());
+        Self { shared, ticket }
     }
 }
 
 impl Drop for RoomWaiter<'_> {
     fn drop(&mut self) {
-        self.shared.room_waiters.fetch_sub(1, Ordering::AcqRel);
+        self.shared.room_waiters_lock().remove(&self.ticket);
         self.shared.room_freed.notify_waiters();
     }
 }
