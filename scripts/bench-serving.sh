@@ -63,7 +63,9 @@ run() {
 }
 
 llama_server() { # PARALLEL
-  "$LLAMA_BIN/llama-server" -m "$MODEL_FILE" -t "$THREADS" --parallel "$1" \
+  # exec: the background job's PID is the server's, so stop_server stops it (a leftover
+  # server would keep the port and the CPU for the next run).
+  exec "$LLAMA_BIN/llama-server" -m "$MODEL_FILE" -t "$THREADS" --parallel "$1" \
     --host 127.0.0.1 --port "$PORT" --alias "$MODEL_ID" --no-webui
 }
 
