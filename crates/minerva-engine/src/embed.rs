@@ -270,6 +270,14 @@ pub fn l2_normalize(vector: &mut [f32]) {
     }
 }
 
+/// Cosine similarity of two vectors of the same length (in f64, so that near-identical
+/// vectors compare finely).
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
 /// The parts of a sentence-transformers directory that change the output.
 struct SentenceTransformerConfig {
     pooling: Pooling,

@@ -7,7 +7,7 @@
 mod common;
 
 use minerva_engine::EngineError;
-use minerva_engine::embed::EmbedOptions;
+use minerva_engine::embed::{EmbedOptions, cosine_similarity as cosine};
 
 struct Case {
     id: String,
@@ -45,12 +45,6 @@ fn cases() -> Vec<Case> {
             unnormalized: floats(&s["embedding_unnormalized"]),
         })
         .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 #[test]

@@ -70,18 +70,19 @@ fn tokens(text: &str) -> Vec<TokenId> {
     reference_model().tokenize(text, true, false).unwrap()
 }
 
+/// The session a generation is replayed alone in (of the kind a worker batches in).
+const REFERENCE_SESSION: SessionParams = SessionParams {
+    n_ctx: 2048,
+    n_batch: 512,
+    n_seq_max: 2,
+    threads: 1,
+};
+
 /// What one generation alone in its own session (of the kind a worker batches in)
 /// produces.
 fn alone(prompt: &[TokenId], options: &GenerateOptions) -> Generation {
     let model = reference_model();
-    let mut session = model
-        .new_session(SessionParams {
-            n_ctx: 2048,
-            n_batch: 512,
-            n_seq_max: 2,
-            threads: 1,
-        })
-        .unwrap();
+    let mut session = model.new_session(REFERENCE_SESSION).unwrap();
     generate(model, session.as_mut(), SeqId(0), prompt, options, &mut |_: &str| {}).unwrap()
 }
 
@@ -89,14 +90,7 @@ fn alone(prompt: &[TokenId], options: &GenerateOptions) -> Generation {
 /// a [`TIE`]) given the ones before it.
 fn assert_greedy_alone(prompt: &[TokenId], tokens: &[TokenId]) {
     let model = reference_model();
-    let mut session = model
-        .new_session(SessionParams {
-            n_ctx: 2048,
-            n_batch: 512,
-            n_seq_max: 2,
-            threads: 1,
-        })
-        .unwrap();
+    let mut session = model.new_session(REFERENCE_SESSION).unwrap();
     let mut logits = prefill(session.as_mut(), SeqId(0), prompt).unwrap();
     for (i, &token) in tokens.iter().enumerate() {
         let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

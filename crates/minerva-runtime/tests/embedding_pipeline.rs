@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use minerva_engine::embed::{EmbedOptions, EmbeddingModel};
+use minerva_engine::embed::{EmbedOptions, EmbeddingModel, cosine_similarity as cosine};
 use minerva_runtime::embedding::{
     CacheConfig, EmbedSettings, EmbeddingCache, EmbeddingInput, EmbeddingService, EmbeddingServiceConfig, Strategy,
 };
@@ -69,12 +69,6 @@ fn texts(inputs: &[String]) -> Vec<EmbeddingInput> {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 /// Padding changes only the length of the attention's softmax and weighted sums (the

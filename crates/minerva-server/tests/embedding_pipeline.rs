@@ -4,6 +4,7 @@
 mod common;
 
 use common::{EMBED, TestServer, models_dir, pool};
+use minerva_engine::embed::cosine_similarity as cosine;
 use minerva_runtime::embedding::CacheConfig;
 use minerva_server::ServerConfig;
 use serde_json::{Value, json};
@@ -26,12 +27,6 @@ fn vectors(body: &Value) -> Vec<Vec<f32>> {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 fn config(cache: CacheConfig) -> ServerConfig {
