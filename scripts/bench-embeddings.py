@@ -240,7 +240,7 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seed", type=int, default=20261123)
-    p.add_argument("--zipf-requests", type=int, default=3000)
+    p.add_argument("--zipf-requests", type=int, default=10000)
     args = p.parse_args()
 
     texts = sentences(args.text, 1000, args.seed)

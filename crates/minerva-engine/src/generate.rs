@@ -72,7 +72,8 @@ pub struct Generation {
     pub text: String,
     /// Why generation ended.
     pub finish_reason: FinishReason,
-    /// One entry per generated token with its log probability (and alternatives when asked).
+    /// One entry per generated token with its log probability and alternatives, when
+    /// the sampling params ask for them (empty otherwise).
     pub logprobs: Vec<SampledToken>,
     /// Prompt tokens whose KV state was reused from a cached prefix instead of computed.
     pub cached_tokens: usize,
@@ -154,18 +155,17 @@ impl SequenceGenerator {
     /// Takes the logits after the last evaluated token (the prompt's last, then each token
     /// this returned), samples the next token and hands `sink` the text that became final.
     pub fn accept(&mut self, model: &dyn LanguageModel, logits: &[f32], sink: &mut dyn TokenSink) -> Step {
-        let next = self.sampler.sample(logits);
+        let token = self.sampler.sample(logits);
         if self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
         } else {
             self.decoded += 1;
         }
-        let token = next.token;
         if model.is_end_of_generation(token) {
             return Step::Finished(FinishReason::Stop);
         }
         self.tokens.push(token);
-        self.logprobs.push(next);
+        self.logprobs.extend(self.sampler.logprobs(logits, token));
         let piece = self.stream.push(&model.token_bytes(token, false));
         if self.stops.push(&piece, sink) {
             return Step::Finished(FinishReason::Stop);

@@ -37,7 +37,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Seed of the random draw; the same seed and prompt give the same output.
     pub seed: Option<u64>,
-    /// Report this many alternatives with their log probabilities per token.
+    /// Report each chosen token's log probability and this many alternatives; `None`
+    /// reports none (and spends no time on a softmax over the vocabulary).
     pub top_logprobs: Option<usize>,
 }
 
@@ -183,7 +184,7 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` and records it.
-    pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
+    pub fn sample(&mut self, logits: &[f32]) -> TokenId {
         let token = if self.params.has_penalties() {
             let mut penalized = logits.to_vec();
             self.apply_penalties(&mut penalized);
@@ -192,8 +193,15 @@ impl Sampler {
             self.choose(logits)
         };
         self.accept(token);
-        let (logprob, top) = log_probabilities(logits, token, self.params.top_logprobs.unwrap_or(0));
-        SampledToken { token, logprob, top }
+        token
+    }
+
+    /// The log probabilities of `token` (chosen from `logits`) and its alternatives, when
+    /// the params ask for them.
+    pub fn logprobs(&self, logits: &[f32], token: TokenId) -> Option<SampledToken> {
+        let top_n = self.params.top_logprobs?;
+        let (logprob, top) = log_probabilities(logits, token, top_n);
+        Some(SampledToken { token, logprob, top })
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -383,7 +391,20 @@ mod tests {
     #[test]
     fn greedy_picks_the_largest_logit() {
         let mut s = Sampler::new(SamplingParams::default());
-        assert_eq!(s.sample(&[0.1, 3.0, 2.0, -1.0]).token, 1);
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn logprobs_come_only_when_asked_for() {
+        let logits = [0.1, 3.0, 2.0, -1.0];
+        assert!(Sampler::new(SamplingParams::default()).logprobs(&logits, 1).is_none());
+        let asked = Sampler::new(SamplingParams {
+            top_logprobs: Some(2),
+            ..Default::default()
+        });
+        let sampled = asked.logprobs(&logits, 1).expect("asked for");
+        assert_eq!(sampled.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(sampled.logprob < 0.0);
     }
 
     #[test]
@@ -395,7 +416,7 @@ mod tests {
                 seed: Some(seed),
                 ..Default::default()
             });
-            (0..50).map(|_| s.sample(&logits).token).collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -410,7 +431,7 @@ mod tests {
             seed: Some(1),
             ..Default::default()
         });
-        assert!((0..20).all(|_| s.sample(&logits).token == 1));
+        assert!((0..20).all(|_| s.sample(&logits) == 1));
         let logits = [0.0, 10.0, 0.0, 0.0];
         let mut s = Sampler::new(SamplingParams {
             temperature: 1.0,
@@ -418,14 +439,14 @@ mod tests {
             seed: Some(1),
             ..Default::default()
         });
-        assert!((0..20).all(|_| s.sample(&logits).token == 1));
+        assert!((0..20).all(|_| s.sample(&logits) == 1));
         let mut s = Sampler::new(SamplingParams {
             temperature: 1.0,
             min_p: 0.01,
             seed: Some(1),
             ..Default::default()
         });
-        assert!((0..20).all(|_| s.sample(&logits).token == 1));
+        assert!((0..20).all(|_| s.sample(&logits) == 1));
     }
 
     #[test]
@@ -436,19 +457,19 @@ mod tests {
             ..Default::default()
         });
         s.remember(&[0]);
-        assert_eq!(s.sample(&logits).token, 1);
+        assert_eq!(s.sample(&logits), 1);
         let mut s = Sampler::new(SamplingParams {
             repeat_penalty: 1.3,
             ..Default::default()
         });
         s.remember(&[0]);
-        assert_eq!(s.sample(&logits).token, 1);
+        assert_eq!(s.sample(&logits), 1);
         let mut s = Sampler::new(SamplingParams {
             frequency_penalty: 0.06,
             ..Default::default()
         });
         s.remember(&[0, 0]);
-        assert_eq!(s.sample(&logits).token, 1);
+        assert_eq!(s.sample(&logits), 1);
     }
 
     #[test]

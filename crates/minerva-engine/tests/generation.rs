@@ -54,7 +54,10 @@ fn max_tokens_ends_with_length_and_streamed_text_equals_the_result() {
         let options = GenerateOptions {
             max_tokens: 12,
             stop: vec![],
-            sampling: SamplingParams::default(),
+            sampling: SamplingParams {
+                top_logprobs: Some(0),
+                ..SamplingParams::default()
+            },
         };
         let (g, chunks) = run(model, "Count with me: one, two, three,", &options);
         assert_eq!(g.tokens.len(), 12, "{id}");

@@ -16,6 +16,8 @@ const BASE_SCRATCH: u64 = 32 << 20;
 pub struct SessionShape {
     /// KV cells of the session (all sequences together).
     pub n_ctx: u32,
+    /// Tokens whose KV the prefix cache keeps outside the session.
+    pub cached_tokens: u32,
     /// Most tokens per forward pass.
     pub n_batch: u32,
     /// Most sequences at once.
@@ -73,8 +75,10 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
     // KV cells of the whole session: with several sequences they may exceed the
     // training context of one.
     let n_ctx = u64::from(shape.n_ctx);
-    // llama.cpp's default KV type is f16: 2 bytes per element, keys and values.
-    let kv_cache = n_layer * n_ctx * n_head_kv * (head_k + head_v) * 2;
+    // llama.cpp's default KV type is f16: 2 bytes per element, keys and values; the
+    // prefix cache's snapshots hold the same bytes per token.
+    let kv_tokens = n_ctx + u64::from(shape.cached_tokens);
+    let kv_cache = n_layer * kv_tokens * n_head_kv * (head_k + head_v) * 2;
     let n_vocab = info
         .metadata
         .get("tokenizer.ggml.tokens")

@@ -18,7 +18,7 @@ use crate::scheduler::{Job, Scheduler, SchedulerLimits};
 /// Most sequences llama.cpp allows in one context.
 const MAX_SEQUENCES: usize = 256;
 
-/// KV cells reserved per parallel sequence on top of the prefix cache's.
+/// KV cells reserved per parallel sequence.
 const CELLS_PER_SEQUENCE: usize = 512;
 
 /// How a language model's worker is set up.
@@ -37,16 +37,16 @@ pub struct LlmWorkerConfig {
 
 impl LlmWorkerConfig {
     /// The session that serves this configuration: one pool of KV cells big enough for
-    /// one request of the full context, or `parallel` typical ones plus the prefix cache.
+    /// one request of the full context, or `parallel` typical ones. (The prefix cache
+    /// keeps its KV outside the session.)
     pub(crate) fn session_params(&self, n_ctx: u32) -> SessionParams {
-        let parallel = self.parallel.clamp(1, MAX_SEQUENCES / 2);
-        let cells = (parallel * CELLS_PER_SEQUENCE + self.prefix_cache_tokens).max(n_ctx as usize);
+        let parallel = self.parallel.clamp(1, MAX_SEQUENCES);
+        let cells = (parallel * CELLS_PER_SEQUENCE).max(n_ctx as usize);
         let cells = u32::try_from(cells).unwrap_or(u32::MAX);
         SessionParams {
             n_ctx: cells,
             n_batch: cells.min(512),
-            // Sequence ids beyond the parallel ones hold cached prefixes.
-            n_seq_max: (parallel * 2) as u32,
+            n_seq_max: parallel as u32,
             threads: self.threads,
         }
     }
@@ -103,7 +103,7 @@ impl LlmWorker {
                 }
                 let params = session.params();
                 let limits = SchedulerLimits {
-                    parallel: params.n_seq_max as usize / 2,
+                    parallel: params.n_seq_max as usize,
                     n_ctx,
                     kv_cells: params.n_ctx as usize,
                 };

@@ -7,16 +7,20 @@
 //! sequence slot and KV cells are free); a finished or abandoned one leaves at once.
 //!
 //! Prefix reuse: a new prompt starts from the longest prefix whose KV is already there,
-//! in the prefix cache (finished sequences kept in spare sequence ids) or in a running
-//! sequence, copied with [`Session::copy_sequence`]. When several queued prompts share a
-//! prefix that a running sequence is still prefilling, they wait for it instead of
-//! computing it again.
+//! in the prefix cache (snapshots of finished sequences, restored with
+//! [`Session::restore_sequence`]) or in a running sequence (shared with
+//! [`Session::copy_sequence`]). When several queued prompts share a prefix that a running
+//! sequence is still prefilling, they wait for it instead of computing it again.
+//!
+//! The cache keeps its KV outside the session on purpose: llama.cpp's attention walks
+//! every cell up to the highest one in use, masked or not, so cached prefixes left in the
+//! session's cells would slow every forward pass of every running sequence.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
-use minerva_engine::llm::{LogitsWanted, SequenceInput};
+use minerva_engine::llm::{LogitsWanted, SequenceInput, SequenceSnapshot};
 use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
@@ -124,13 +128,13 @@ pub(crate) struct Scheduler {
     queue: VecDeque<(u64, Job)>,
     running: Vec<Running>,
     free_seqs: Vec<SeqId>,
-    cache: PrefixCache,
+    cache: PrefixCache<SequenceSnapshot>,
     next_serial: u64,
 }
 
 impl Scheduler {
-    /// A scheduler over `session`, whose sequence ids beyond `limits.parallel` hold the
-    /// prefix cache (`prefix_cache_tokens` distinct tokens at most).
+    /// A scheduler over `session` with a prefix cache of `prefix_cache_tokens` tokens at
+    /// most.
     pub(crate) fn new(
         model: Arc<dyn LanguageModel>,
         session: Box<dyn Session>,
@@ -139,11 +143,6 @@ impl Scheduler {
         inbox: mpsc::Receiver<Job>,
     ) -> Self {
         let n_seq = session.params().n_seq_max as usize;
-        let cache_entries = if prefix_cache_tokens == 0 {
-            0
-        } else {
-            n_seq.saturating_sub(limits.parallel)
-        };
         Self {
             model,
             session,
@@ -152,7 +151,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             running: Vec::new(),
             free_seqs: (0..n_seq as u32).rev().map(SeqId).collect(),
-            cache: PrefixCache::new(prefix_cache_tokens, cache_entries),
+            cache: PrefixCache::new(prefix_cache_tokens),
             next_serial: 0,
         }
     }
@@ -219,19 +218,10 @@ impl Scheduler {
                         continue;
                     }
                 };
-            let seq = match self.free_seqs.pop() {
-                Some(seq) => seq,
-                None => match self.cache.pop_lru() {
-                    Some(seq) => {
-                        self.session.free_sequence(seq);
-                        seq
-                    }
-                    None => {
-                        // Cannot happen: there are more sequence ids than slots.
-                        self.queue.push_front((serial, job));
-                        return;
-                    }
-                },
+            let Some(seq) = self.free_seqs.pop() else {
+                // Cannot happen: the session has a sequence id per slot.
+                self.queue.push_front((serial, job));
+                return;
             };
             self.running.push(Running {
                 serial,
@@ -252,17 +242,20 @@ impl Scheduler {
     /// from a running sequence's KV, or after waiting for a running sequence to compute a
     /// prefix they share.
     fn plan_prefix(&mut self, index: usize) {
-        let prompt = &self.running[index].prompt;
+        let prompt_len = self.running[index].prompt.len();
         // The last prompt token is always evaluated: its logits give the first token.
-        let usable = prompt.len() - 1;
-        let found = self.cache.longest_match(prompt);
-        if let Some(logits) = found.as_ref().and_then(|m| m.logits.clone()) {
-            let src = found.as_ref().map_or(SeqId(0), |m| m.seq);
-            self.start_from(index, src, usable + 1);
+        let usable = prompt_len - 1;
+        let (cached, repeated) = match self.cache.longest_match(&self.running[index].prompt) {
+            Some(m) => (m.len.min(usable), m.logits),
+            None => (0, None),
+        };
+        if let Some(logits) = repeated
+            && self.start_from_cache(index, prompt_len)
+        {
             self.running[index].ready = Some(logits);
             return;
         }
-        let cached = found.map(|m| (m.seq, m.len.min(usable)));
+        let prompt = &self.running[index].prompt;
         let mut shared: Option<(usize, usize, usize)> = None; // (index, shared, available now)
         for (i, other) in self.running.iter().enumerate() {
             if i == index || matches!(other.phase, Phase::Waiting { .. }) {
@@ -274,10 +267,9 @@ impl Scheduler {
                 shared = Some((i, n, available.min(n)));
             }
         }
-        let from_cache = cached.map_or(0, |(_, n)| n);
         if let Some((leader, n, available)) = shared
             && available < n
-            && n >= from_cache + MIN_SHARED_PREFIX
+            && n >= cached + MIN_SHARED_PREFIX
         {
             self.running[index].phase = Phase::Waiting {
                 leader: self.running[leader].serial,
@@ -285,13 +277,14 @@ impl Scheduler {
             };
             return;
         }
-        let source = match (cached, shared) {
-            (Some((seq, n)), Some((_, _, now))) if n >= now => Some((seq, n)),
-            (_, Some((i, _, now))) if now > 0 => Some((self.running[i].seq, now)),
-            (cached, _) => cached,
-        };
-        if let Some((src, n)) = source.filter(|&(_, n)| n > 0) {
-            self.start_from(index, src, n);
+        match shared {
+            Some((i, _, now)) if now > cached => {
+                let src = self.running[i].seq;
+                self.start_from(index, src, now);
+            }
+            // Without free cells for the snapshot, the whole prompt is computed.
+            _ if cached > 0 => _ = self.start_from_cache(index, cached),
+            _ => {}
         }
     }
 
@@ -302,6 +295,27 @@ impl Scheduler {
         running.kv.extend_from_slice(&running.prompt[..n]);
         running.generator.set_cached_tokens(n);
         running.phase = Phase::Prefill;
+    }
+
+    /// Gives sequence `index` the first `n` tokens of its prompt from the cached prefix
+    /// sharing the most with it (at least `n` tokens). False when the session has no run
+    /// of free cells for the snapshot.
+    fn start_from_cache(&mut self, index: usize, n: usize) -> bool {
+        let running = &mut self.running[index];
+        let Some(found) = self.cache.longest_match(&running.prompt) else {
+            return false;
+        };
+        if found.len < n.min(running.prompt.len()) {
+            return false;
+        }
+        if let Err(e) = self.session.restore_sequence(found.state, running.seq, n as u32) {
+            tracing::debug!(error = %e, "cached prefix not restored; the prompt is computed");
+            return false;
+        }
+        running.kv.extend_from_slice(&running.prompt[..n]);
+        running.generator.set_cached_tokens(n);
+        running.phase = Phase::Prefill;
+        true
     }
 
     /// Lets waiting sequences go on once their leader has computed the shared prefix, or
@@ -488,33 +502,31 @@ impl Scheduler {
         }
     }
 
-    /// The KV cache is full: drop the cached prefixes, or when there are none, end the
-    /// newest request early (its context ends here).
+    /// The KV cache is full: end the newest request early (its context ends here).
     fn make_room(&mut self) {
-        if self.cache.len() > 0 {
-            while let Some(seq) = self.cache.pop_lru() {
-                self.session.free_sequence(seq);
-                self.free_seqs.push(seq);
-            }
-            tracing::debug!("KV cache full: cached prefixes dropped");
-            return;
-        }
         if let Some(newest) = (0..self.running.len()).max_by_key(|&i| self.running[i].serial) {
             tracing::warn!("KV cache full: the newest generation ends early");
             self.finish(newest, FinishReason::Length);
         }
     }
 
-    /// Removes sequence `index`, reports its result and keeps its KV in the prefix cache.
+    /// Removes sequence `index`, reports its result, keeps a snapshot of its KV in the
+    /// prefix cache and frees its cells.
     fn finish(&mut self, index: usize, reason: FinishReason) {
         let r = self.running.remove(index);
         let mut sink = ChannelSink(&r.events);
         let generation = r.generator.finish(reason, &mut sink);
         let _ = r.events.send(GenerationEvent::Done(Ok(generation)));
-        let prompt_logits = r.prompt_logits.map(|logits| (r.prompt.len(), logits));
-        for seq in self.cache.insert(r.seq, r.kv, prompt_logits) {
-            self.session.free_sequence(seq);
-            self.free_seqs.push(seq);
+        if self.cache.wants(&r.kv) {
+            match self.session.save_sequence(r.seq) {
+                Ok(snapshot) => {
+                    let prompt_logits = r.prompt_logits.map(|logits| (r.prompt.len(), logits));
+                    self.cache.insert(snapshot, r.kv, prompt_logits);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot keep a finished sequence's KV"),
+            }
         }
+        self.session.free_sequence(r.seq);
+        self.free_seqs.push(r.seq);
     }
 }

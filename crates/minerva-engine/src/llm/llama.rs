@@ -9,13 +9,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{LanguageModel, LogitsWanted, ModelMetadata, SeqId, SequenceInput, Session, SessionParams, TokenId};
+use super::{
+    LanguageModel, LogitsWanted, ModelMetadata, SeqId, SequenceInput, SequenceSnapshot, Session, SessionParams, TokenId,
+};
 use crate::{EngineError, Result, gguf};
 
 /// llama.cpp's global state: initialised once per process, never torn down.
@@ -218,5 +221,29 @@ impl Session for LlamaCppSession {
         let _ = self
             .context
             .copy_kv_cache_seq(src.0 as i32, dst.0 as i32, Some(0), Some(len));
+    }
+
+    fn save_sequence(&self, seq: SeqId) -> Result<SequenceSnapshot> {
+        let state = self
+            .context
+            .state_seq_get(seq.0 as i32, LlamaStateSeqFlags::empty())
+            .map_err(|e| EngineError::Decode(format!("cannot save sequence {}: {e}", seq.0)))?;
+        let bytes = state.byte_len();
+        Ok(SequenceSnapshot::new(state, bytes))
+    }
+
+    fn restore_sequence(&mut self, snapshot: &SequenceSnapshot, dst: SeqId, len: u32) -> Result<()> {
+        let state = snapshot
+            .downcast::<SeqState>()
+            .ok_or_else(|| EngineError::Decode("the snapshot is not a llama.cpp sequence state".into()))?;
+        // Fails without a run of free cells long enough for the whole snapshot; the
+        // sequence is then left empty.
+        self.context
+            .state_seq_set(state, dst.0 as i32)
+            .map_err(|e| EngineError::Decode(format!("cannot restore into sequence {}: {e}", dst.0)))?;
+        self.context
+            .kv_cache_seq_rm(dst.0 as i32, Some(len), None)
+            .map_err(|e| EngineError::Decode(format!("cannot trim sequence {}: {e}", dst.0)))?;
+        Ok(())
     }
 }

@@ -117,4 +117,38 @@ pub trait Session: Send {
     /// nothing yet): the shared cells are not recomputed, and in a unified KV cache not
     /// even duplicated. `dst` then continues at position `len`.
     fn copy_sequence(&mut self, src: SeqId, dst: SeqId, len: u32);
+
+    /// Copies a sequence's KV state out of the session, into host memory.
+    fn save_sequence(&self, seq: SeqId) -> Result<SequenceSnapshot>;
+
+    /// Gives `dst` (which should hold nothing yet) the first `len` positions of a saved
+    /// sequence, in free cells of the session; `dst` then continues at position `len`.
+    fn restore_sequence(&mut self, snapshot: &SequenceSnapshot, dst: SeqId, len: u32) -> Result<()>;
+}
+
+/// A sequence's KV state held outside its session (see [`Session::save_sequence`]): it
+/// takes no cells, so it costs the forward passes nothing, only host memory.
+pub struct SequenceSnapshot(Box<dyn std::any::Any + Send>, usize);
+
+impl SequenceSnapshot {
+    /// Wraps a backend's snapshot of `bytes` bytes.
+    pub(crate) fn new(state: impl std::any::Any + Send, bytes: usize) -> Self {
+        Self(Box::new(state), bytes)
+    }
+
+    /// The backend's snapshot, when it is of type `T`.
+    pub(crate) fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+
+    /// Host memory it takes.
+    pub fn bytes(&self) -> usize {
+        self.1
+    }
+}
+
+impl std::fmt::Debug for SequenceSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SequenceSnapshot").field("bytes", &self.1).finish()
+    }
 }

@@ -129,6 +129,7 @@ impl PoolConfig {
         let params = load::worker_config(self).session_params(self.n_ctx);
         SessionShape {
             n_ctx: params.n_ctx,
+            cached_tokens: u32::try_from(self.prefix_cache_tokens).unwrap_or(u32::MAX),
             n_batch: params.n_batch,
             n_seq_max: params.n_seq_max,
         }
