@@ -68,44 +68,44 @@ fn perplexity_is_within_one_percent_of_llama_perplexity() {
 /// near-tied candidates (e.g. "311" vs "321" million) can swap on the same library code.
 const NEAR_TIE: f32 = 0.25;
 
-/// Where our greedy `tokens` first stop spelling `want`, and by how many logits our token
-/// led the best token that would have continued `want` at that step.
+/// Where our greedy `tokens` and llama.cpp's output (`want`) may have parted: the first
+/// step at which another token that also spells on `want` was within a near-tie of ours
+/// (two tokenizations of the same text, so llama.cpp may have taken the other one and
+/// gone on from a different context), else the step where our text stops spelling
+/// `want`; with how many logits our token led the best token continuing `want` there.
 fn divergence_gap(model: &dyn LanguageModel, prompt: &[i32], tokens: &[i32], want: &str) -> (usize, f32) {
     let want = want.as_bytes();
-    let mut text = Vec::new();
-    let mut step = 0;
-    for &token in tokens {
-        let bytes = model.token_bytes(token, false);
-        let mut next = text.clone();
-        next.extend_from_slice(&bytes);
-        if !want.starts_with(&next) {
-            break;
-        }
-        text = next;
-        step += 1;
-    }
-    assert!(step < tokens.len(), "outputs differ only in length");
     let mut context = prompt.to_vec();
-    context.extend_from_slice(&tokens[..step]);
+    context.extend_from_slice(tokens);
     let mut session = common::session(model, 512);
+    // Row j: the logits that chose tokens[j].
     let rows = session
         .decode(&[SequenceInput {
             seq: SeqId(0),
             tokens: &context,
             start_pos: 0,
-            logits: LogitsWanted::Last,
+            logits: LogitsWanted::From(prompt.len() - 1),
         }])
         .unwrap();
-    let logits = rows[0][0];
-    let rest = &want[text.len()..];
-    let theirs = (0..logits.len() as i32)
-        .filter(|&t| {
-            let bytes = model.token_bytes(t, false);
-            !bytes.is_empty() && rest.starts_with(&bytes)
-        })
-        .map(|t| logits[t as usize])
-        .fold(f32::NEG_INFINITY, f32::max);
-    (step, logits[tokens[step] as usize] - theirs)
+    let mut spelled = 0;
+    for (step, &token) in tokens.iter().enumerate() {
+        let logits = rows[0][step];
+        let rest = &want[spelled..];
+        let best_other = (0..logits.len() as i32)
+            .filter(|&t| {
+                let bytes = model.token_bytes(t, false);
+                t != token && !bytes.is_empty() && rest.starts_with(&bytes)
+            })
+            .map(|t| logits[t as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let gap = logits[token as usize] - best_other;
+        let bytes = model.token_bytes(token, false);
+        if !rest.starts_with(&bytes) || gap < NEAR_TIE {
+            return (step, gap);
+        }
+        spelled += bytes.len();
+    }
+    panic!("outputs differ only in length");
 }
 
 #[test]
@@ -142,15 +142,25 @@ fn greedy_generation_equals_llama_cpp_output() {
                 &mut |_: &str| {},
             )
             .unwrap();
-            let want = case["continuation"].as_str().unwrap();
-            if g.text == want {
+            // llama.cpp's output where the fixture was made, then on the CPUs where its
+            // own output differs (its kernels round differently there).
+            let mut outputs = vec![(case["continuation"].as_str().unwrap(), n)];
+            for other in case["continuation_on_other_cpus"].as_array().into_iter().flatten() {
+                let n = other["n_generated"].as_u64().unwrap() as usize;
+                outputs.push((other["continuation"].as_str().unwrap(), n));
+            }
+            if let Some(&(_, n)) = outputs.iter().find(|(want, _)| g.text == *want) {
                 assert_eq!(g.tokens.len(), n, "{id}: tokens generated for {prompt:?}");
                 continue;
             }
             // Floating-point sums run in a different order on another CPU's kernels, so
             // two tokens whose logits tie to a few hundredths may swap. Such a swap is
             // allowed where the outputs first part; anything else is a real disagreement.
-            let (step, gap) = divergence_gap(model, &prompt_ids, &g.tokens, want);
+            let (want, (step, gap)) = outputs
+                .iter()
+                .map(|&(want, _)| (want, divergence_gap(model, &prompt_ids, &g.tokens, want)))
+                .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+                .unwrap();
             assert!(
                 gap < NEAR_TIE,
                 "{id}: continuation of {prompt:?} parts from llama.cpp's at token {step} where our choice leads by \
