@@ -245,12 +245,11 @@ impl Scheduler {
         let prompt_len = self.running[index].prompt.len();
         // The last prompt token is always evaluated: its logits give the first token.
         let usable = prompt_len - 1;
-        let (cached, repeated) = match self.cache.longest_match(&self.running[index].prompt) {
-            Some(m) => (m.len.min(usable), m.logits),
-            None => (0, None),
-        };
-        if let Some(logits) = repeated
-            && self.start_from_cache(index, prompt_len)
+        let mut found = self.cache.longest_match(&self.running[index].prompt);
+        let cached = found.as_ref().map_or(0, |m| m.len.min(usable));
+        if let Some(m) = found.as_mut()
+            && let Some(logits) = m.logits.take()
+            && restore_prefix(self.session.as_mut(), &mut self.running[index], m.state, prompt_len)
         {
             self.running[index].ready = Some(logits);
             return;
@@ -283,8 +282,11 @@ impl Scheduler {
                 self.start_from(index, src, now);
             }
             // Without free cells for the snapshot, the whole prompt is computed.
-            _ if cached > 0 => _ = self.start_from_cache(index, cached),
-            _ => {}
+            _ => {
+                if let Some(m) = found.filter(|_| cached > 0) {
+                    restore_prefix(self.session.as_mut(), &mut self.running[index], m.state, cached);
+                }
+            }
         }
     }
 
@@ -295,27 +297,6 @@ impl Scheduler {
         running.kv.extend_from_slice(&running.prompt[..n]);
         running.generator.set_cached_tokens(n);
         running.phase = Phase::Prefill;
-    }
-
-    /// Gives sequence `index` the first `n` tokens of its prompt from the cached prefix
-    /// sharing the most with it (at least `n` tokens). False when the session has no run
-    /// of free cells for the snapshot.
-    fn start_from_cache(&mut self, index: usize, n: usize) -> bool {
-        let running = &mut self.running[index];
-        let Some(found) = self.cache.longest_match(&running.prompt) else {
-            return false;
-        };
-        if found.len < n.min(running.prompt.len()) {
-            return false;
-        }
-        if let Err(e) = self.session.restore_sequence(found.state, running.seq, n as u32) {
-            tracing::debug!(error = %e, "cached prefix not restored; the prompt is computed");
-            return false;
-        }
-        running.kv.extend_from_slice(&running.prompt[..n]);
-        running.generator.set_cached_tokens(n);
-        running.phase = Phase::Prefill;
-        true
     }
 
     /// Lets waiting sequences go on once their leader has computed the shared prefix, or
@@ -529,4 +510,17 @@ impl Scheduler {
         self.session.free_sequence(r.seq);
         self.free_seqs.push(r.seq);
     }
+}
+
+/// Gives `running` the first `n` tokens of its prompt from a cached snapshot that holds
+/// them. False when the session has no free cells for the snapshot.
+fn restore_prefix(session: &mut dyn Session, running: &mut Running, snapshot: &SequenceSnapshot, n: usize) -> bool {
+    if let Err(e) = session.restore_sequence(snapshot, running.seq, n as u32) {
+        tracing::debug!(error = %e, "cached prefix not restored; the prompt is computed");
+        return false;
+    }
+    running.kv.extend_from_slice(&running.prompt[..n]);
+    running.generator.set_cached_tokens(n);
+    running.phase = Phase::Prefill;
+    true
 }
