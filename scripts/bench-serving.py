@@ -181,10 +181,25 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--load",
+        nargs="*",
+        default=[],
+        help="models to load first and keep loaded (Minerva's POST /v1/models/{id}/load): the server as it lives, with its other models in memory",
+    )
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the load generator only talks to a loopback address")
     rng = random.Random(7)
+
+    for other in args.load:
+        conn = http.client.HTTPConnection(args.host, args.port, timeout=args.timeout)
+        conn.request("POST", f"/v1/models/{other}/load", "", {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            sys.exit(f"loading {other}: HTTP {response.status}: {response.read()[:300]!r}")
+        response.read()
+        conn.close()
 
     # Warm-up: loads the model (Minerva loads on first use) and touches every code path.
     stream_chat(args.host, args.port, args.model, user("Hello!"), 8, args.timeout)

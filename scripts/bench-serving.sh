@@ -6,7 +6,11 @@
 # file with the same threads. The load generator (scripts/bench-serving.py) runs:
 #   N = 1, 4, 8, 16 concurrent chat clients (short questions, 128 tokens, temperature 0)
 #   8 requests at once sharing a ~400-token system prompt: cold, then warm
-# and the table shows medians of REPS runs and the ratios to llama-server.
+# and the table shows medians of REPS runs and the ratios to llama-server. Minerva runs as
+# a real server lives, with the other default models (gemma-3-270m, all-minilm-l6-v2)
+# loaded beside the benchmarked one and a keep-alive that keeps them there.
+# Then the co-location table (scripts/bench-colocation.py): the model's decode speed alone,
+# beside one and two idle models and beside a busy one, and the server's idle CPU.
 #   scripts/bench-serving.sh
 #   THREADS=2 REPS=3 CLIENTS="1 4 8 16" ROUNDS=2 scripts/bench-serving.sh
 # Servers listen on 127.0.0.1 only and are stopped on exit.
@@ -50,6 +54,8 @@ wait_ready() {
 # run LABEL LOADGEN-ARGS -- SERVER-COMMAND...
 run() {
   local label="$1"; shift
+  local script=scripts/bench-serving.py
+  if [ "$label" = colocation ]; then script=scripts/bench-colocation.py; fi
   local load=()
   while [ "$1" != "--" ]; do load+=("$1"); shift; done
   shift
@@ -57,8 +63,13 @@ run() {
   "$@" > "$out/server.log" 2>&1 &
   server_pid=$!
   wait_ready
-  python3 scripts/bench-serving.py --port "$PORT" --model "$MODEL_ID" --label "$label" \
-    --reps "$REPS" --rounds "$ROUNDS" "${load[@]}" | tee -a "$out/results.jsonl" >&2
+  if [ "$label" = colocation ]; then
+    python3 "$script" --port "$PORT" --pid "$server_pid" --model "$MODEL_ID" \
+      --reps "$REPS" --rounds "$ROUNDS" "${load[@]}" | tee -a "$out/colocation.jsonl" >&2
+  else
+    python3 "$script" --port "$PORT" --model "$MODEL_ID" --label "$label" \
+      --reps "$REPS" --rounds "$ROUNDS" "${load[@]}" | tee -a "$out/results.jsonl" >&2
+  fi
   stop_server
 }
 
@@ -79,8 +90,11 @@ done
 grep '"N=4"' "$out/results.jsonl" | sed 's/"llama-server --parallel 4"/"llama-server tuned"/' >> "$out/results.jsonl" || true
 run "llama-server tuned" --burst -- llama_server 8
 # shellcheck disable=SC2086
-run "minerva" --clients $CLIENTS --burst -- \
-  target/release/minerva serve --addr "127.0.0.1:$PORT" --threads "$THREADS"
+run "minerva" --clients $CLIENTS --burst --load gemma-3-270m all-minilm-l6-v2 -- \
+  target/release/minerva serve --addr "127.0.0.1:$PORT" --threads "$THREADS" --keep-alive=-1
+# The co-location run states which models are loaded itself.
+run colocation --clients 1 8 -- \
+  target/release/minerva serve --addr "127.0.0.1:$PORT" --threads "$THREADS" --preload off --keep-alive=-1
 
 python3 - "$out/results.jsonl" <<'PY'
 import json, statistics, sys
@@ -115,3 +129,7 @@ for s in scenarios:
     )
     print(line)
 PY
+echo
+echo "Co-location: $MODEL_ID's decode speed beside the other default models (medians of $REPS runs)"
+echo
+python3 scripts/bench-colocation.py --table "$out/colocation.jsonl"

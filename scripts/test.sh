@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout: set-up (packages, models, build), then
-# formatting, dependency policy (cargo deny), and every unit and end-to-end test on the
-# real models in release mode.
+# formatting, dependency policy (cargo deny), every unit and end-to-end test on the real
+# models in release mode, the runtime's tests again in the debug profile, and the official
+# OpenAI client against the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,11 @@ cargo deny check bans licenses sources
 
 say "cargo test --release --workspace"
 cargo test --release --locked --workspace
+
+# The debug profile has debug assertions and overflow checks everywhere, as a newcomer's
+# `cargo run` does: the runtime (scheduler, pool, registry) must hold up there too.
+say "cargo test -p minerva-runtime (debug profile)"
+cargo test --locked -p minerva-runtime
 
 say "the official OpenAI Python client against minerva serve"
 scripts/test-openai-client.sh

@@ -15,7 +15,7 @@
 # that build's CMakeCache.txt (target/*/build/llama-cpp-sys-2-*/out/build); otherwise
 # the defaults below, which equal build.rs's choices for this workspace, are used:
 #   .cargo/config.toml target-cpu=native      -> GGML_NATIVE=ON
-#   llama-cpp-2 features = ["openmp"]         -> GGML_OPENMP=ON
+#   llama-cpp-2 without the openmp feature    -> GGML_OPENMP=OFF (llama-server: ON)
 #   no dynamic-link feature                   -> BUILD_SHARED_LIBS=OFF
 #   [profile.release] debug = "line-tables-only" -> cargo sets DEBUG=true
 #                                             -> CMAKE_BUILD_TYPE=RelWithDebInfo (-O2 -g)
@@ -136,7 +136,7 @@ FRONT="$SDIST_DIR/vendor/llama.cpp"
 CRATE_BUILD_TYPE="RelWithDebInfo"
 CRATE_FLAGS=" -ffunction-sections -fdata-sections -fPIC -m64 -w"
 CRATE_C_FLAGS="$CRATE_FLAGS"; CRATE_CXX_FLAGS="$CRATE_FLAGS"; CRATE_ASM_FLAGS="$CRATE_FLAGS"
-CRATE_NATIVE=ON; CRATE_OPENMP=ON; CRATE_SHARED=OFF
+CRATE_NATIVE=ON; CRATE_OPENMP=OFF; CRATE_SHARED=OFF
 MIRROR_SRC="defaults (no cargo build of llama-cpp-sys-2 found)"
 for f in $(ls -t "$CARGO_TARGET"/*/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt 2>/dev/null); do
     if grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$LLAMA_SRC" "$f"; then
@@ -153,6 +153,12 @@ for f in $(ls -t "$CARGO_TARGET"/*/build/llama-cpp-sys-2-*/out/build/CMakeCache.
     fi
 done
 CRATE_BUILD_TYPE="${LLAMA_REF_BUILD_TYPE:-$CRATE_BUILD_TYPE}"
+# llama-server is the engine a user would run instead of Minerva, so it is built as they
+# get it, with OpenMP (llama.cpp's default), whatever Minerva's own build chose (Minerva
+# runs without OpenMP so that its models can share the cores; see
+# crates/minerva-engine/src/compute.rs). LLAMA_REF_OPENMP overrides either way.
+if [ "$SERVER" = 1 ]; then CRATE_OPENMP=ON; fi
+CRATE_OPENMP="${LLAMA_REF_OPENMP:-$CRATE_OPENMP}"
 log "mirroring crate build config from: $MIRROR_SRC"
 log "  CMAKE_BUILD_TYPE=$CRATE_BUILD_TYPE GGML_NATIVE=$CRATE_NATIVE GGML_OPENMP=$CRATE_OPENMP BUILD_SHARED_LIBS=$CRATE_SHARED"
 log "  CMAKE_C_FLAGS='$CRATE_C_FLAGS' CMAKE_CXX_FLAGS='$CRATE_CXX_FLAGS'"

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use minerva_engine::embed::EmbeddingModel;
-use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_runtime::{ModelFormat, ModelId, ModelStore, Registry};
 
 use crate::progress;
@@ -71,7 +70,7 @@ pub fn locate(store: &ModelStore, arg: &str) -> Result<ModelLocation> {
 }
 
 /// Loads a GGUF language model, with a spinner on a terminal.
-pub fn load_llm(store: &ModelStore, arg: &str) -> Result<LlamaCppModel> {
+pub fn load_llm(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dyn minerva_engine::LanguageModel>> {
     let location = locate(store, arg)?;
     if location.format != ModelFormat::Gguf {
         bail!(
@@ -80,13 +79,13 @@ pub fn load_llm(store: &ModelStore, arg: &str) -> Result<LlamaCppModel> {
         );
     }
     let spinner = progress::spinner(format!("loading {}", location.name));
-    let model = LlamaCppModel::load(&location.path).with_context(|| format!("loading {}", location.name));
+    let model = minerva_engine::llm::load(&location.path).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
     model
 }
 
 /// Loads a sentence-embedding model, with a spinner on a terminal.
-pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<EmbeddingModel> {
+pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dyn EmbeddingModel>> {
     let location = locate(store, arg)?;
     if location.format != ModelFormat::SentenceTransformers {
         bail!(
@@ -95,7 +94,7 @@ pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<EmbeddingModel> {
         );
     }
     let spinner = progress::spinner(format!("loading {}", location.name));
-    let model = EmbeddingModel::load(&location.path).with_context(|| format!("loading {}", location.name));
+    let model = minerva_engine::embed::load(&location.path).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
     model
 }

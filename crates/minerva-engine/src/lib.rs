@@ -8,6 +8,7 @@
 //! - [`llm`]: the [`LanguageModel`]/[`Session`] traits and the llama.cpp backend that
 //!   implements them for GGUF files (validated first by [`gguf`]).
 //! - [`generate`], [`sampling`], [`detokenize`], [`chat`]: turning a prompt into text.
+//! - [`compute`]: the one compute budget every forward pass of the process runs in.
 //! - [`perplexity`]: llama.cpp's perplexity method on top of the same traits.
 //! - [`embed`]: BERT-style sentence embeddings through Candle.
 //!
@@ -15,6 +16,7 @@
 //! model file; callers decide where it runs.
 
 pub mod chat;
+pub mod compute;
 pub mod detokenize;
 pub mod embed;
 mod error;

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::Path;
 
 use minerva_engine::EngineError;
-use minerva_engine::embed::EmbeddingModel;
 use minerva_engine::gguf::GgufErrorKind;
 use minerva_engine::llm::llama::LlamaCppModel;
 
@@ -104,7 +103,7 @@ fn embedding_copy() -> tempfile::TempDir {
 }
 
 fn embedding_error(dir: &Path) -> String {
-    match EmbeddingModel::load(dir) {
+    match minerva_engine::embed::load(dir) {
         Err(e @ EngineError::InvalidEmbeddingModel { .. }) => e.to_string(),
         Err(other) => panic!("expected an invalid-model error, got {other}"),
         Ok(_) => panic!("a broken model loaded"),

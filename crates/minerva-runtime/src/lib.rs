@@ -41,8 +41,8 @@ pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
 pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};
 pub use pool::{
-    AcquireOptions, Budget, Displace, EvictionPolicy, EvictionReason, Lease, LoadedModel, ModelLease, ModelPool,
-    ModelStats, PoolConfig, PoolError, PoolTotals,
+    AcquireOptions, Budget, Displace, EmbeddingLease, EvictionPolicy, EvictionReason, Lease, LlmLease, LoadedModel,
+    ModelLease, ModelPool, ModelStats, PoolConfig, PoolError, PoolTotals,
 };
 pub use registry::{
     AccessEvent, AccessKind, EVENT_RETENTION, ImportMode, ImportOptions, MAX_EVENTS, ModelRecord, ModelStatus,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use minerva_engine::generate::{GenerateOptions, Generation};
-use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
@@ -64,7 +63,7 @@ pub enum GenerationEvent {
 /// Handle to a language model and its worker thread; the thread ends when the last
 /// handle is dropped.
 pub struct LlmWorker {
-    model: Arc<LlamaCppModel>,
+    model: Arc<dyn LanguageModel>,
     jobs: mpsc::Sender<Job>,
     n_ctx: u32,
     /// After `jobs`: the channel closes first, then the thread is joined.
@@ -76,9 +75,8 @@ impl LlmWorker {
     /// session (a request's context capped at the model's training length), and waits
     /// until it is ready.
     ///
-    /// Loading on the worker thread matters: llama.cpp's OpenMP thread team belongs to
-    /// the thread that first runs a parallel region (the load's weight repacking). Loading
-    /// elsewhere leaves a second team whose spinning threads slow every decode down.
+    /// The worker's forward passes share the process's cores with every other model's
+    /// through [`minerva_engine::compute`]: one pass at a time, on all the cores.
     pub fn start(path: &Path, config: LlmWorkerConfig, name: &str) -> Result<Self, EngineError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, inbox) = mpsc::channel::<Job>();
@@ -86,7 +84,7 @@ impl LlmWorker {
         let thread = std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn(move || {
-                let loaded = LlamaCppModel::load(&path).map(Arc::new).and_then(|model| {
+                let loaded = minerva_engine::llm::load(&path).and_then(|model| {
                     let n_ctx = config.n_ctx.min(model.metadata().n_ctx_train.max(1));
                     let session = model.new_session(config.session_params(n_ctx))?;
                     Ok((model, session, n_ctx))
@@ -128,9 +126,14 @@ impl LlmWorker {
         })
     }
 
+    /// Whether the worker thread still runs; one that died (a bug) serves nothing more.
+    pub fn is_alive(&self) -> bool {
+        self._thread.is_running()
+    }
+
     /// The model, for tokenizing and metadata.
-    pub fn model(&self) -> &LlamaCppModel {
-        &self.model
+    pub fn model(&self) -> &dyn LanguageModel {
+        self.model.as_ref()
     }
 
     /// Most tokens (prompt plus generated) one request may use.

@@ -25,8 +25,9 @@ pub fn return_free_memory() {
 }
 
 fn page_size() -> u64 {
-    // Every Linux platform Minerva targets uses 4 KiB base pages.
-    4096
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 #[cfg(test)]

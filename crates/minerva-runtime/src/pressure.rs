@@ -51,22 +51,32 @@ impl ProcMemory {
         Self { root: root.into() }
     }
 
+    /// The limit and usage of this process's own memory cgroup (named in
+    /// `/proc/self/cgroup`; the hierarchy's root when that names none that can be read).
     fn cgroup(&self) -> Option<(u64, u64)> {
-        let v2 = self.root.join("sys/fs/cgroup");
-        if let (Some(limit), Some(current)) = (
-            read_number(&v2.join("memory.max")),
-            read_number(&v2.join("memory.current")),
-        ) {
-            return Some((limit, current));
+        let own = std::fs::read_to_string(self.root.join("proc/self/cgroup")).unwrap_or_default();
+        let (v2_path, v1_path) = own_cgroup_paths(&own);
+        let mounts = self.root.join("sys/fs/cgroup");
+        let v2_dirs = [v2_path.map(|p| mounts.join(p)), Some(mounts.clone())];
+        for dir in v2_dirs.iter().flatten() {
+            if let (Some(limit), Some(current)) = (
+                read_number(&dir.join("memory.max")),
+                read_number(&dir.join("memory.current")),
+            ) {
+                return Some((limit, current));
+            }
         }
-        let v1 = v2.join("memory");
-        match (
-            read_number(&v1.join("memory.limit_in_bytes")),
-            read_number(&v1.join("memory.usage_in_bytes")),
-        ) {
-            (Some(limit), Some(usage)) => Some((limit, usage)),
-            _ => None,
-        }
+        let v1 = mounts.join("memory");
+        let v1_dirs = [v1_path.map(|p| v1.join(p)), Some(v1.clone())];
+        v1_dirs.iter().flatten().find_map(|dir| {
+            match (
+                read_number(&dir.join("memory.limit_in_bytes")),
+                read_number(&dir.join("memory.usage_in_bytes")),
+            ) {
+                (Some(limit), Some(usage)) => Some((limit, usage)),
+                _ => None,
+            }
+        })
     }
 }
 
@@ -95,6 +105,31 @@ impl MemorySource for ProcMemory {
         }
         Ok(reading)
     }
+}
+
+/// The process's cgroup v2 path and cgroup v1 memory-controller path from the text of
+/// `/proc/self/cgroup` (`0::/user.slice/...`, `4:memory:/docker/...`), relative to their
+/// mount points; a path that climbs out (`..`) is ignored.
+fn own_cgroup_paths(text: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+    let relative = |path: &str| {
+        let path = Path::new(path.trim_start_matches('/'));
+        let inside = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        (inside && !path.as_os_str().is_empty()).then(|| path.to_owned())
+    };
+    let mut v2 = None;
+    let mut v1 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if controllers.is_empty() {
+            v2 = relative(path);
+        } else if controllers.split(',').any(|c| c == "memory") {
+            v1 = relative(path);
+        }
+    }
+    (v2, v1)
 }
 
 fn read_number(path: &Path) -> Option<u64> {
@@ -198,6 +233,40 @@ mod tests {
                 available: 3 * GIB / 2
             }
         );
+    }
+
+    #[test]
+    fn the_process_own_cgroup_counts_not_the_root() {
+        // The root has no limit; the process's own cgroup (from /proc/self/cgroup) has 1 GiB.
+        let root = fake_root((16 << 20, 12 << 20), Some(("max", 3 * GIB)));
+        let own = root.path().join("sys/fs/cgroup/system.slice/minerva.service");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("memory.max"), format!("{GIB}\n")).unwrap();
+        std::fs::write(own.join("memory.current"), format!("{}\n", GIB / 4)).unwrap();
+        std::fs::create_dir_all(root.path().join("proc/self")).unwrap();
+        std::fs::write(
+            root.path().join("proc/self/cgroup"),
+            "0::/system.slice/minerva.service\n",
+        )
+        .unwrap();
+        let m = ProcMemory::with_root(root.path()).read().unwrap();
+        assert_eq!(
+            m,
+            SystemMemory {
+                total: GIB,
+                available: 3 * GIB / 4
+            }
+        );
+    }
+
+    #[test]
+    fn cgroup_paths_come_from_proc_self_cgroup() {
+        let (v2, v1) = own_cgroup_paths("12:cpu,cpuacct:/a\n4:memory:/docker/abc\n0::/user.slice/u.scope\n");
+        assert_eq!(v2.as_deref(), Some(Path::new("user.slice/u.scope")));
+        assert_eq!(v1.as_deref(), Some(Path::new("docker/abc")));
+        // The root cgroup and paths that climb out name no directory of their own.
+        assert_eq!(own_cgroup_paths("0::/\n"), (None, None));
+        assert_eq!(own_cgroup_paths("0::/../../etc\n"), (None, None));
     }
 
     #[test]

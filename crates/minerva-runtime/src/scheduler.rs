@@ -21,7 +21,7 @@ use std::sync::{Arc, mpsc};
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
 use minerva_engine::llm::{LogitsWanted, SequenceInput, SequenceSnapshot};
-use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId};
+use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId, compute};
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::llm_worker::GenerationEvent;
@@ -355,8 +355,12 @@ impl Scheduler {
             }
         }
         for (index, r) in self.running.iter().enumerate() {
-            let rest = r.prompt.len() - r.kv.len();
-            if r.phase != Phase::Prefill || r.ready.is_some() || rest >= LARGE_PASS || used + rest >= LARGE_PASS {
+            if r.phase != Phase::Prefill || r.ready.is_some() {
+                continue;
+            }
+            // A prefilling sequence's KV holds part of its prompt, never more.
+            let rest = r.prompt.len().saturating_sub(r.kv.len());
+            if rest >= LARGE_PASS || used + rest >= LARGE_PASS {
                 continue;
             }
             used += rest;
@@ -376,7 +380,7 @@ impl Scheduler {
     fn plan_large_pass(&self) -> Vec<Member> {
         let budget = STEP_TOKENS.min(self.session.params().n_batch as usize);
         let pending = |r: &&Running, min: usize| {
-            r.phase == Phase::Prefill && r.ready.is_none() && r.prompt.len() - r.kv.len() >= min
+            r.phase == Phase::Prefill && r.ready.is_none() && r.prompt.len().saturating_sub(r.kv.len()) >= min
         };
         let chosen = (self.running.iter().enumerate().find(|(_, r)| pending(r, LARGE_PASS)))
             .or_else(|| self.running.iter().enumerate().find(|(_, r)| pending(r, 1)));
@@ -395,11 +399,17 @@ impl Scheduler {
     }
 
     /// One step: the small pass, then the large one.
+    /// Each pass and the sampling from its logits take one turn of the process's cores
+    /// ([`compute::exclusive`]): no other model's pass runs beside this model's sampling.
     fn step(&mut self) {
         let small = self.plan_small_pass();
-        self.forward(small);
+        if !small.is_empty() {
+            compute::exclusive(|| self.forward(small));
+        }
         let large = self.plan_large_pass();
-        self.forward(large);
+        if !large.is_empty() {
+            compute::exclusive(|| self.forward(large));
+        }
     }
 
     /// One forward pass, then sampling for every sequence that got logits.

@@ -13,6 +13,14 @@ impl JoinOnDrop {
     }
 }
 
+impl JoinOnDrop {
+    /// Whether the thread is still running (a worker ends only when its handle goes, or
+    /// when it panicked).
+    pub(crate) fn is_running(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    }
+}
+
 impl Drop for JoinOnDrop {
     fn drop(&mut self) {
         if let Some(handle) = self.0.take()

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation, generate, prefill};
-use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::llm::{LogitsWanted, SequenceInput};
 use minerva_engine::sampling::SamplingParams;
 use minerva_engine::{LanguageModel, SeqId, SessionParams, TokenId};
@@ -42,16 +41,19 @@ fn model_path() -> PathBuf {
 }
 
 /// The model for tokenizing and for the one-at-a-time reference runs.
-fn reference_model() -> &'static LlamaCppModel {
-    static MODEL: OnceLock<LlamaCppModel> = OnceLock::new();
-    MODEL.get_or_init(|| LlamaCppModel::load(&model_path()).expect("SmolLM2 loads"))
+fn reference_model() -> &'static dyn LanguageModel {
+    static MODEL: OnceLock<std::sync::Arc<dyn LanguageModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| minerva_engine::llm::load(&model_path()).expect("SmolLM2 loads"))
+        .as_ref()
 }
 
-/// One thread per forward pass: the test harness runs tests in parallel on two cores.
+/// Every core per forward pass: the tests of this binary take turns on them through the
+/// engine's compute budget.
 fn worker(parallel: usize, prefix_cache_tokens: usize) -> LlmWorker {
     let config = LlmWorkerConfig {
         n_ctx: 2048,
-        threads: 1,
+        threads: minerva_engine::compute::default_threads(),
         parallel,
         prefix_cache_tokens,
     };
@@ -86,15 +88,20 @@ fn alone(prompt: &[TokenId], options: &GenerateOptions) -> Generation {
     generate(model, session.as_mut(), SeqId(0), prompt, options, &mut |_: &str| {}).unwrap()
 }
 
-/// Replays `tokens` after `prompt` alone and checks that each is the greedy choice (up to
-/// a [`TIE`]) given the ones before it.
-fn assert_greedy_alone(prompt: &[TokenId], tokens: &[TokenId]) {
+/// Replays a batched generation's tokens after `prompt` alone and checks that each is the
+/// greedy choice (up to a [`TIE`]) given the ones before it, and that it ended where the
+/// alone run would: after `max_tokens` tokens, or earlier where the greedy choice is an
+/// end-of-generation token.
+fn assert_greedy_alone(prompt: &[TokenId], generation: &Generation, max_tokens: usize) {
     let model = reference_model();
+    let tokens = &generation.tokens;
     let mut session = model.new_session(REFERENCE_SESSION).unwrap();
     let mut logits = prefill(session.as_mut(), SeqId(0), prompt).unwrap();
+    let gap_to_greedy = |logits: &[f32], token: TokenId| {
+        logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) - logits[token as usize]
+    };
     for (i, &token) in tokens.iter().enumerate() {
-        let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let gap = best - logits[token as usize];
+        let gap = gap_to_greedy(&logits, token);
         assert!(
             gap <= TIE,
             "token {i} of {tokens:?} after a prompt of {} tokens: alone it trails the greedy choice by {gap}",
@@ -107,6 +114,22 @@ fn assert_greedy_alone(prompt: &[TokenId], tokens: &[TokenId]) {
             logits: LogitsWanted::Last,
         };
         logits = session.decode(&[input]).unwrap()[0][0].to_vec();
+    }
+    match generation.finish_reason {
+        FinishReason::Length => assert_eq!(tokens.len(), max_tokens, "stopped for length early: {tokens:?}"),
+        FinishReason::Stop => {
+            assert!(tokens.len() < max_tokens, "{tokens:?}");
+            let end = (0..logits.len() as TokenId)
+                .filter(|&t| model.is_end_of_generation(t))
+                .map(|t| gap_to_greedy(&logits, t))
+                .fold(f32::INFINITY, f32::min);
+            assert!(
+                end <= TIE,
+                "stopped after {} tokens where alone an end-of-generation token trails by {end}: {tokens:?}",
+                tokens.len()
+            );
+        }
+        FinishReason::Cancelled => panic!("the generation was cancelled: {tokens:?}"),
     }
 }
 
@@ -152,7 +175,7 @@ fn eight_concurrent_generations_equal_one_at_a_time_token_for_token() {
         .collect();
     for (prompt, events) in prompts.iter().zip(receivers) {
         let (batched, streamed) = collect(events);
-        assert_greedy_alone(prompt, &batched.tokens);
+        assert_greedy_alone(prompt, &batched, options.max_tokens);
         assert_eq!(streamed, batched.text);
     }
 }
@@ -168,7 +191,7 @@ fn requests_beyond_the_parallel_slots_wait_their_turn_and_still_match() {
         .collect();
     for (prompt, events) in prompts.iter().zip(receivers) {
         let batched = collect(events).0;
-        assert_greedy_alone(prompt, &batched.tokens);
+        assert_greedy_alone(prompt, &batched, options.max_tokens);
     }
 }
 
@@ -196,9 +219,9 @@ fn a_request_joining_mid_flight_and_one_leaving_do_not_disturb_the_others() {
     let (first_result, rest) = collect(first_events);
     first_text.push_str(&rest);
     let (joiner_result, _) = collect(joiner_events);
-    assert_greedy_alone(&first, &first_result.tokens);
+    assert_greedy_alone(&first, &first_result, options.max_tokens);
     assert_eq!(first_text, first_result.text);
-    assert_greedy_alone(&joiner, &joiner_result.tokens);
+    assert_greedy_alone(&joiner, &joiner_result, options.max_tokens);
 }
 
 /// A chat-like prompt: a long shared system prompt, then a question.
@@ -233,7 +256,7 @@ fn the_prefix_cache_reuses_a_shared_system_prompt_without_changing_the_output() 
         "{} of {shared} shared tokens reused",
         warm.cached_tokens
     );
-    assert_greedy_alone(&second, &warm.tokens);
+    assert_greedy_alone(&second, &warm, options.max_tokens);
 
     // The same prompt again: nothing is evaluated before its first token, and the output is
     // exactly the earlier one.
@@ -271,7 +294,6 @@ fn a_burst_sharing_a_prefix_computes_it_once_and_matches_the_uncached_output() {
         "reused {reused:?} of {shared} shared tokens"
     );
     for (prompt, result) in prompts.iter().zip(&results) {
-        assert_greedy_alone(prompt, &result.tokens);
-        assert_ne!(result.finish_reason, FinishReason::Cancelled);
+        assert_greedy_alone(prompt, result, options.max_tokens);
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use minerva_engine::embed::{EmbedOptions, EmbeddingModel, cosine_similarity as cosine};
+use minerva_engine::embed::{EmbedOptions, cosine_similarity as cosine};
 use minerva_runtime::embedding::{
     CacheConfig, EmbedSettings, EmbeddingCache, EmbeddingInput, EmbeddingService, EmbeddingServiceConfig, Strategy,
 };
@@ -143,7 +143,7 @@ async fn the_streaming_strategy_embeds_a_list_larger_than_one_batch_allows() {
     );
     assert_eq!(stats.batches, 40, "{stats:?}");
     assert_eq!(stats.padded_tokens, stats.tokens, "one input per batch: no padding");
-    let engine = EmbeddingModel::load(&model_dir()).unwrap();
+    let engine = minerva_engine::embed::load(&model_dir()).unwrap();
     for (i, text) in inputs.iter().enumerate() {
         let alone = engine.embed(&[text], EmbedOptions::default()).unwrap();
         assert_eq!(bits(&streamed.vectors[i]), bits(&alone[0]), "input {i}");

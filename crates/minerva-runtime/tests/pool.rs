@@ -254,7 +254,9 @@ async fn two_models_taking_turns_under_a_one_model_budget_all_get_served() {
     let totals = pool.totals();
     assert!(totals.peak_bytes <= budget, "{totals:?}");
     assert_eq!(totals.hits + totals.misses, 16);
-    assert!(totals.loads <= 16, "{totals:?}");
+    // Each load serves the requests that waited for it: two models that took turns one
+    // request at a time would load 16 times.
+    assert!(totals.loads <= 8, "the models thrashed: {totals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,17 @@ use minerva_runtime::embedding::CacheConfig;
 pub struct ServerConfig {
     /// Address to listen on (loopback by default).
     pub addr: SocketAddr,
-    /// Accepted API keys; empty means no authentication.
+    /// API keys of the inference scope (chat, completions, embeddings, listing models);
+    /// with no keys at all (neither these nor `admin_api_keys`) there is no
+    /// authentication.
     pub api_keys: Vec<String>,
+    /// API keys of the admin scope: everything, including loading, unloading and
+    /// preloading models.
+    pub admin_api_keys: Vec<String>,
     /// Origins allowed by CORS; empty means CORS is off.
     pub cors_origins: Vec<String>,
-    /// Extra `Host` names accepted on a loopback bind (besides localhost and loopback IPs).
+    /// Extra `Host` names accepted (besides localhost and IP addresses: loopback ones on
+    /// a loopback bind, any on a wider one).
     pub allowed_hosts: Vec<String>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
@@ -47,6 +53,7 @@ impl Default for ServerConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
+            admin_api_keys: Vec::new(),
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_body_bytes: 2 << 20,

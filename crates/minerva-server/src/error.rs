@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Missing or wrong API key (401).
     #[error("invalid or missing API key; send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// The API key is valid but not for this route (403).
+    #[error("this route changes which models are loaded and needs an admin API key (--admin-api-key)")]
+    AdminRequired,
     /// The Host header is not one this server answers to (403).
     #[error("host {0:?} is not allowed")]
     ForbiddenHost(String),
@@ -64,7 +67,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
+            Self::ForbiddenHost(_) | Self::AdminRequired => StatusCode::FORBIDDEN,
             Self::Overloaded(_) | Self::MemoryBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -80,6 +83,7 @@ impl ApiError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
             Self::ForbiddenHost(_) => ("invalid_request_error", Some("forbidden_host")),
+            Self::AdminRequired => ("invalid_request_error", Some("insufficient_scope")),
             Self::Overloaded(_) | Self::MemoryBusy(_) => ("server_error", Some("overloaded")),
             Self::Timeout(_) => ("server_error", Some("timeout")),
             Self::InsufficientMemory(_) => ("server_error", Some("insufficient_memory")),
@@ -126,10 +130,21 @@ impl From<EngineError> for ApiError {
             EngineError::ContextOverflow { .. } => Self::invalid("messages", e.to_string()),
             EngineError::InputTooLong { .. } => Self::invalid("input", e.to_string()),
             EngineError::ChatTemplate(_) => Self::invalid("messages", e.to_string()),
+            // The server's files are its own business: no path reaches a client.
+            EngineError::LlamaLoad { reason, .. } => {
+                Self::Internal(format!("llama.cpp could not load the model: {}", first_line(reason)))
+            }
+            EngineError::InvalidEmbeddingModel { reason, .. } => {
+                Self::Internal(format!("the embedding model is invalid: {}", first_line(reason)))
+            }
             // Only the first line: library errors may carry a backtrace with source paths.
-            _ => Self::Internal(e.to_string().lines().next().unwrap_or_default().to_owned()),
+            _ => Self::Internal(redact_paths(first_line(&e.to_string()))),
         }
     }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 impl From<EmbeddingError> for ApiError {
@@ -137,7 +152,7 @@ impl From<EmbeddingError> for ApiError {
         match e {
             EmbeddingError::Input(e) => e.into(),
             EmbeddingError::Overloaded { .. } => Self::Overloaded("the embedding queue is full"),
-            other => Self::Internal(other.to_string()),
+            other => Self::Internal(redact_paths(&other.to_string())),
         }
     }
 }
@@ -150,11 +165,21 @@ impl From<PoolError> for ApiError {
 
 impl ApiError {
     fn from_pool(e: &PoolError) -> Self {
+        match Self::from_pool_raw(e) {
+            Self::ModelUnavailable(m) => Self::ModelUnavailable(redact_paths(&m)),
+            Self::InsufficientMemory(m) => Self::InsufficientMemory(redact_paths(&m)),
+            Self::MemoryBusy(m) => Self::MemoryBusy(redact_paths(&m)),
+            Self::Internal(m) => Self::Internal(redact_paths(&m)),
+            other => other,
+        }
+    }
+
+    fn from_pool_raw(e: &PoolError) -> Self {
         match e {
             PoolError::Store(StoreError::UnknownModel { id, .. } | StoreError::OutsideStore { id, .. }) => {
                 Self::ModelNotFound(format!("model {id:?} does not exist"))
             }
-            PoolError::LoadFailed { cause, .. } => Self::from_pool(cause),
+            PoolError::LoadFailed { cause, .. } => Self::from_pool_raw(cause),
             PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
             PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
             PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),
@@ -163,5 +188,54 @@ impl ApiError {
             }
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+/// `text` with every absolute filesystem path cut to its last component: where the
+/// server keeps its files is none of a client's business (and tells an attacker the
+/// user name and layout).
+fn redact_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('/') {
+        let starts_token = rest[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '[' | '='));
+        let end = rest[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | ']' | ',' | ';'))
+            .map_or(rest.len(), |n| start + n);
+        let token = &rest[start..end];
+        out.push_str(&rest[..start]);
+        if starts_token && token[1..].contains('/') {
+            // Keep a trailing ':' (as in "PATH: reason") outside the kept name.
+            let (path, colon) = token.strip_suffix(':').map_or((token, ""), |p| (p, ":"));
+            out.push_str(path.rsplit('/').find(|c| !c.is_empty()).unwrap_or(""));
+            out.push_str(colon);
+        } else {
+            out.push_str(token);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_paths;
+
+    #[test]
+    fn paths_are_cut_to_their_file_name() {
+        assert_eq!(
+            redact_paths("/root/.local/share/minerva/models/x.gguf: llama.cpp could not load the model: bad"),
+            "x.gguf: llama.cpp could not load the model: bad"
+        );
+        assert_eq!(
+            redact_paths("model \"x\" is registered but its file /home/ann/m/x.gguf is missing"),
+            "model \"x\" is registered but its file x.gguf is missing"
+        );
+        assert_eq!(redact_paths("in (/a/b/c) and \"/d/e\""), "in (c) and \"e\"");
+        assert_eq!(redact_paths("1/2 of the budget, /v1"), "1/2 of the budget, /v1");
     }
 }

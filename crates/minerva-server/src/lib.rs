@@ -22,7 +22,10 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use minerva_runtime::ModelPool;
 use minerva_runtime::embedding::EmbeddingCache;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
@@ -110,8 +113,34 @@ pub fn app(state: AppState) -> Router {
         );
     }
     router
-        .layer(axum::middleware::from_fn(middleware::request_id))
+        // A bug that panics in a handler or a layer answers a 500 with an OpenAI-style body
+        // instead of dropping the connection.
+        .layer(CatchPanicLayer::custom(panic_response))
+        // Outside in: the request gets its id (the client's, or a new one), the trace span
+        // carries it, the response gets it back.
+        .layer(PropagateRequestIdLayer::new(middleware::REQUEST_ID.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(middleware::request_span))
+        .layer(SetRequestIdLayer::new(
+            middleware::REQUEST_ID.clone(),
+            middleware::NextRequestId,
+        ))
         .with_state(state)
+}
+
+/// The response to a request whose handling panicked: one log line, a 500.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(
+        panic = message,
+        "a request's handler panicked; the server keeps serving"
+    );
+    axum::response::IntoResponse::into_response(ApiError::Internal(
+        "the server hit an internal error while handling this request".into(),
+    ))
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting,

@@ -9,6 +9,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -16,47 +18,52 @@ use crate::state::AppState;
 /// Header carrying the request id, in both directions.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Gives every request an id (the client's, if it sent one), logs it in a span, returns it.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Makes the id of a request that came without one (tower-http's request-id layer keeps a
+/// client's own id and puts the id on the response).
+#[derive(Clone, Copy, Default)]
+pub struct NextRequestId;
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = format!(
+            "req-{:x}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// The span every request's logs belong to: its id, method and path.
+pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "req-{:x}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            )
-        });
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    req.headers_mut().insert(REQUEST_ID.clone(), value.clone());
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
-    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
-    response.headers_mut().insert(REQUEST_ID.clone(), value);
-    response
+        .unwrap_or("-");
+    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
 }
 
-/// On a loopback bind, answers only to loopback host names: a web page on another origin
-/// that rebinds its DNS name to 127.0.0.1 gets 403.
+/// Answers only to the host names it is meant to have (DNS-rebinding protection): a web
+/// page on another origin whose name it rebinds to this server's address gets 403. Allowed
+/// are `localhost`, the names of `--allowed-host`, and IP addresses (an IP in `Host` means
+/// the page's own origin is that IP, which rebinding cannot forge): on a loopback bind
+/// loopback ones only, on a wider bind any.
 pub async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.config.addr.ip().is_loopback() {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !host_allowed(host, &state.config.allowed_hosts) {
-            return ApiError::ForbiddenHost(host.to_owned()).into_response();
-        }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let any_ip = !state.config.addr.ip().is_loopback();
+    if !host_allowed(host, &state.config.allowed_hosts, any_ip) {
+        return ApiError::ForbiddenHost(host.to_owned()).into_response();
     }
     next.run(req).await
 }
 
-fn host_allowed(host: &str, extra: &[String]) -> bool {
+fn host_allowed(host: &str, extra: &[String], any_ip: bool) -> bool {
     let name = strip_port(host);
     if name.eq_ignore_ascii_case("localhost") || extra.iter().any(|h| h.eq_ignore_ascii_case(name)) {
         return true;
@@ -64,7 +71,7 @@ fn host_allowed(host: &str, extra: &[String]) -> bool {
     name.trim_start_matches('[')
         .trim_end_matches(']')
         .parse::<IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+        .is_ok_and(|ip| any_ip || ip.is_loopback())
 }
 
 fn strip_port(host: &str) -> &str {
@@ -78,34 +85,52 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// When API keys are configured, requires `Authorization: Bearer <key>` (401 otherwise).
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    /// Inference and reading: chat, completions, embeddings, tokenize, model lists.
+    Inference,
+    /// Everything, including loading and unloading models.
+    Admin,
+}
+
+/// The scope a request needs: changing which models are loaded is admin work.
+fn required_scope(req: &Request) -> Scope {
+    let path = req.uri().path();
+    let lifecycle = path.starts_with("/v1/models/")
+        && (path.ends_with("/load") || path.ends_with("/preload") || req.method() == axum::http::Method::DELETE);
+    if lifecycle { Scope::Admin } else { Scope::Inference }
+}
+
+/// When API keys are configured, requires `Authorization: Bearer <key>` (401 without a
+/// valid key, 403 when the key's scope is too narrow for the route).
 pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.config.api_keys.is_empty() || req.uri().path() == "/health" {
+    let config = &state.config;
+    if (config.api_keys.is_empty() && config.admin_api_keys.is_empty()) || req.uri().path() == "/health" {
         return next.run(req).await;
     }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(key)
-            if state
-                .config
-                .api_keys
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
-        {
-            next.run(req).await
-        }
-        _ => ApiError::Unauthorized.into_response(),
+        .and_then(bearer_token);
+    let matches = |keys: &[String], key: &str| keys.iter().any(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())));
+    let scope = match presented {
+        Some(key) if matches(&config.admin_api_keys, key) => Scope::Admin,
+        Some(key) if matches(&config.api_keys, key) => Scope::Inference,
+        _ => return ApiError::Unauthorized.into_response(),
+    };
+    if scope < required_scope(&req) {
+        return ApiError::AdminRequired.into_response();
     }
+    next.run(req).await
 }
 
-/// Compares without an early exit, so response time does not leak how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as
+/// RFC 9110 has it).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Counts requests and their latency per route and status.
@@ -138,7 +163,7 @@ mod tests {
             "127.0.0.2",
             "LOCALHOST",
         ] {
-            assert!(host_allowed(host, &[]), "{host}");
+            assert!(host_allowed(host, &[], false), "{host}");
         }
         for host in [
             "evil.example",
@@ -147,15 +172,27 @@ mod tests {
             "",
             "10.0.0.1:8080",
         ] {
-            assert!(!host_allowed(host, &[]), "{host}");
+            assert!(!host_allowed(host, &[], false), "{host}");
         }
-        assert!(host_allowed("minerva.lan:8080", &["minerva.lan".to_owned()]));
+        assert!(host_allowed("minerva.lan:8080", &["minerva.lan".to_owned()], false));
     }
 
     #[test]
-    fn key_comparison_requires_equal_keys() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
+    fn a_wide_bind_accepts_its_addresses_and_listed_names_only() {
+        for host in ["192.168.1.20:8080", "[fe80::1]:8080", "localhost", "minerva.lan"] {
+            assert!(host_allowed(host, &["minerva.lan".to_owned()], true), "{host}");
+        }
+        for host in ["evil.example", "evil.example:8080", "minerva.lan.evil.example", ""] {
+            assert!(!host_allowed(host, &["minerva.lan".to_owned()], true), "{host}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -328,3 +328,37 @@ async fn overload_is_503_with_retry_after_and_passes() {
     .await;
     assert!(admitted, "the slot was never freed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_beyond_the_clock_keeps_the_model_and_the_server() {
+    // Parses as a duration of ~292 billion years: a deadline the wall clock cannot name.
+    // It once panicked the pool while the lease was returned (a dropped connection).
+    let server = TestServer::start(ServerConfig::default()).await;
+    let body = chat_body(
+        "Hi",
+        json!({ "max_tokens": 2, "keep_alive": 9_223_372_036_000_000_000u64 }),
+    );
+    let reply = server.ok("/v1/chat/completions", &body).await;
+    assert!((1..=2).contains(&usage(&reply).1), "{reply}");
+    let loaded: serde_json::Value = server.get("/v1/models/loaded").await.json().await.unwrap();
+    let entry = loaded["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == CHAT)
+        .expect("the model stays loaded");
+    assert!(entry["expires_at"].is_null(), "{entry}");
+    still_serves(&server).await;
+    // A keep-alive string that overflows while summing its parts is a 400.
+    let body = chat_body(
+        "Hi",
+        json!({ "max_tokens": 2, "keep_alive": "10000000000000000000s10000000000000000000s" }),
+    );
+    expect_error(
+        server.post("/v1/chat/completions", &body).await,
+        StatusCode::BAD_REQUEST,
+        None,
+    )
+    .await;
+    still_serves(&server).await;
+}

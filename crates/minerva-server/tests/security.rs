@@ -50,6 +50,87 @@ async fn a_foreign_host_header_is_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_bound_beyond_loopback_still_checks_the_host() {
+    let pool = minerva_runtime::ModelPool::new(minerva_runtime::ModelStore::new(models_dir()), pool());
+    let config = ServerConfig {
+        allowed_hosts: vec!["minerva.lan".to_owned()],
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_bound(config, pool, "0.0.0.0:0").await;
+    let status = |host: String| {
+        let request = server.client.get(server.url("/v1/models")).header("host", host);
+        async move { request.send().await.unwrap().status() }
+    };
+    let port = server.addr.port();
+    for host in [
+        "evil.example".to_owned(),
+        format!("evil.example:{port}"),
+        "minerva.lan.evil.example".to_owned(),
+    ] {
+        assert_eq!(status(host.clone()).await, StatusCode::FORBIDDEN, "{host}");
+    }
+    for host in [
+        format!("minerva.lan:{port}"),
+        format!("192.168.1.20:{port}"),
+        format!("localhost:{port}"),
+    ] {
+        assert_eq!(status(host.clone()).await, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_keys_cannot_change_which_models_are_loaded() {
+    let server = TestServer::start(ServerConfig {
+        api_keys: vec!["user-key".to_owned()],
+        admin_api_keys: vec!["admin-key".to_owned()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let send = |method: reqwest::Method, path: &str, key: &str| {
+        let request = server
+            .client
+            .request(method, server.url(path))
+            .header("authorization", format!("bearer {key}"));
+        async move { request.send().await.unwrap() }
+    };
+    let load = format!("/v1/models/{CHAT}/load");
+    let unload = format!("/v1/models/{CHAT}");
+    let preload = format!("/v1/models/{CHAT}/preload");
+    for (method, path) in [
+        (reqwest::Method::POST, load.as_str()),
+        (reqwest::Method::DELETE, unload.as_str()),
+        (reqwest::Method::POST, preload.as_str()),
+    ] {
+        let response = send(method.clone(), path, "user-key").await;
+        let error = expect_error(response, StatusCode::FORBIDDEN, None).await;
+        assert_eq!(error["code"], "insufficient_scope", "{method} {path}");
+    }
+    // The scheme is matched in any case; the inference key still reads and runs models.
+    assert_eq!(
+        send(reqwest::Method::GET, "/v1/models", "user-key").await.status(),
+        StatusCode::OK
+    );
+    let response = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .header("authorization", "BEARER user-key")
+        .json(&chat_body("Hi", json!({ "max_tokens": 1 })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The admin key does everything.
+    assert_eq!(
+        send(reqwest::Method::POST, &load, "admin-key").await.status(),
+        StatusCode::OK
+    );
+    let response = send(reqwest::Method::DELETE, &unload, "admin-key").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["unloaded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_guard_everything_but_health() {
     let server = TestServer::start(ServerConfig {
         api_keys: vec!["k1".to_owned()],

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use minerva_engine::llm::{LogitsWanted, SequenceInput};
 use minerva_engine::sampling::argmax;
-use minerva_engine::{LanguageModel, SeqId, Session, SessionParams, TokenId};
+use minerva_engine::{SeqId, Session, SessionParams, TokenId};
 use minerva_runtime::ModelStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use minerva_engine::LanguageModel;
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
 use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};

@@ -11,7 +11,7 @@ pub struct ServerArgs {
     /// Base URL of the server.
     #[arg(long, env = "MINERVA_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// API key, when the server requires one.
+    /// API key, when the server requires one (`minerva stop` needs an admin key).
     #[arg(long, env = "MINERVA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 }
@@ -147,9 +147,12 @@ pub fn ps(args: ServerArgs) -> Result<()> {
     writeln!(out, "{:<28} {:>10}  {:<10}", "MODEL", "MEMORY", "UNTIL")?;
     for model in loaded["data"].as_array().into_iter().flatten() {
         let bytes = model["bytes"].as_u64().unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let until = model["expires_at"]
             .as_u64()
-            .map_or_else(|| "until stopped".to_owned(), |t| t.to_string());
+            .map_or_else(|| "until stopped".to_owned(), |t| from_now(t.saturating_sub(now)));
         writeln!(
             out,
             "{:<28} {:>7.0} MB  {until}",
@@ -174,4 +177,31 @@ pub fn stop(args: StopArgs) -> Result<()> {
         println!("{} was not loaded", args.model);
     }
     Ok(())
+}
+
+/// "4 minutes from now", as `ollama ps` says it.
+fn from_now(seconds: u64) -> String {
+    let (n, unit) = match seconds {
+        0 => return "now".to_owned(),
+        s if s < 60 => (s, "second"),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3600, "hour"),
+        s => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{} from now", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_now;
+
+    #[test]
+    fn expiry_reads_like_ollama() {
+        assert_eq!(from_now(0), "now");
+        assert_eq!(from_now(1), "1 second from now");
+        assert_eq!(from_now(59), "59 seconds from now");
+        assert_eq!(from_now(299), "4 minutes from now");
+        assert_eq!(from_now(3600), "1 hour from now");
+        assert_eq!(from_now(3 * 86_400 + 5), "3 days from now");
+    }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
 use minerva_engine::generate::{GenerateOptions, generate};
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::{LanguageModel, SeqId, SessionParams};
+use minerva_engine::{SeqId, SessionParams};
 use minerva_runtime::ModelStore;
 
 use crate::model_arg;
@@ -75,13 +75,13 @@ pub struct Args {
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let model = model_arg::load_llm(store, &args.model)?;
     let prompt_tokens = if args.chat {
-        let template = ChatTemplate::for_model(&model)?;
+        let template = ChatTemplate::for_model(&*model)?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage::new("system", system.clone()));
         }
         messages.push(ChatMessage::new("user", args.prompt.clone()));
-        chat_prompt_tokens(&model, &template, &messages)?
+        chat_prompt_tokens(&*model, &template, &messages)?
     } else {
         model.tokenize(&args.prompt, true, args.special)?
     };
@@ -111,7 +111,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let stream = !args.json;
     let generation = generate(
-        &model,
+        &*model,
         session.as_mut(),
         SeqId(0),
         &prompt_tokens,

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use minerva_engine::SessionParams;
 use minerva_engine::perplexity::perplexity;
-use minerva_engine::{LanguageModel, SessionParams};
 use minerva_runtime::ModelStore;
 
 use crate::{model_arg, progress};
@@ -40,7 +40,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     })?;
     let bar = progress::bar(0, "perplexity");
     let report = perplexity(
-        &model,
+        &*model,
         session.as_mut(),
         &text,
         args.ctx as usize,

@@ -37,11 +37,22 @@ pub struct Settings {
     /// File with one API key per line.
     #[arg(long, env = "MINERVA_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
+    /// Admin API key (repeatable): everything an API key may do, plus loading, unloading
+    /// and preloading models, which --api-key keys may not.
+    #[arg(
+        long = "admin-api-key",
+        env = "MINERVA_ADMIN_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(default)]
+    admin_api_keys: Vec<String>,
     /// Origin allowed by CORS (repeatable); CORS is off without one.
     #[arg(long = "cors-origin", env = "MINERVA_CORS_ORIGINS", value_delimiter = ',')]
     #[serde(default)]
     cors_origins: Vec<String>,
-    /// Extra Host name accepted on a loopback bind (repeatable).
+    /// Extra Host name the server answers to (repeatable): the names a LAN deployment is
+    /// reached by. Besides these only localhost and IP addresses are accepted.
     #[arg(long = "allowed-host", env = "MINERVA_ALLOWED_HOSTS", value_delimiter = ',')]
     #[serde(default)]
     allowed_hosts: Vec<String>,
@@ -123,6 +134,7 @@ impl Settings {
             addr: self.addr.or(file.addr),
             api_keys: list(self.api_keys, file.api_keys),
             api_key_file: self.api_key_file.or(file.api_key_file),
+            admin_api_keys: list(self.admin_api_keys, file.admin_api_keys),
             cors_origins: list(self.cors_origins, file.cors_origins),
             allowed_hosts: list(self.allowed_hosts, file.allowed_hosts),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
@@ -181,6 +193,7 @@ impl Settings {
         let server = ServerConfig {
             addr: self.addr.unwrap_or(defaults.addr),
             api_keys,
+            admin_api_keys: self.admin_api_keys,
             cors_origins: self.cors_origins,
             allowed_hosts: self.allowed_hosts,
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
@@ -235,23 +248,14 @@ impl Settings {
     }
 }
 
-/// Parses a byte count: `1073741824`, `4GiB`, `4G`, `512MB`, `512M`, `64KiB`.
+/// Parses a byte count as `bytesize` does: `1073741824`, `4GiB`, `1.5 GiB`, `512MiB`
+/// (binary units), `4GB`, `512MB` (decimal ones).
 fn parse_bytes(text: &str) -> Result<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().context("expected a number of bytes such as 4GiB")?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => anyhow::bail!("unknown unit {other:?} (use B, KiB, MiB, GiB, TiB)"),
-    };
-    Ok((number * scale as f64) as u64)
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{e}; use a size such as 4GiB or 512MiB"))?;
+    Ok(size.as_u64())
 }
 
 pub fn run(store: ModelStore, args: Args) -> Result<()> {
@@ -272,6 +276,12 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && config.api_keys.is_empty() && config.admin_api_keys.is_empty() {
+            tracing::warn!(%addr, "listening beyond loopback WITHOUT an API key: anyone who can reach this address can use and unload every model; set --api-key and --admin-api-key");
+            eprintln!(
+                "WARNING: minerva listens on {addr}, beyond loopback, without an API key: anyone on the network can use and unload every model. Set --api-key and --admin-api-key."
+            );
+        }
         let models = store.list().map(|m| m.len()).unwrap_or(0);
         eprintln!(
             "minerva listening on http://{addr} ({models} models in {})",

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use minerva_engine::LanguageModel;
 use minerva_runtime::{ModelFormat, ModelStore};
 
 use crate::model_arg;

@@ -194,7 +194,8 @@ impl Session for LlamaCppSession {
             }
             rows.push(wanted);
         }
-        self.context.decode(&mut self.batch).map_err(|e| match e {
+        let (context, batch) = (&mut self.context, &mut self.batch);
+        crate::compute::exclusive(|| context.decode(batch)).map_err(|e| match e {
             llama_cpp_2::DecodeError::NoKvCacheSlot => EngineError::ContextOverflow {
                 tokens: total,
                 n_ctx: self.params.n_ctx,

@@ -5,12 +5,21 @@
 //! more sequences) that a single thread drives with [`Session::decode`]. Keeping the two
 //! apart is what lets one loaded model serve many sequences.
 //!
-//! The only backend today is llama.cpp ([`llama::LlamaCppModel`]); nothing outside this
-//! module sees a llama.cpp type.
+//! The only backend today is llama.cpp ([`llama::LlamaCppModel`]); nothing outside the
+//! engine names a backend type: [`load`] picks the backend for a file and hands back the
+//! trait object. A second backend is a new module here and a line in [`load`].
 
 pub mod llama;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use crate::Result;
+
+/// Loads the language model in `path` (validated first) with the backend for its format.
+pub fn load(path: &Path) -> Result<Arc<dyn LanguageModel>> {
+    Ok(Arc::new(llama::LlamaCppModel::load(path)?))
+}
 
 /// A token id in the model's vocabulary.
 pub type TokenId = i32;

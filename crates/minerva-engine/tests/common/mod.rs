@@ -58,9 +58,11 @@ pub fn llm(id: &str) -> &'static LlamaCppModel {
     }
 }
 
-pub fn minilm() -> &'static EmbeddingModel {
-    static MODEL: OnceLock<EmbeddingModel> = OnceLock::new();
-    MODEL.get_or_init(|| EmbeddingModel::load(&model_path("all-minilm-l6-v2")).expect("all-MiniLM-L6-v2 loads"))
+pub fn minilm() -> &'static dyn EmbeddingModel {
+    static MODEL: OnceLock<std::sync::Arc<dyn EmbeddingModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| minerva_engine::embed::load(&model_path("all-minilm-l6-v2")).expect("all-MiniLM-L6-v2 loads"))
+        .as_ref()
 }
 
 pub const LLM_IDS: [&str; 2] = ["smollm2-135m-instruct", "gemma-3-270m"];

@@ -167,6 +167,11 @@ pub struct EmbeddingService {
 }
 
 impl EmbeddingService {
+    /// Whether the worker thread still runs; one that died (a bug) serves nothing more.
+    pub fn is_alive(&self) -> bool {
+        self._thread.is_running()
+    }
+
     /// Loads the model at `dir` and starts its worker thread. Cached vectors are keyed on
     /// the model's `digest` ([`sha256_model`](crate::sha256_model), as the registry has
     /// it); without one, the files are hashed here.
@@ -176,7 +181,7 @@ impl EmbeddingService {
         config: EmbeddingServiceConfig,
         digest: Option<&str>,
     ) -> Result<Self, EngineError> {
-        let model = EmbeddingModel::load(dir)?;
+        let model = minerva_engine::embed::load(dir)?;
         let invalid = |reason: String| EngineError::InvalidEmbeddingModel {
             path: dir.to_owned(),
             reason,
@@ -192,7 +197,12 @@ impl EmbeddingService {
     }
 
     /// Starts the worker thread for `model` whose files have `fingerprint`.
-    pub fn start(model: EmbeddingModel, fingerprint: [u8; 32], name: &str, config: EmbeddingServiceConfig) -> Self {
+    pub fn start(
+        model: Arc<dyn EmbeddingModel>,
+        fingerprint: [u8; 32],
+        name: &str,
+        config: EmbeddingServiceConfig,
+    ) -> Self {
         let info = ModelInfo {
             dimensions: model.dimensions(),
             max_tokens: model.max_tokens(),
@@ -375,7 +385,7 @@ struct Active {
 }
 
 struct Worker {
-    model: EmbeddingModel,
+    model: Arc<dyn EmbeddingModel>,
     config: EmbeddingServiceConfig,
     optimizer: BatchOptimizer,
     batcher: Batcher,

@@ -4,7 +4,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use super::{ModelLease, Shared};
+use super::{LoadedModel, ModelLease, Shared};
+use crate::embedding::EmbeddingService;
+use crate::llm_worker::LlmWorker;
 
 /// A request's hold on a loaded model (cheap to clone; all clones are one hold).
 #[derive(Clone)]
@@ -20,6 +22,74 @@ struct Guard {
 impl Lease {
     pub(super) fn new(model: Arc<ModelLease>, shared: Arc<Shared>, request: bool) -> Self {
         Self(Arc::new(Guard { model, shared, request }))
+    }
+}
+
+impl Lease {
+    /// This lease as a language model's, or the lease back when the model is not one.
+    pub fn into_llm(self) -> Result<LlmLease, Lease> {
+        match &self.model {
+            LoadedModel::Llm(worker) => {
+                let worker = Arc::clone(worker);
+                Ok(LlmLease { lease: self, worker })
+            }
+            LoadedModel::Embedding(_) => Err(self),
+        }
+    }
+
+    /// This lease as an embedding model's, or the lease back when the model is not one.
+    pub fn into_embedding(self) -> Result<EmbeddingLease, Lease> {
+        match &self.model {
+            LoadedModel::Embedding(service) => {
+                let service = Arc::clone(service);
+                Ok(EmbeddingLease { lease: self, service })
+            }
+            LoadedModel::Llm(_) => Err(self),
+        }
+    }
+}
+
+/// A lease on a language model: the hold, and the model's worker.
+#[derive(Clone)]
+pub struct LlmLease {
+    lease: Lease,
+    worker: Arc<LlmWorker>,
+}
+
+impl LlmLease {
+    /// The hold on the model (its id, bytes, load time).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+impl Deref for LlmLease {
+    type Target = LlmWorker;
+
+    fn deref(&self) -> &LlmWorker {
+        &self.worker
+    }
+}
+
+/// A lease on an embedding model: the hold, and the model's batching service.
+#[derive(Clone)]
+pub struct EmbeddingLease {
+    lease: Lease,
+    service: Arc<EmbeddingService>,
+}
+
+impl EmbeddingLease {
+    /// The hold on the model (its id, bytes, load time).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+impl Deref for EmbeddingLease {
+    type Target = EmbeddingService;
+
+    fn deref(&self) -> &EmbeddingService {
+        &self.service
     }
 }
 

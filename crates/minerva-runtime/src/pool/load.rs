@@ -1,6 +1,7 @@
 //! Turning model files into a loaded model.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{PoolConfig, PoolError};
@@ -12,9 +13,19 @@ use crate::{ModelFormat, ModelId};
 /// A loaded model.
 pub enum LoadedModel {
     /// A GGUF language model with its worker.
-    Llm(LlmWorker),
+    Llm(Arc<LlmWorker>),
     /// A sentence-embedding model with its batching worker.
-    Embedding(EmbeddingService),
+    Embedding(Arc<EmbeddingService>),
+}
+
+impl LoadedModel {
+    /// Whether its worker thread still runs.
+    pub fn is_alive(&self) -> bool {
+        match self {
+            Self::Llm(worker) => worker.is_alive(),
+            Self::Embedding(service) => service.is_alive(),
+        }
+    }
 }
 
 /// A loaded model and what loading it cost.
@@ -53,13 +64,13 @@ pub(super) fn load(
 ) -> Result<ModelLease, PoolError> {
     let before = resident_bytes();
     let model = match format {
-        ModelFormat::Gguf => LoadedModel::Llm(LlmWorker::start(path, worker_config(config), id.as_str())?),
-        ModelFormat::SentenceTransformers => LoadedModel::Embedding(EmbeddingService::load(
+        ModelFormat::Gguf => LoadedModel::Llm(Arc::new(LlmWorker::start(path, worker_config(config), id.as_str())?)),
+        ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
             path,
             id.as_str(),
             EmbeddingServiceConfig::default(),
             digest,
-        )?),
+        )?)),
     };
     let bytes = resident_bytes().saturating_sub(before);
     tracing::info!(model = %id, bytes, "model loaded");

@@ -26,7 +26,7 @@ use minerva_engine::EngineError;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-pub use lease::Lease;
+pub use lease::{EmbeddingLease, Lease, LlmLease};
 pub use load::{LoadedModel, ModelLease};
 pub use policy::EvictionPolicy;
 pub use stats::{EvictionReason, ModelStats, PoolTotals};
@@ -493,8 +493,18 @@ impl Shared {
             if needed.is_none() && !self.lock().entries.contains_key(id) {
                 needed = Some(self.footprint(&entry)?);
             }
+            let mut _dead = None;
             let (step, room_freed) = {
                 let mut state = self.lock();
+                let died = state
+                    .entries
+                    .get(id)
+                    .is_some_and(|e| matches!(&e.phase, Phase::Ready(m) if !m.model.is_alive()));
+                if died {
+                    tracing::error!(model = %id, "the model's worker thread died; unloading it, this request loads it again");
+                    _dead = state.evict(id, EvictionReason::WorkerDied);
+                    needed = None;
+                }
                 state.tick += 1;
                 let tick = state.tick;
                 let room_freed = self.room_freed.notified();
@@ -991,7 +1001,7 @@ impl State {
             // Still loading: the load finds its entry gone and drops the model.
             return None;
         };
-        if reason != EvictionReason::Manual {
+        if !matches!(reason, EvictionReason::Manual | EvictionReason::WorkerDied) {
             // GreedyDual: the floor rises to the credit of what leaves.
             self.credit_floor = self.credit_floor.max(entry.credit);
         }
@@ -1140,10 +1150,12 @@ fn unix_now() -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-/// The wall-clock second of a Tokio instant.
+/// The wall-clock second of a Tokio instant; `None` beyond what the clock can name (a
+/// client may ask for a keep-alive of billions of years).
 fn unix_at(at: Instant) -> Option<u64> {
     let from_now = at.checked_duration_since(Instant::now()).unwrap_or_default();
-    (SystemTime::now() + from_now)
+    SystemTime::now()
+        .checked_add(from_now)?
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())

@@ -14,6 +14,8 @@ pub enum EvictionReason {
     Pressure,
     /// Someone asked (`DELETE /v1/models/{id}`, `minerva stop`).
     Manual,
+    /// Its worker thread died (a bug): the next request loads it again.
+    WorkerDied,
 }
 
 /// Counters of one model, kept across unloads.

@@ -153,13 +153,8 @@ pub async fn chat_completions(
 
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
     let prepared = {
-        let lease = lease.clone();
-        let worker = match &lease.model {
-            minerva_runtime::LoadedModel::Llm(w) => w,
-            minerva_runtime::LoadedModel::Embedding(_) => unreachable!("checked by language_model"),
-        };
-        let template = ChatTemplate::for_model(worker.model())?;
-        let prompt = chat_prompt_tokens(worker.model(), &template, &messages)?;
+        let template = ChatTemplate::for_model(lease.model())?;
+        let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
         Prepared {
             lease: lease.clone(),
             prompt,
@@ -187,7 +182,7 @@ pub async fn chat_completions(
         let render = move |piece: StreamPiece<'_>| match piece {
             StreamPiece::Text(text) => chunk(serde_json::json!({ "content": text }), None, None),
             StreamPiece::Finished(g) => {
-                let logprobs = want_logprobs.then(|| generation::chat_logprobs(generation::llm(&lease), &g.logprobs));
+                let logprobs = want_logprobs.then(|| generation::chat_logprobs(lease.model(), &g.logprobs));
                 chunk(
                     serde_json::json!({}),
                     Some(generation::finish_reason(g.finish_reason)),

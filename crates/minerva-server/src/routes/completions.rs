@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::generate::Generation;
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::{KeepAlive, LoadedModel};
+use minerva_runtime::KeepAlive;
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
@@ -64,10 +64,7 @@ pub async fn completions(
         req.logprobs,
     )?;
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
-    let LoadedModel::Llm(worker) = &lease.model else {
-        unreachable!("checked by language_model")
-    };
-    let model = worker.model();
+    let model = lease.model();
     let n_vocab = model.metadata().n_vocab as TokenId;
     let prompts: Vec<Vec<TokenId>> = match req.prompt {
         PromptSpec::Text(text) => vec![tokenize(&state, model, &text)?],
@@ -162,16 +159,12 @@ pub async fn completions(
     .into_response())
 }
 
-fn tokenize(
-    state: &AppState,
-    model: &minerva_engine::llm::llama::LlamaCppModel,
-    text: &str,
-) -> Result<Vec<TokenId>, ApiError> {
+fn tokenize(state: &AppState, model: &dyn LanguageModel, text: &str) -> Result<Vec<TokenId>, ApiError> {
     generation::check_prompt_chars(state, "prompt", text.chars().count())?;
     Ok(model.tokenize(text, true, false)?)
 }
 
-fn detokenize(model: &minerva_engine::llm::llama::LlamaCppModel, tokens: &[TokenId]) -> String {
+fn detokenize(model: &dyn LanguageModel, tokens: &[TokenId]) -> String {
     let bytes: Vec<u8> = tokens.iter().flat_map(|&t| model.token_bytes(t, false)).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -4,10 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
-use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::{AcquireOptions, GenerationEvent, KeepAlive, Lease, LlmWorker, LoadedModel, ModelLease};
+use minerva_runtime::{AcquireOptions, GenerationEvent, KeepAlive, LlmLease};
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -44,50 +43,33 @@ pub struct SamplingFields {
 
 /// A generation ready to run: the model, the prompt tokens and the options.
 pub struct Prepared {
-    pub lease: Lease,
+    pub lease: LlmLease,
     pub prompt: Vec<TokenId>,
     pub options: GenerateOptions,
 }
 
 impl Prepared {
-    pub fn worker(&self) -> &LlmWorker {
-        worker(&self.lease)
-    }
-
-    pub fn model(&self) -> &LlamaCppModel {
-        self.worker().model()
+    pub fn model(&self) -> &dyn LanguageModel {
+        self.lease.model()
     }
 
     /// Queues the generation on the model's worker.
     pub fn submit(&self) -> UnboundedReceiver<GenerationEvent> {
-        self.worker().submit(self.prompt.clone(), self.options.clone())
+        self.lease.submit(self.prompt.clone(), self.options.clone())
     }
-}
-
-/// The worker of a lease that [`language_model`] checked.
-pub fn worker(lease: &ModelLease) -> &LlmWorker {
-    match &lease.model {
-        LoadedModel::Llm(worker) => worker,
-        LoadedModel::Embedding(_) => unreachable!("only language-model leases reach generation"),
-    }
-}
-
-/// The language model of a lease that [`language_model`] checked.
-pub fn llm(lease: &ModelLease) -> &LlamaCppModel {
-    worker(lease).model()
 }
 
 /// Loads `model` and checks it generates text.
-pub async fn language_model(state: &AppState, model: &str, keep_alive: Option<KeepAlive>) -> Result<Lease, ApiError> {
+pub async fn language_model(
+    state: &AppState,
+    model: &str,
+    keep_alive: Option<KeepAlive>,
+) -> Result<LlmLease, ApiError> {
     let id = state.model_id(model)?;
     let lease = state.pool.acquire_with(&id, AcquireOptions { keep_alive }).await?;
-    match lease.model {
-        LoadedModel::Llm(_) => Ok(lease),
-        LoadedModel::Embedding(_) => Err(ApiError::invalid(
-            "model",
-            format!("{id} is an embedding model; use /v1/embeddings"),
-        )),
-    }
+    lease
+        .into_llm()
+        .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))
 }
 
 /// Builds the generation options, checking limits.
@@ -157,7 +139,7 @@ pub fn check_prompt_chars(state: &AppState, param: &str, chars: usize) -> Result
 
 /// Refuses prompts that leave no room in the context.
 pub fn check_context(prepared: &Prepared, param: &str) -> Result<(), ApiError> {
-    let n_ctx = prepared.worker().n_ctx() as usize;
+    let n_ctx = prepared.lease.n_ctx() as usize;
     if prepared.prompt.len() >= n_ctx {
         return Err(ApiError::invalid(
             param,
@@ -201,7 +183,7 @@ pub async fn complete(state: &AppState, prepared: &Prepared) -> Result<Generatio
 
 /// Counts prompt and generated tokens in the metrics.
 pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
-    let model = prepared.lease.id.to_string();
+    let model = prepared.lease.lease().id.to_string();
     metrics::counter!("minerva_prompt_tokens_total", "model" => model.clone()).increment(prepared.prompt.len() as u64);
     metrics::counter!("minerva_generated_tokens_total", "model" => model).increment(generation.tokens.len() as u64);
 }
@@ -243,12 +225,12 @@ pub fn response_id(prefix: &str) -> String {
 }
 
 /// The text of a token as the client sees it.
-pub fn token_text(model: &LlamaCppModel, token: TokenId) -> String {
+pub fn token_text(model: &dyn LanguageModel, token: TokenId) -> String {
     String::from_utf8_lossy(&model.token_bytes(token, false)).into_owned()
 }
 
 /// Chat-style logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
-pub fn chat_logprobs(model: &LlamaCppModel, tokens: &[SampledToken]) -> serde_json::Value {
+pub fn chat_logprobs(model: &dyn LanguageModel, tokens: &[SampledToken]) -> serde_json::Value {
     let entry = |token: TokenId, logprob: f32| {
         let bytes = model.token_bytes(token, false);
         serde_json::json!({ "token": String::from_utf8_lossy(&bytes), "logprob": logprob, "bytes": bytes })

@@ -2,8 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::LoadedModel;
+use minerva_engine::TokenId;
 use serde::Deserialize;
 
 use super::generation;
@@ -38,10 +37,7 @@ pub async fn tokenize(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
     let lease = generation::language_model(&state, &req.model, None).await?;
-    let LoadedModel::Llm(worker) = &lease.model else {
-        unreachable!("checked by language_model")
-    };
-    let tokens = worker
+    let tokens = lease
         .model()
         .tokenize(&req.prompt, req.add_special, req.parse_special)?;
     Ok(Json(
@@ -54,10 +50,7 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let lease = generation::language_model(&state, &req.model, None).await?;
-    let LoadedModel::Llm(worker) = &lease.model else {
-        unreachable!("checked by language_model")
-    };
-    let model = worker.model();
+    let model = lease.model();
     let n_vocab = model.metadata().n_vocab as TokenId;
     if let Some(bad) = req.tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
         return Err(ApiError::invalid(

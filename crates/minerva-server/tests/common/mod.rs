@@ -25,8 +25,8 @@ pub const EMBED: &str = "all-minilm-l6-v2";
 /// end-of-generation token within a test's budget).
 pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
-/// One thread per forward pass and a small context: the harness runs tests in parallel on
-/// a 2-core machine, and llama.cpp's OpenMP workers slow down badly when oversubscribed.
+/// Every core per forward pass (the tests of a binary share the process's one compute
+/// budget, so their passes take turns on all the cores) and a small context.
 /// One generation at a time and no prefix cache: tests that compare two runs of one seeded
 /// request share the server with other tests, and batch mates or cached prefixes change a
 /// logit's last bits (llama.cpp's attention kernels depend on the pass size and on how far
@@ -36,7 +36,7 @@ pub fn pool() -> PoolConfig {
     PoolConfig {
         parallel: 1,
         prefix_cache_tokens: 0,
-        ..PoolConfig::new(1, 1024)
+        ..PoolConfig::new(minerva_engine::compute::default_threads(), 1024)
     }
 }
 
@@ -87,12 +87,17 @@ impl TestServer {
     }
 
     /// Starts a server over `pool` on the current runtime.
-    pub async fn start_on_pool(mut config: ServerConfig, pool: ModelPool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        config.addr = addr;
+    pub async fn start_on_pool(config: ServerConfig, pool: ModelPool) -> Self {
+        Self::start_bound(config, pool, "127.0.0.1:0").await
+    }
+
+    /// Starts a server over `pool` listening on `bind` (a port of 0 picks a free one); the
+    /// client reaches it through loopback.
+    pub async fn start_bound(mut config: ServerConfig, pool: ModelPool, bind: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind a port");
+        let bound = listener.local_addr().expect("local address");
+        config.addr = bound;
+        let addr = SocketAddr::from(([127, 0, 0, 1], bound.port()));
         let pool = Arc::new(pool);
         let state = minerva_server::state(config, pool);
         let (tx, rx) = oneshot::channel::<()>();

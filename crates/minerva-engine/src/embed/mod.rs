@@ -1,0 +1,159 @@
+//! Sentence embeddings from encoder models in the sentence-transformers layout, with
+//! pooling and normalization as the model's configuration declares.
+//!
+//! [`EmbeddingModel`] is what the rest of Minerva programs against; [`load`] picks the
+//! backend for a directory and hands back the trait object. The only backend today is
+//! Candle's BERT ([`candle_bert`]); a second one is a new module here and a line in
+//! [`load`]. What every backend shares (the tokenizer, the directory's configuration,
+//! input checks, batching by length) lives here.
+//!
+//! Inputs are sorted by length and batched so padding stays small; padded positions are
+//! masked out of attention and pooling, so a sentence's vector does not depend on its
+//! batch mates.
+
+mod candle_bert;
+mod config;
+mod tokenizer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::{EngineError, Result};
+
+pub use tokenizer::EncoderTokenizer;
+
+/// Sequences per forward pass of [`EmbeddingModel::embed_tokens`].
+const BATCH_SIZE: usize = 32;
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean of the token vectors (padding excluded).
+    Mean,
+    /// The vector of the first ([CLS]) token.
+    Cls,
+}
+
+/// Per-call options of [`EmbeddingModel::embed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedOptions {
+    /// L2-normalize the vectors; `None` follows the model's configuration.
+    pub normalize: Option<bool>,
+    /// Refuse inputs longer than the model's maximum instead of truncating them.
+    pub forbid_truncation: bool,
+}
+
+/// A tokenized input: its ids and whether it was cut to the model's maximum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingInput {
+    /// Token ids including the special tokens the model adds.
+    pub ids: Vec<u32>,
+    /// True when the text was longer than the model accepts and was truncated.
+    pub truncated: bool,
+}
+
+/// Loads the embedding model in `dir` (a sentence-transformers directory: `config.json`,
+/// `model.safetensors`, `tokenizer.json`, optionally `modules.json`,
+/// `1_Pooling/config.json` and `sentence_bert_config.json`) with the backend for it.
+pub fn load(dir: &Path) -> Result<Arc<dyn EmbeddingModel>> {
+    if !dir.is_dir() {
+        return Err(EngineError::InvalidEmbeddingModel {
+            path: dir.to_owned(),
+            reason: "not a model directory (expected config.json, model.safetensors and tokenizer.json)".into(),
+        });
+    }
+    Ok(Arc::new(candle_bert::CandleBert::load(dir)?))
+}
+
+/// A loaded sentence-embedding model: immutable, shareable across threads.
+pub trait EmbeddingModel: Send + Sync {
+    /// The model's tokenizer, with its limits.
+    fn tokenizer(&self) -> &EncoderTokenizer;
+
+    /// Length of the vectors.
+    fn dimensions(&self) -> usize;
+
+    /// The pooling the model uses.
+    fn pooling(&self) -> Pooling;
+
+    /// Whether the model normalizes its vectors by default.
+    fn normalizes(&self) -> bool;
+
+    /// One forward pass over `rows` (each checked by [`Self::check_input`]): the pooled,
+    /// unnormalized vector of each row, in order. Padded positions (rows are padded to the
+    /// longest) are masked out of attention and pooling. Runs inside
+    /// [`crate::compute::exclusive`].
+    fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>>;
+
+    /// Number of entries in the vocabulary (token ids are below this).
+    fn vocab_size(&self) -> usize {
+        self.tokenizer().vocab_size()
+    }
+
+    /// Most tokens per input (special tokens included).
+    fn max_tokens(&self) -> usize {
+        self.tokenizer().max_tokens()
+    }
+
+    /// Tokenizes `text` as the model sees it, truncating unless `forbid_truncation`.
+    /// `index` names the input in errors.
+    fn tokenize(&self, index: usize, text: &str, forbid_truncation: bool) -> Result<EmbeddingInput> {
+        self.tokenizer().tokenize(index, text, forbid_truncation)
+    }
+
+    /// Checks that `ids` can go through [`Self::forward_batch`]: not empty, at most
+    /// [`Self::max_tokens`] long, every id inside the vocabulary. `index` names the input
+    /// in errors.
+    fn check_input(&self, index: usize, ids: &[u32]) -> Result<()> {
+        self.tokenizer().check_input(index, ids)
+    }
+
+    /// Embeds already tokenized inputs (each at most [`Self::max_tokens`] long).
+    fn embed_tokens(&self, inputs: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        for (index, ids) in inputs.iter().enumerate() {
+            self.check_input(index, ids)?;
+        }
+        // Length-sorted batches keep padding small.
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].len());
+        let mut out = vec![Vec::new(); inputs.len()];
+        for batch in order.chunks(BATCH_SIZE) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
+            for (&i, mut vector) in batch.iter().zip(self.forward_batch(&rows)?) {
+                if normalize {
+                    l2_normalize(&mut vector);
+                }
+                out[i] = vector;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embeds `texts`, returning one vector per text in the same order.
+    fn embed(&self, texts: &[&str], options: EmbedOptions) -> Result<Vec<Vec<f32>>> {
+        let inputs = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.tokenize(i, t, options.forbid_truncation).map(|input| input.ids))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_tokens(&inputs, options.normalize.unwrap_or(self.normalizes()))
+    }
+}
+
+/// Scales `vector` to unit L2 length (as sentence-transformers' `Normalize` module does;
+/// a zero vector stays zero).
+pub fn l2_normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for x in vector {
+        *x /= norm;
+    }
+}
+
+/// Cosine similarity of two vectors of the same length (in f64, so that near-identical
+/// vectors compare finely).
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}

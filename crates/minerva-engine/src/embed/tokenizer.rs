@@ -1,0 +1,109 @@
+//! An encoder's tokenizer (Hugging Face `tokenizer.json`) with the limits of its model:
+//! the longest input and the special tokens the model adds around every text.
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection};
+
+use super::EmbeddingInput;
+use crate::{EngineError, Result};
+
+/// The tokenizer every embedding backend shares.
+pub struct EncoderTokenizer {
+    tokenizer: Tokenizer,
+    max_tokens: usize,
+    special_tokens: usize,
+}
+
+impl EncoderTokenizer {
+    /// Reads `tokenizer.json` from `dir`; inputs may hold up to `max_tokens` tokens,
+    /// special tokens included.
+    pub(super) fn load(dir: &Path, max_tokens: usize) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EngineError::InvalidEmbeddingModel {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        let special_tokens = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if max_tokens <= special_tokens {
+            return Err(EngineError::InvalidEmbeddingModel {
+                path: dir.to_owned(),
+                reason: format!("max_seq_length {max_tokens} leaves no room for text"),
+            });
+        }
+        Ok(Self {
+            tokenizer,
+            max_tokens,
+            special_tokens,
+        })
+    }
+
+    /// Number of entries in the vocabulary (token ids are below this).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Most tokens per input (special tokens included).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Tokenizes `text`, truncating unless `forbid_truncation`; `index` names the input
+    /// in errors.
+    pub fn tokenize(&self, index: usize, text: &str, forbid_truncation: bool) -> Result<EmbeddingInput> {
+        let mut encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let room = self.max_tokens - self.special_tokens;
+        let truncated = encoding.len() > room;
+        if truncated {
+            if forbid_truncation {
+                return Err(EngineError::InputTooLong {
+                    index,
+                    tokens: encoding.len() + self.special_tokens,
+                    max: self.max_tokens,
+                });
+            }
+            encoding.truncate(room, 0, TruncationDirection::Right);
+        }
+        let encoding = self
+            .tokenizer
+            .post_process(encoding, None, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(EmbeddingInput {
+            ids: encoding.get_ids().to_vec(),
+            truncated,
+        })
+    }
+
+    /// Checks that `ids` is a valid input: not empty, at most [`Self::max_tokens`] long,
+    /// every id inside the vocabulary (one past it would index outside the embedding
+    /// table).
+    pub fn check_input(&self, index: usize, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(EngineError::invalid("input", format!("input {index} has no tokens")));
+        }
+        if ids.len() > self.max_tokens {
+            return Err(EngineError::InputTooLong {
+                index,
+                tokens: ids.len(),
+                max: self.max_tokens,
+            });
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::invalid(
+                "input",
+                format!("input {index}: token id {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        Ok(())
+    }
+}
