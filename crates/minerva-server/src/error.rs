@@ -26,9 +26,9 @@ pub enum ApiError {
     /// Missing or wrong API key (401).
     #[error("invalid or missing API key; send `Authorization: Bearer <key>`")]
     Unauthorized,
-    /// The API key is valid but not for this route (403).
-    #[error("this route changes which models are loaded and needs an admin API key (--admin-api-key)")]
-    AdminRequired,
+    /// The API key is valid but not for this route or field (403).
+    #[error("{0} changes which models are loaded and needs an admin API key (--admin-api-key)")]
+    AdminRequired(&'static str),
     /// The Host header is not one this server answers to (403).
     #[error("host {0:?} is not allowed")]
     ForbiddenHost(String),
@@ -67,7 +67,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::ForbiddenHost(_) | Self::AdminRequired => StatusCode::FORBIDDEN,
+            Self::ForbiddenHost(_) | Self::AdminRequired(_) => StatusCode::FORBIDDEN,
             Self::Overloaded(_) | Self::MemoryBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -83,7 +83,7 @@ impl ApiError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
             Self::ForbiddenHost(_) => ("invalid_request_error", Some("forbidden_host")),
-            Self::AdminRequired => ("invalid_request_error", Some("insufficient_scope")),
+            Self::AdminRequired(_) => ("invalid_request_error", Some("insufficient_scope")),
             Self::Overloaded(_) | Self::MemoryBusy(_) => ("server_error", Some("overloaded")),
             Self::Timeout(_) => ("server_error", Some("timeout")),
             Self::InsufficientMemory(_) => ("server_error", Some("insufficient_memory")),
@@ -110,8 +110,13 @@ impl IntoResponse for ApiError {
             tracing::debug!(error = %self, "request refused");
         }
         let (kind, code) = self.kind_and_code();
+        // Whatever a failure below says, the client never sees where the files are.
+        let message = match self {
+            Self::NotFound(_) | Self::InvalidRequest { .. } => self.to_string(),
+            _ => redact_paths(&self.to_string()),
+        };
         let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": kind, "param": self.param(), "code": code }
+            "error": { "message": message, "type": kind, "param": self.param(), "code": code }
         });
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -87,7 +87,7 @@ fn strip_port(host: &str) -> &str {
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Scope {
+pub enum Scope {
     /// Inference and reading: chat, completions, embeddings, tokenize, model lists.
     Inference,
     /// Everything, including loading and unloading models.
@@ -102,11 +102,24 @@ fn required_scope(req: &Request) -> Scope {
     if lifecycle { Scope::Admin } else { Scope::Inference }
 }
 
+/// A `keep_alive` in an inference request loads or unloads models as surely as the
+/// lifecycle routes do (`-1` keeps a model forever, `0` unloads one): only an admin's
+/// request may carry one.
+pub fn check_keep_alive<T>(scope: Option<&Scope>, keep_alive: &Option<T>) -> Result<(), ApiError> {
+    match (scope, keep_alive) {
+        (Some(Scope::Inference), Some(_)) => Err(ApiError::AdminRequired("keep_alive")),
+        _ => Ok(()),
+    }
+}
+
 /// When API keys are configured, requires `Authorization: Bearer <key>` (401 without a
 /// valid key, 403 when the key's scope is too narrow for the route).
-pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The request's scope goes into its extensions for the handlers (a request without keys
+/// configured is an admin's).
+pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let config = &state.config;
     if (config.api_keys.is_empty() && config.admin_api_keys.is_empty()) || req.uri().path() == "/health" {
+        req.extensions_mut().insert(Scope::Admin);
         return next.run(req).await;
     }
     let presented = req
@@ -121,8 +134,9 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
         _ => return ApiError::Unauthorized.into_response(),
     };
     if scope < required_scope(&req) {
-        return ApiError::AdminRequired.into_response();
+        return ApiError::AdminRequired("this route").into_response();
     }
+    req.extensions_mut().insert(scope);
     next.run(req).await
 }
 

@@ -105,6 +105,19 @@ async fn inference_keys_cannot_change_which_models_are_loaded() {
         let error = expect_error(response, StatusCode::FORBIDDEN, None).await;
         assert_eq!(error["code"], "insufficient_scope", "{method} {path}");
     }
+    // Nor through an inference request's keep_alive (-1 would pin a model, 0 unload one).
+    for keep_alive in [json!(-1), json!(0), json!("10m")] {
+        let response = server
+            .client
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth("user-key")
+            .json(&chat_body("Hi", json!({ "max_tokens": 1, "keep_alive": keep_alive })))
+            .send()
+            .await
+            .unwrap();
+        let error = expect_error(response, StatusCode::FORBIDDEN, None).await;
+        assert_eq!(error["code"], "insufficient_scope", "keep_alive {keep_alive}");
+    }
     // The scheme is matched in any case; the inference key still reads and runs models.
     assert_eq!(
         send(reqwest::Method::GET, "/v1/models", "user-key").await.status(),

@@ -31,7 +31,7 @@ impl Lease {
         match &self.model {
             LoadedModel::Llm(worker) => {
                 let worker = Arc::clone(worker);
-                Ok(LlmLease { lease: self, worker })
+                Ok(LlmLease { worker, lease: self })
             }
             LoadedModel::Embedding(_) => Err(self),
         }
@@ -42,7 +42,7 @@ impl Lease {
         match &self.model {
             LoadedModel::Embedding(service) => {
                 let service = Arc::clone(service);
-                Ok(EmbeddingLease { lease: self, service })
+                Ok(EmbeddingLease { service, lease: self })
             }
             LoadedModel::Llm(_) => Err(self),
         }
@@ -52,8 +52,10 @@ impl Lease {
 /// A lease on a language model: the hold, and the model's worker.
 #[derive(Clone)]
 pub struct LlmLease {
-    lease: Lease,
+    // Before `lease`: when the hold ends, the pool may free the model at once, and it
+    // must then hold the last reference to the worker.
     worker: Arc<LlmWorker>,
+    lease: Lease,
 }
 
 impl LlmLease {
@@ -74,8 +76,9 @@ impl Deref for LlmLease {
 /// A lease on an embedding model: the hold, and the model's batching service.
 #[derive(Clone)]
 pub struct EmbeddingLease {
-    lease: Lease,
+    // Before `lease`, as in `LlmLease`.
     service: Arc<EmbeddingService>,
+    lease: Lease,
 }
 
 impl EmbeddingLease {

@@ -489,22 +489,42 @@ impl Shared {
         // Set once this request has waited for a load of its model: it then takes the
         // model without queueing behind requests that wait for room.
         let mut waited_for_load = false;
+        // Set once this request found its model's worker dead and loaded it again.
+        let mut revived = false;
         loop {
             if needed.is_none() && !self.lock().entries.contains_key(id) {
                 needed = Some(self.footprint(&entry)?);
             }
-            let mut _dead = None;
-            let (step, room_freed) = {
+            // A model whose worker thread died is taken out and loaded again, once.
+            let dead = {
                 let mut state = self.lock();
                 let died = state
                     .entries
                     .get(id)
                     .is_some_and(|e| matches!(&e.phase, Phase::Ready(m) if !m.model.is_alive()));
                 if died {
-                    tracing::error!(model = %id, "the model's worker thread died; unloading it, this request loads it again");
-                    _dead = state.evict(id, EvictionReason::WorkerDied);
-                    needed = None;
+                    tracing::error!(model = %id, again = revived, "the model's worker thread died; unloading it");
+                    Some(state.evict(id, EvictionReason::WorkerDied))
+                } else {
+                    None
                 }
+            };
+            if let Some(dead) = dead {
+                if let Some(dead) = dead {
+                    free(dead).await;
+                }
+                self.room_freed.notify_waiters();
+                if revived {
+                    // Loaded again and dead again: not a passing bug, a broken model.
+                    return Err(PoolError::Load(EngineError::Decode(
+                        "the model's worker thread died again right after loading".into(),
+                    )));
+                }
+                revived = true;
+                continue;
+            }
+            let (step, room_freed) = {
+                let mut state = self.lock();
                 state.tick += 1;
                 let tick = state.tick;
                 let room_freed = self.room_freed.notified();

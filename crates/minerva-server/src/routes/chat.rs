@@ -104,8 +104,10 @@ impl MessageIn {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must contain at least one message"));
     }

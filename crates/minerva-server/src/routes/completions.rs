@@ -48,8 +48,10 @@ enum PromptSpec {
 
 pub async fn completions(
     State(state): State<AppState>,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid(
             "n",

@@ -106,8 +106,10 @@ struct Usage {
 
 pub async fn embeddings(
     State(state): State<AppState>,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
+    crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let count = req.input.len();
     if count == 0 {
         return Err(ApiError::invalid("input", "must not be empty"));
