@@ -204,7 +204,14 @@ mod tests {
         let err = ChatTemplate::new("{% include '/etc/passwd' %}", "", "")
             .err()
             .expect("include is refused");
-        assert!(!err.to_string().contains("root:"), "{err}");
+        // Refused because nothing can be loaded, not because of what the file holds.
+        assert!(matches!(err, EngineError::ChatTemplate(_)), "{err}");
+        let rendered = ChatTemplate::new("{{ messages[0].content }}", "", "")
+            .unwrap()
+            .render(&[ChatMessage::new("user", "{% include '/etc/passwd' %}")], false)
+            .unwrap();
+        // Message text is data, never template code.
+        assert_eq!(rendered, "{% include '/etc/passwd' %}");
     }
 
     #[test]
