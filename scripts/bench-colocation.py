@@ -49,6 +49,9 @@ NONCE = time.time_ns()
 FRESH = itertools.count()
 
 
+STATES = ("alone", "+1 idle", "+2 idle", "other busy", "embed busy")
+
+
 def request(args, method, path, body=None, timeout=600):
     conn = http.client.HTTPConnection(args.host, args.port, timeout=timeout)
     payload = json.dumps(body) if body is not None else None
@@ -203,6 +206,13 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--idle", type=float, default=10, help="seconds of the idle-CPU sample")
     parser.add_argument("--label", default="minerva")
+    parser.add_argument(
+        "--states",
+        nargs="+",
+        default=list(STATES),
+        choices=STATES,
+        help="the server states to measure (default: all)",
+    )
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the benchmark only talks to a loopback address")
@@ -227,7 +237,10 @@ def main():
     other_alone = background_alone_rate(args, "other")
     embed_alone = background_alone_rate(args, "embed")
     for rep in range(args.reps):
-        for state in ("alone", "+1 idle", "+2 idle", "other busy", "embed busy"):
+        # Each rep starts at another state, so that a machine whose speed drifts during the
+        # run (a VM) does not favour the state that always comes first.
+        order = args.states[rep % len(args.states):] + args.states[: rep % len(args.states)]
+        for state in order:
             unload(args, args.other)
             unload(args, args.embed)
             # An idle model has served before (its engine's threads exist, as in a server
@@ -281,7 +294,9 @@ def table(path):
         def med(state, n, key="tok_s"):
             vals = [r[key] for r in mine if r["kind"] == "rate" and r["state"] == state and r["n"] == n]
             return statistics.median(vals) if vals else float("nan")
-        for state in ("alone", "+1 idle", "+2 idle", "other busy", "embed busy"):
+        for state in STATES:
+            if not any(r["kind"] == "rate" and r["state"] == state for r in mine):
+                continue
             line = f"| {state} |"
             for n in clients:
                 line += f" {med(state, n):.1f} | {med(state, n) / med('alone', n):.2f}x |"
