@@ -98,8 +98,3 @@ pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dy
     spinner.finish_and_clear();
     model
 }
-
-/// Number of CPU threads to use when the user did not say.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}

@@ -135,15 +135,9 @@ impl From<EngineError> for ApiError {
             EngineError::ContextOverflow { .. } => Self::invalid("messages", e.to_string()),
             EngineError::InputTooLong { .. } => Self::invalid("input", e.to_string()),
             EngineError::ChatTemplate(_) => Self::invalid("messages", e.to_string()),
-            // The server's files are its own business: no path reaches a client.
-            EngineError::LlamaLoad { reason, .. } => {
-                Self::Internal(format!("llama.cpp could not load the model: {}", first_line(reason)))
-            }
-            EngineError::InvalidEmbeddingModel { reason, .. } => {
-                Self::Internal(format!("the embedding model is invalid: {}", first_line(reason)))
-            }
             // Only the first line: library errors may carry a backtrace with source paths.
-            _ => Self::Internal(redact_paths(first_line(&e.to_string()))),
+            // (Paths in the message are cut when the response is made.)
+            _ => Self::Internal(first_line(&e.to_string()).to_owned()),
         }
     }
 }
@@ -157,7 +151,7 @@ impl From<EmbeddingError> for ApiError {
         match e {
             EmbeddingError::Input(e) => e.into(),
             EmbeddingError::Overloaded { .. } => Self::Overloaded("the embedding queue is full"),
-            other => Self::Internal(redact_paths(&other.to_string())),
+            other => Self::Internal(other.to_string()),
         }
     }
 }
@@ -170,21 +164,11 @@ impl From<PoolError> for ApiError {
 
 impl ApiError {
     fn from_pool(e: &PoolError) -> Self {
-        match Self::from_pool_raw(e) {
-            Self::ModelUnavailable(m) => Self::ModelUnavailable(redact_paths(&m)),
-            Self::InsufficientMemory(m) => Self::InsufficientMemory(redact_paths(&m)),
-            Self::MemoryBusy(m) => Self::MemoryBusy(redact_paths(&m)),
-            Self::Internal(m) => Self::Internal(redact_paths(&m)),
-            other => other,
-        }
-    }
-
-    fn from_pool_raw(e: &PoolError) -> Self {
         match e {
             PoolError::Store(StoreError::UnknownModel { id, .. } | StoreError::OutsideStore { id, .. }) => {
                 Self::ModelNotFound(format!("model {id:?} does not exist"))
             }
-            PoolError::LoadFailed { cause, .. } => Self::from_pool_raw(cause),
+            PoolError::LoadFailed { cause, .. } => Self::from_pool(cause),
             PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
             PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
             PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),

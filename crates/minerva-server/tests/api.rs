@@ -651,3 +651,23 @@ async fn every_response_carries_a_request_id_and_echoes_the_clients() {
     assert_eq!(streamed.headers()["x-request-id"], "stream-trace");
     read_sse(streamed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_compute_turns_models_take() {
+    let server = TestServer::shared();
+    server
+        .ok(
+            "/v1/chat/completions",
+            &chat_body("Say hi.", json!({ "max_tokens": 2, "temperature": 0 })),
+        )
+        .await;
+    let text = server.get("/metrics").await.text().await.unwrap();
+    let turns: f64 = text
+        .lines()
+        .find(|l| l.starts_with("minerva_compute_turns_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no compute turn counter:\n{text}"));
+    // The prompt's pass and the passes of the generated tokens.
+    assert!(turns >= 2.0, "{turns} turns");
+}

@@ -44,7 +44,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be positive");
     }
-    let threads = args.threads.unwrap_or_else(model_arg::default_threads);
+    let threads = args.threads.unwrap_or_else(minerva_engine::compute::default_threads);
     let model_name = args.model.context("--model is required")?;
     let model = model_arg::load_llm(store, &model_name)?;
     // One context per test, sized for that test alone, as llama-bench does.

@@ -25,8 +25,6 @@ use minerva_runtime::{
 };
 use tokio::time::Instant;
 
-use crate::model_arg;
-
 #[derive(clap::Args)]
 pub struct Args {
     /// The traces to replay (`<ms> <model id>` per line), one after the other.
@@ -148,7 +146,7 @@ fn replay_trace(
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Vec<Outcome>> {
     let trace = read_trace(path)?;
-    let threads = args.threads.unwrap_or_else(model_arg::default_threads);
+    let threads = args.threads.unwrap_or_else(minerva_engine::compute::default_threads);
     let base = PoolConfig {
         keep_alive: KeepAlive::Forever,
         wait_timeout: Duration::from_secs(120),

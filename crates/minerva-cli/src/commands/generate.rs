@@ -90,7 +90,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         n_ctx,
         n_batch: n_ctx.min(2048),
         n_seq_max: 1,
-        threads: args.threads.unwrap_or_else(model_arg::default_threads),
+        threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
     })?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,

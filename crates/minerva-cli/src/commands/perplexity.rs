@@ -36,7 +36,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         n_ctx: args.ctx,
         n_batch: args.ctx,
         n_seq_max: 1,
-        threads: args.threads.unwrap_or_else(model_arg::default_threads),
+        threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
     })?;
     let bar = progress::bar(0, "perplexity");
     let report = perplexity(

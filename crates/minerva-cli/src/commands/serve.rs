@@ -218,7 +218,7 @@ impl Settings {
             ..defaults
         };
         let mut pool = PoolConfig::new(
-            self.threads.unwrap_or_else(model_arg::default_threads),
+            self.threads.unwrap_or_else(minerva_engine::compute::default_threads),
             self.ctx.unwrap_or(4096),
         );
         if let Some(strategy) = self.memory_strategy

@@ -31,7 +31,7 @@ impl Lease {
         match &self.model {
             LoadedModel::Llm(worker) => {
                 let worker = Arc::clone(worker);
-                Ok(LlmLease { worker, lease: self })
+                Ok(TypedLease { worker, lease: self })
             }
             LoadedModel::Embedding(_) => Err(self),
         }
@@ -42,57 +42,51 @@ impl Lease {
         match &self.model {
             LoadedModel::Embedding(service) => {
                 let service = Arc::clone(service);
-                Ok(EmbeddingLease { service, lease: self })
+                Ok(TypedLease {
+                    worker: service,
+                    lease: self,
+                })
             }
             LoadedModel::Llm(_) => Err(self),
         }
     }
 }
 
-/// A lease on a language model: the hold, and the model's worker.
-#[derive(Clone)]
-pub struct LlmLease {
+/// A lease on a model of a known kind: the hold, and the model's worker
+/// ([`LlmLease`], [`EmbeddingLease`]); it dereferences to the worker.
+pub struct TypedLease<W> {
     // Before `lease`: when the hold ends, the pool may free the model at once, and it
     // must then hold the last reference to the worker.
-    worker: Arc<LlmWorker>,
+    worker: Arc<W>,
     lease: Lease,
 }
 
-impl LlmLease {
+/// A lease on a language model.
+pub type LlmLease = TypedLease<LlmWorker>;
+/// A lease on an embedding model.
+pub type EmbeddingLease = TypedLease<EmbeddingService>;
+
+impl<W> TypedLease<W> {
     /// The hold on the model (its id, bytes, load time).
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 }
 
-impl Deref for LlmLease {
-    type Target = LlmWorker;
+impl<W> Clone for TypedLease<W> {
+    fn clone(&self) -> Self {
+        Self {
+            worker: Arc::clone(&self.worker),
+            lease: self.lease.clone(),
+        }
+    }
+}
 
-    fn deref(&self) -> &LlmWorker {
+impl<W> Deref for TypedLease<W> {
+    type Target = W;
+
+    fn deref(&self) -> &W {
         &self.worker
-    }
-}
-
-/// A lease on an embedding model: the hold, and the model's batching service.
-#[derive(Clone)]
-pub struct EmbeddingLease {
-    // Before `lease`, as in `LlmLease`.
-    service: Arc<EmbeddingService>,
-    lease: Lease,
-}
-
-impl EmbeddingLease {
-    /// The hold on the model (its id, bytes, load time).
-    pub fn lease(&self) -> &Lease {
-        &self.lease
-    }
-}
-
-impl Deref for EmbeddingLease {
-    type Target = EmbeddingService;
-
-    fn deref(&self) -> &EmbeddingService {
-        &self.service
     }
 }
 

@@ -26,7 +26,7 @@ use minerva_engine::EngineError;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-pub use lease::{EmbeddingLease, Lease, LlmLease};
+pub use lease::{EmbeddingLease, Lease, LlmLease, TypedLease};
 pub use load::{LoadedModel, ModelLease};
 pub use policy::EvictionPolicy;
 pub use stats::{EvictionReason, ModelStats, PoolTotals};
@@ -268,6 +268,8 @@ enum Phase {
 type LoadOutcome = Option<Result<(), Arc<PoolError>>>;
 
 enum Step {
+    /// The model's worker died and it was taken out (the caller frees it): load it anew.
+    Revive(Option<Arc<ModelLease>>),
     WaitLoad(watch::Receiver<LoadOutcome>),
     /// No room for the model until a lease ends.
     WaitRoom,
@@ -495,34 +497,6 @@ impl Shared {
             if needed.is_none() && !self.lock().entries.contains_key(id) {
                 needed = Some(self.footprint(&entry)?);
             }
-            // A model whose worker thread died is taken out and loaded again, once.
-            let dead = {
-                let mut state = self.lock();
-                let died = state
-                    .entries
-                    .get(id)
-                    .is_some_and(|e| matches!(&e.phase, Phase::Ready(m) if !m.model.is_alive()));
-                if died {
-                    tracing::error!(model = %id, again = revived, "the model's worker thread died; unloading it");
-                    Some(state.evict(id, EvictionReason::WorkerDied))
-                } else {
-                    None
-                }
-            };
-            if let Some(dead) = dead {
-                if let Some(dead) = dead {
-                    free(dead).await;
-                }
-                self.room_freed.notify_waiters();
-                if revived {
-                    // Loaded again and dead again: not a passing bug, a broken model.
-                    return Err(PoolError::Load(EngineError::Decode(
-                        "the model's worker thread died again right after loading".into(),
-                    )));
-                }
-                revived = true;
-                continue;
-            }
             let (step, room_freed) = {
                 let mut state = self.lock();
                 state.tick += 1;
@@ -531,6 +505,11 @@ impl Shared {
                 let floor = state.credit_floor;
                 let others_wait_for_room = self.someone_waits_for_room(room_waiter.as_ref());
                 let step = match state.entries.get_mut(id) {
+                    // A model whose worker thread died is taken out and loaded again.
+                    Some(e) if matches!(&e.phase, Phase::Ready(m) if !m.model.is_alive()) => {
+                        tracing::error!(model = %id, again = revived, "the model's worker thread died; unloading it");
+                        Step::Revive(state.evict(id, EvictionReason::WorkerDied))
+                    }
                     Some(e) => match &e.phase {
                         Phase::Ready(_)
                             if matches!(purpose, Purpose::Request)
@@ -606,6 +585,19 @@ impl Shared {
                 (step, room_freed)
             };
             match step {
+                Step::Revive(dead) => {
+                    if let Some(dead) = dead {
+                        free(dead).await;
+                    }
+                    self.room_freed.notify_waiters();
+                    if revived {
+                        // Loaded again and dead again: not a passing bug, a broken model.
+                        return Err(PoolError::Load(EngineError::Decode(
+                            "the model's worker thread died again right after loading".into(),
+                        )));
+                    }
+                    revived = true;
+                }
                 Step::WaitLoad(mut done) => {
                     waited_for_load = true;
                     let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());

@@ -140,12 +140,12 @@ pub async fn embeddings(
             },
         )
         .await?;
-    let LoadedModel::Embedding(service) = &lease.model else {
-        return Err(ApiError::invalid(
+    let service = lease.into_embedding().map_err(|_| {
+        ApiError::invalid(
             "model",
             format!("{id} is not an embedding model; use /v1/chat/completions"),
-        ));
-    };
+        )
+    })?;
     if let Some(d) = req.dimensions
         && d != service.dimensions()
     {

@@ -46,6 +46,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metrics::gauge!("minerva_model_evictions", "model" => model.clone(), "reason" => reason).set(*n as f64);
         }
     }
+    // How the models shared the cores: turns run, turns that waited for another model's,
+    // and the time they waited.
+    let compute = minerva_engine::compute::stats();
+    metrics::counter!("minerva_compute_turns_total").absolute(compute.turns);
+    metrics::counter!("minerva_compute_contended_turns_total").absolute(compute.contended);
+    metrics::gauge!("minerva_compute_wait_seconds_total").set(compute.waited.as_secs_f64());
     let cache = state.embedding_cache.stats();
     metrics::counter!("minerva_embedding_cache_hits_total").absolute(cache.hits);
     metrics::counter!("minerva_embedding_cache_misses_total").absolute(cache.misses);
