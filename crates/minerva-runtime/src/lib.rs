@@ -42,7 +42,7 @@ pub use memory::resident_bytes;
 pub use model_id::{InvalidModelId, ModelId};
 pub use pool::{
     AcquireOptions, Budget, Displace, EmbeddingLease, EvictionPolicy, EvictionReason, Lease, LlmLease, LoadedModel,
-    ModelLease, ModelPool, ModelStats, PoolConfig, PoolError, PoolTotals, TypedLease,
+    Loader, ModelLease, ModelLoader, ModelPool, ModelStats, PoolConfig, PoolError, PoolTotals, TypedLease,
 };
 pub use registry::{
     AccessEvent, AccessKind, EVENT_RETENTION, ImportMode, ImportOptions, MAX_EVENTS, ModelRecord, ModelStatus,

@@ -305,8 +305,9 @@ async fn a_request_waiting_for_room_does_not_hold_up_requests_for_loaded_models(
     while pool.totals().waiting == 0 {
         tokio::task::yield_now().await;
     }
-    // c waits for a lease to end; a second request for a (loaded) is served meanwhile.
-    let again = tokio::time::timeout(Duration::from_secs(10), pool.acquire(&id("a")))
+    // c waits for a lease to end (LRU chose a to leave for it); a second request for b,
+    // loaded and not chosen, is served meanwhile.
+    let again = tokio::time::timeout(Duration::from_secs(10), pool.acquire(&id("b")))
         .await
         .expect("a loaded model is served while another request waits for room")
         .unwrap();

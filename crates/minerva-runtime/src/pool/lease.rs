@@ -4,24 +4,37 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use super::{LoadedModel, ModelLease, Shared};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::actor::Msg;
+use super::{LoadedModel, ModelLease};
 use crate::embedding::EmbeddingService;
 use crate::llm_worker::LlmWorker;
 
 /// A request's hold on a loaded model (cheap to clone; all clones are one hold).
-#[derive(Clone)]
-pub struct Lease(Arc<Guard>);
+pub struct Lease<M = LoadedModel>(Arc<Guard<M>>);
 
-struct Guard {
-    model: Arc<ModelLease>,
-    shared: Arc<Shared>,
+impl<M> Clone for Lease<M> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+struct Guard<M> {
+    /// `None` once the hold has ended and the reference went back to the pool.
+    model: Option<Arc<ModelLease<M>>>,
+    mailbox: UnboundedSender<Msg<M>>,
     /// A request's lease (not a preload's).
     request: bool,
 }
 
-impl Lease {
-    pub(super) fn new(model: Arc<ModelLease>, shared: Arc<Shared>, request: bool) -> Self {
-        Self(Arc::new(Guard { model, shared, request }))
+impl<M> Lease<M> {
+    pub(super) fn new(model: Arc<ModelLease<M>>, mailbox: UnboundedSender<Msg<M>>, request: bool) -> Self {
+        Self(Arc::new(Guard {
+            model: Some(model),
+            mailbox,
+            request,
+        }))
     }
 }
 
@@ -90,16 +103,26 @@ impl<W> Deref for TypedLease<W> {
     }
 }
 
-impl Deref for Lease {
-    type Target = ModelLease;
+impl<M> Deref for Lease<M> {
+    type Target = ModelLease<M>;
 
-    fn deref(&self) -> &ModelLease {
-        &self.0.model
+    fn deref(&self) -> &ModelLease<M> {
+        self.0
+            .model
+            .as_ref()
+            .expect("the model is taken only when the hold ends")
     }
 }
 
-impl Drop for Guard {
+impl<M> Drop for Guard<M> {
     fn drop(&mut self) {
-        self.shared.release(&self.model, self.request);
+        // The pool gets the reference back: if the model left meanwhile, it may be the
+        // last one, and the pool frees it off the async threads.
+        if let Some(model) = self.model.take() {
+            let _ = self.mailbox.send(Msg::Release {
+                model,
+                request: self.request,
+            });
+        }
     }
 }

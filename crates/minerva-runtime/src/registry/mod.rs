@@ -186,18 +186,27 @@ impl Registry {
     /// go to the access log, which keeps the last [`EVENT_RETENTION`] and at most
     /// [`MAX_EVENTS`] events.
     pub fn record_access(&self, id: &ModelId, kind: AccessKind, at: UnixMillis) -> Result<(), RegistryError> {
-        let oldest = at.saturating_sub(EVENT_RETENTION.as_millis() as i64);
+        self.record_accesses(&[(id.clone(), kind, at)])
+    }
+
+    /// [`Registry::record_access`] for many accesses in one transaction (the pool's usage
+    /// writer batches what arrived while it wrote: one commit, not one per request).
+    pub fn record_accesses(&self, accesses: &[(ModelId, AccessKind, UnixMillis)]) -> Result<(), RegistryError> {
+        let Some(newest) = accesses.iter().map(|a| a.2).max() else {
+            return Ok(());
+        };
+        let oldest = newest.saturating_sub(EVENT_RETENTION.as_millis() as i64);
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO access_events (model_id, at, kind) VALUES (?1, ?2, ?3)",
-                params![id.as_str(), at, kind.as_str()],
+            let mut insert = tx.prepare_cached("INSERT INTO access_events (model_id, at, kind) VALUES (?1, ?2, ?3)")?;
+            let mut count = tx.prepare_cached(
+                "UPDATE models SET access_count = access_count + 1, last_access = max(coalesce(last_access, ?2), ?2)
+                 WHERE id = ?1",
             )?;
-            if kind == AccessKind::Request {
-                tx.execute(
-                    "UPDATE models SET access_count = access_count + 1, last_access = max(coalesce(last_access, ?2), ?2)
-                     WHERE id = ?1",
-                    params![id.as_str(), at],
-                )?;
+            for (id, kind, at) in accesses {
+                insert.execute(params![id.as_str(), at, kind.as_str()])?;
+                if *kind == AccessKind::Request {
+                    count.execute(params![id.as_str(), at])?;
+                }
             }
             tx.execute("DELETE FROM access_events WHERE at < ?1", [oldest])?;
             tx.execute(
