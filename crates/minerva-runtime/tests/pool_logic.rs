@@ -93,6 +93,7 @@ impl Loader for FakeLoader {
             weights: bytes,
             kv_cache: 0,
             scratch: 0,
+            prefix_cache: 0,
         })
     }
 

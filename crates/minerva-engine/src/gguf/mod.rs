@@ -80,6 +80,23 @@ pub struct GgufInfo {
     pub file_size: u64,
     /// Every metadata entry; arrays longer than 64 elements keep only their type and length.
     pub metadata: BTreeMap<String, MetadataValue>,
+    /// The tensor table, in file order.
+    pub tensors: Vec<GgufTensor>,
+}
+
+/// One entry of a file's tensor table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensor {
+    /// Tensor name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// ggml type name, e.g. "Q4_K".
+    pub ggml_type: &'static str,
+    /// Number of dimensions (0 to 4).
+    pub n_dims: u32,
+    /// Shape, innermost first (ggml's `ne`); unused dimensions are 1.
+    pub dims: [u64; 4],
+    /// Bytes of its data.
+    pub bytes: u64,
 }
 
 impl GgufInfo {
@@ -290,6 +307,17 @@ fn summarize(header: Header, file_size: u64) -> Result<GgufInfo, GgufErrorKind> 
         end,
     } = header;
     let (tensor_bytes, parameter_count) = check_layout(&tensors, alignment, end, file_size)?;
+    let table = tensors
+        .iter()
+        .map(|t| GgufTensor {
+            name: t.name.clone(),
+            // Every type id was resolved when the table was read.
+            ggml_type: ggml_type(t.type_id).map_or("unknown", |g| g.name),
+            n_dims: t.n_dims,
+            dims: t.dims,
+            bytes: t.bytes,
+        })
+        .collect();
 
     let architecture = match metadata.get("general.architecture") {
         None => return Err(GgufErrorKind::MissingKey("general.architecture")),
@@ -326,6 +354,7 @@ fn summarize(header: Header, file_size: u64) -> Result<GgufInfo, GgufErrorKind> 
         tensor_bytes,
         file_size,
         metadata,
+        tensors: table,
     })
 }
 

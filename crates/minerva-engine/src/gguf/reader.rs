@@ -125,6 +125,8 @@ pub(super) fn io_error(e: io::Error, what: &str, offset: u64) -> GgufErrorKind {
 pub(super) struct TensorInfo {
     pub(super) name: String,
     pub(super) type_id: u32,
+    pub(super) n_dims: u32,
+    pub(super) dims: [u64; MAX_DIMS as usize],
     pub(super) elements: u64,
     pub(super) bytes: u64,
     pub(super) offset: u64,
@@ -365,6 +367,8 @@ pub(super) fn read_tensor_info<R: BufRead>(r: &mut Reader<R>, name: String) -> R
     Ok(TensorInfo {
         name,
         type_id,
+        n_dims,
+        dims,
         elements,
         bytes,
         offset,
