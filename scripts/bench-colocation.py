@@ -11,6 +11,8 @@ medians of REPS) in each state of the server:
   +2 idle        OTHER and EMBED (the embedding model) loaded, used once, then idle
   other busy     OTHER generating all the time from a client of its own
   embed busy     EMBED embedding batches all the time from a client of its own
+  embed hits     a client sending one cached embedding input as fast as it can: no
+                 forward pass, only HTTP, the cache and the registry's usage log
 
 For the busy states the table also gives the busy model's rate as a fraction of its
 own alone rate: two models that share the cores without collapsing add up to ~1.
@@ -49,7 +51,9 @@ NONCE = time.time_ns()
 FRESH = itertools.count()
 
 
-STATES = ("alone", "+1 idle", "+2 idle", "other busy", "embed busy")
+STATES = ("alone", "+1 idle", "+2 idle", "other busy", "embed busy", "embed hits")
+# The background client of each busy state.
+BUSY = {"other busy": "other", "embed busy": "embed", "embed hits": "hits"}
 
 
 def request(args, method, path, body=None, timeout=600):
@@ -134,6 +138,12 @@ class Background:
     def one(self):
         if self.kind == "other":
             return complete(self.args, self.args.other, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", self.args.max_tokens)
+        if self.kind == "hits":
+            body = {"model": self.args.embed, "input": "the one sentence this client sends every time"}
+            status, data = request(self.args, "POST", "/v1/embeddings", body)
+            if status != 200:
+                raise RuntimeError(f"embeddings: HTTP {status}: {data[:200]!r}")
+            return 1
         # Fresh texts every time: the encoder works (repeats would be answered from the
         # embedding cache without a forward pass).
         batch = next(FRESH)
@@ -234,8 +244,7 @@ def main():
         seq.append((f"{args.other} unloaded", chat(args, args.model, QUESTIONS[5 + i], args.max_tokens)[0]))
     emit(kind="sequence", seconds=[[state, round(s, 3)] for state, s in seq])
 
-    other_alone = background_alone_rate(args, "other")
-    embed_alone = background_alone_rate(args, "embed")
+    alone_rates = {kind: background_alone_rate(args, kind) for kind in ("other", "embed", "hits")}
     for rep in range(args.reps):
         # Each rep starts at another state, so that a machine whose speed drifts during the
         # run (a VM) does not favour the state that always comes first.
@@ -252,11 +261,10 @@ def main():
                 load(args, args.embed)
                 Background(args, "embed").one()
             for n in args.clients:
-                if state.endswith("busy"):
-                    kind = state.split()[0]
-                    with Background(args, kind) as bg:
+                if state in BUSY:
+                    with Background(args, BUSY[state]) as bg:
                         rate = concurrent_rate(args, n)
-                    base = other_alone if kind == "other" else embed_alone
+                    base = alone_rates[BUSY[state]]
                     emit(kind="rate", state=state, n=n, rep=rep, tok_s=rate, busy_share=bg.rate / base)
                 else:
                     emit(kind="rate", state=state, n=n, rep=rep, tok_s=concurrent_rate(args, n))
@@ -300,7 +308,7 @@ def table(path):
             line = f"| {state} |"
             for n in clients:
                 line += f" {med(state, n):.1f} | {med(state, n) / med('alone', n):.2f}x |"
-            if state.endswith("busy"):
+            if state in BUSY:
                 line += " " + ", ".join(f"N={n}: {med(state, n, 'busy_share'):.2f}" for n in clients) + " |"
             else:
                 line += " |"

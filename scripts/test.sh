@@ -25,8 +25,8 @@ cargo test --release --locked --workspace
 
 # The debug profile has debug assertions and overflow checks everywhere, as a newcomer's
 # `cargo run` does: the runtime (scheduler, pool, registry) must hold up there too.
-say "cargo test -p minerva-runtime (debug profile)"
-cargo test --locked -p minerva-runtime
+say "cargo test -p minerva-store -p minerva-workers -p minerva-pool (debug profile)"
+cargo test --locked -p minerva-store -p minerva-workers -p minerva-pool
 
 say "the official OpenAI Python client against minerva serve"
 scripts/test-openai-client.sh

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use minerva_engine::embed::EmbeddingModel;
-use minerva_runtime::{ModelFormat, ModelId, ModelStore, Registry};
+use minerva_store::{ModelFormat, ModelId, ModelStore, Registry};
 
 use crate::progress;
 

@@ -6,7 +6,7 @@
 //! crates build on the small traits here.
 //!
 //! - [`llm`]: the [`LanguageModel`]/[`Session`] traits and the llama.cpp backend that
-//!   implements them for GGUF files (validated first by [`gguf`]).
+//!   implements them for GGUF files (validated first by `minerva_gguf`).
 //! - [`generate`], [`sampling`], [`detokenize`], [`chat`]: turning a prompt into text.
 //! - [`compute`]: the one compute budget every forward pass of the process runs in.
 //! - [`perplexity`]: llama.cpp's perplexity method on top of the same traits.
@@ -21,7 +21,7 @@ pub mod detokenize;
 pub mod embed;
 mod error;
 pub mod generate;
-pub mod gguf;
+use minerva_gguf as gguf;
 pub mod llm;
 pub mod perplexity;
 pub mod sampling;

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 
 use minerva_engine::EngineError;
-use minerva_engine::gguf::GgufErrorKind;
 use minerva_engine::llm::llama::LlamaCppModel;
+use minerva_gguf::GgufErrorKind;
 
 fn gguf_error(path: &Path) -> GgufErrorKind {
     match LlamaCppModel::load(path) {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use minerva_runtime::embedding::CacheConfig;
+use minerva_workers::embedding::CacheConfig;
 
 /// Everything `minerva serve` can be told.
 #[derive(Debug, Clone)]

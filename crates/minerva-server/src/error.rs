@@ -5,8 +5,9 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minerva_engine::EngineError;
-use minerva_runtime::embedding::EmbeddingError;
-use minerva_runtime::{PoolError, RegistryError, StoreError};
+use minerva_pool::PoolError;
+use minerva_store::{RegistryError, StoreError};
+use minerva_workers::embedding::EmbeddingError;
 
 /// Every failure a client can see.
 #[derive(Debug, thiserror::Error)]

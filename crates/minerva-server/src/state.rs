@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use minerva_runtime::embedding::EmbeddingCache;
-use minerva_runtime::{ModelId, ModelPool};
+use minerva_pool::ModelPool;
+use minerva_store::ModelId;
+use minerva_workers::embedding::EmbeddingCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerConfig;

@@ -5,8 +5,8 @@ mod common;
 
 use common::{EMBED, TestServer, models_dir, pool};
 use minerva_engine::embed::cosine_similarity as cosine;
-use minerva_runtime::embedding::CacheConfig;
 use minerva_server::ServerConfig;
+use minerva_workers::embedding::CacheConfig;
 use serde_json::{Value, json};
 
 fn vectors(body: &Value) -> Vec<Vec<f32>> {

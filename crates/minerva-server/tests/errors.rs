@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use minerva_runtime::PoolConfig;
+use minerva_pool::PoolConfig;
 use minerva_server::ServerConfig;
 use reqwest::StatusCode;
 use serde_json::json;

@@ -277,8 +277,8 @@ async fn keep_alive_zero_unloads_after_the_request_and_a_duration_sets_the_expir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_larger_than_the_memory_budget_is_refused_clearly() {
     let _serial = SERIAL.lock().await;
-    let pool = minerva_runtime::PoolConfig {
-        budget: minerva_runtime::Budget::Fixed(16 << 20),
+    let pool = minerva_pool::PoolConfig {
+        budget: minerva_pool::Budget::Fixed(16 << 20),
         ..pool()
     };
     let server = TestServer::start_with(ServerConfig::default(), pool, models_dir()).await;
@@ -318,9 +318,9 @@ async fn a_model_whose_file_changed_is_refused_and_usage_is_recorded() {
     let home = tempfile::tempdir().unwrap();
     let models = home.path().join("models");
     copy_tree(&models_dir().join(EMBED), &models.join("mini"));
-    let store = minerva_runtime::ModelStore::new(&models);
-    let registry = minerva_runtime::Registry::open(&minerva_runtime::Registry::default_path(&store)).unwrap();
-    let pool = minerva_runtime::ModelPool::with_registry(store, pool(), std::sync::Arc::new(registry));
+    let store = minerva_store::ModelStore::new(&models);
+    let registry = minerva_store::Registry::open(&minerva_store::Registry::default_path(&store)).unwrap();
+    let pool = minerva_pool::ModelPool::with_registry(store, pool(), std::sync::Arc::new(registry));
     let server = TestServer::start_on_pool(ServerConfig::default(), pool).await;
 
     // First use: registered (hashed) and served.

@@ -51,7 +51,7 @@ async fn a_foreign_host_header_is_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_bound_beyond_loopback_still_checks_the_host() {
-    let pool = minerva_runtime::ModelPool::new(minerva_runtime::ModelStore::new(models_dir()), pool());
+    let pool = minerva_pool::ModelPool::new(minerva_store::ModelStore::new(models_dir()), pool());
     let config = ServerConfig {
         allowed_hosts: vec!["minerva.lan".to_owned()],
         ..ServerConfig::default()

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use minerva_engine::llm::{LogitsWanted, SequenceInput};
 use minerva_engine::sampling::argmax;
 use minerva_engine::{SeqId, Session, SessionParams, TokenId};
-use minerva_runtime::ModelStore;
+use minerva_store::ModelStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -15,14 +15,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
-use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};
-use minerva_runtime::estimate::estimate;
-use minerva_runtime::patterns::{PatternConfig, PreloadStrategy};
-use minerva_runtime::preload::{self, PreloadConfig};
-use minerva_runtime::{
-    Budget, EvictionPolicy, GenerationEvent, KeepAlive, LoadedModel, ModelId, ModelPool, ModelStore, PoolConfig,
-    Registry,
-};
+use minerva_pool::estimate::estimate;
+use minerva_pool::preload::{self, PreloadConfig};
+use minerva_pool::{Budget, EvictionPolicy, KeepAlive, LoadedModel, ModelPool, PoolConfig};
+use minerva_store::patterns::{PatternConfig, PreloadStrategy};
+use minerva_store::{ModelId, ModelStore, Registry};
+use minerva_workers::GenerationEvent;
+use minerva_workers::embedding::{EmbedSettings, EmbeddingInput};
 use tokio::time::Instant;
 
 #[derive(clap::Args)]

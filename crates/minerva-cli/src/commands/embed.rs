@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use minerva_engine::embed::EmbedOptions;
-use minerva_runtime::ModelStore;
+use minerva_store::ModelStore;
 
 use crate::model_arg;
 

@@ -7,7 +7,7 @@ use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
 use minerva_engine::generate::{GenerateOptions, generate};
 use minerva_engine::sampling::SamplingParams;
 use minerva_engine::{SeqId, SessionParams};
-use minerva_runtime::ModelStore;
+use minerva_store::ModelStore;
 
 use crate::model_arg;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use minerva_runtime::{ImportMode, ImportOptions, ModelId, ModelStore};
+use minerva_store::{ImportMode, ImportOptions, ModelId, ModelStore};
 
 use crate::commands::models;
 use crate::{model_arg, progress};

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use minerva_runtime::{ModelId, ModelRecord, ModelStore, RegistryError};
+use minerva_store::{ModelId, ModelRecord, ModelStore, RegistryError};
 
 use crate::{model_arg, progress};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use minerva_engine::SessionParams;
 use minerva_engine::perplexity::perplexity;
-use minerva_runtime::ModelStore;
+use minerva_store::ModelStore;
 
 use crate::{model_arg, progress};
 

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use minerva_runtime::embedding::CacheConfig;
-use minerva_runtime::patterns::PreloadStrategy;
-use minerva_runtime::preload::{self, PreloadConfig};
-use minerva_runtime::pressure::BudgetStrategy;
-use minerva_runtime::{Budget, ModelId, ModelPool, ModelStore, PoolConfig};
+use minerva_pool::preload::{self, PreloadConfig};
+use minerva_pool::{Budget, ModelPool, PoolConfig};
 use minerva_server::ServerConfig;
+use minerva_store::patterns::PreloadStrategy;
+use minerva_store::{ModelId, ModelStore};
+use minerva_workers::embedding::CacheConfig;
+use minerva_workers::pressure::BudgetStrategy;
 
 use crate::model_arg;
 
@@ -337,8 +338,8 @@ mod tests {
         };
         let (_, pool) = settings.into_configs().unwrap();
         assert_eq!(pool.budget, Budget::Fixed(3 << 29));
-        assert_eq!(pool.policy, minerva_runtime::EvictionPolicy::CostAware);
-        assert_eq!(pool.keep_alive, minerva_runtime::KeepAlive::Forever);
+        assert_eq!(pool.policy, minerva_pool::EvictionPolicy::CostAware);
+        assert_eq!(pool.keep_alive, minerva_pool::KeepAlive::Forever);
         assert_eq!(pool.pinned[0].as_str(), "all-minilm-l6-v2");
         let bad = Settings {
             memory_budget: Some("12 parsecs".into()),

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use minerva_runtime::{ModelFormat, ModelStore};
+use minerva_store::{ModelFormat, ModelStore};
 
 use crate::model_arg;
 

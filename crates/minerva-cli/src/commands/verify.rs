@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use minerva_runtime::{ModelId, ModelStatus, ModelStore};
+use minerva_store::{ModelId, ModelStatus, ModelStore};
 
 use crate::commands::models;
 use crate::{model_arg, progress};

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
-use minerva_runtime::KeepAlive;
+use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
@@ -108,6 +108,51 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
+    let (n, top_logprobs) = check_request(&req)?;
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| m.into_message(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    generation::check_prompt_chars(
+        &state,
+        "messages",
+        messages.iter().map(|m| m.content.chars().count()).sum(),
+    )?;
+    let options = generation::options(
+        &state,
+        &req.sampling,
+        req.max_completion_tokens.or(req.max_tokens),
+        req.stop,
+        top_logprobs,
+    )?;
+
+    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    let template = ChatTemplate::for_model(lease.model())?;
+    let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
+    let prepared = Prepared { lease, prompt, options };
+    generation::check_context(&prepared, "messages")?;
+    generation::check_sampling(&prepared)?;
+    let slot = state.admission.admit().await?;
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        return Ok(stream_chat(
+            prepared,
+            slot,
+            req.model,
+            include_usage,
+            top_logprobs.is_some(),
+        ));
+    }
+    let reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some()).await?;
+    drop(slot);
+    Ok(axum::Json(reply).into_response())
+}
+
+/// Refuses what this server does not do yet and values out of range; returns the number
+/// of choices and the `top_logprobs` asked for (`None`: no logprobs).
+fn check_request(req: &ChatRequest) -> Result<(u32, Option<usize>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must contain at least one message"));
     }
@@ -134,67 +179,50 @@ pub async fn chat_completions(
         (true, top) => Some(top.unwrap_or(0)),
         (false, None) => None,
     };
-    let messages = req
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| m.into_message(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    generation::check_prompt_chars(
-        &state,
-        "messages",
-        messages.iter().map(|m| m.content.chars().count()).sum(),
-    )?;
-    let options = generation::options(
-        &state,
-        &req.sampling,
-        req.max_completion_tokens.or(req.max_tokens),
-        req.stop,
-        top_logprobs,
-    )?;
+    Ok((n, top_logprobs))
+}
 
-    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
-    let prepared = {
-        let template = ChatTemplate::for_model(lease.model())?;
-        let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
-        Prepared {
-            lease: lease.clone(),
-            prompt,
-            options,
+/// The chat's answer as OpenAI `chat.completion.chunk` events.
+fn stream_chat(
+    prepared: Prepared,
+    slot: crate::state::Slot,
+    model: String,
+    include_usage: bool,
+    want_logprobs: bool,
+) -> Response {
+    let id = generation::response_id("chatcmpl");
+    let created = generation::created();
+    let lease = prepared.lease.clone();
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>, logprobs: Option<serde_json::Value>| {
+        serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
+        })
+    };
+    let first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None);
+    let render = move |piece: StreamPiece<'_>| match piece {
+        StreamPiece::Text(text) => chunk(serde_json::json!({ "content": text }), None, None),
+        StreamPiece::Finished(g) => {
+            let logprobs = want_logprobs.then(|| generation::chat_logprobs(lease.model(), &g.logprobs));
+            chunk(
+                serde_json::json!({}),
+                Some(generation::finish_reason(g.finish_reason)),
+                logprobs,
+            )
         }
     };
-    generation::check_context(&prepared, "messages")?;
-    generation::check_sampling(&prepared)?;
-    let slot = state.admission.admit().await?;
-    let model = req.model;
-    if req.stream {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let id = generation::response_id("chatcmpl");
-        let created = generation::created();
-        let lease = prepared.lease.clone();
-        let want_logprobs = top_logprobs.is_some();
-        let chunk = move |delta: serde_json::Value, finish: Option<&str>, logprobs: Option<serde_json::Value>| {
-            serde_json::json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": null,
-                "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-            })
-        };
-        let first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None);
-        let render = move |piece: StreamPiece<'_>| match piece {
-            StreamPiece::Text(text) => chunk(serde_json::json!({ "content": text }), None, None),
-            StreamPiece::Finished(g) => {
-                let logprobs = want_logprobs.then(|| generation::chat_logprobs(lease.model(), &g.logprobs));
-                chunk(
-                    serde_json::json!({}),
-                    Some(generation::finish_reason(g.finish_reason)),
-                    logprobs,
-                )
-            }
-        };
-        return Ok(stream::sse(prepared, slot, Some(first), include_usage, render).into_response());
-    }
+    stream::sse(prepared, slot, Some(first), include_usage, render).into_response()
+}
 
+/// `n` choices generated one after the other, as one `chat.completion`.
+async fn complete_choices(
+    state: &AppState,
+    prepared: &Prepared,
+    model: String,
+    n: u32,
+    want_logprobs: bool,
+) -> Result<serde_json::Value, ApiError> {
     let id = generation::response_id("chatcmpl");
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
@@ -208,10 +236,10 @@ pub async fn chat_completions(
         };
         // Distinct choices need distinct random streams; a seed keeps them reproducible.
         prepared_i.options.sampling.seed = prepared.options.sampling.seed.map(|s| s.wrapping_add(u64::from(index)));
-        let g = generation::complete(&state, &prepared_i).await?;
+        let g = generation::complete(state, &prepared_i).await?;
         completion_tokens += g.tokens.len();
         cached_tokens.get_or_insert(g.cached_tokens);
-        let logprobs = top_logprobs.map(|_| generation::chat_logprobs(prepared.model(), &g.logprobs));
+        let logprobs = want_logprobs.then(|| generation::chat_logprobs(prepared.model(), &g.logprobs));
         choices.push(serde_json::json!({
             "index": index,
             "message": { "role": "assistant", "content": g.text },
@@ -219,8 +247,7 @@ pub async fn chat_completions(
             "finish_reason": generation::finish_reason(g.finish_reason),
         }));
     }
-    drop(slot);
-    Ok(axum::Json(serde_json::json!({
+    Ok(serde_json::json!({
         "id": id,
         "object": "chat.completion",
         "created": generation::created(),
@@ -229,5 +256,4 @@ pub async fn chat_completions(
         "usage": generation::usage(prepared.prompt.len(), completion_tokens, cached_tokens.unwrap_or(0)),
         "system_fingerprint": null,
     }))
-    .into_response())
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::generate::Generation;
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::KeepAlive;
+use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
@@ -66,13 +66,44 @@ pub async fn completions(
         req.logprobs,
     )?;
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
-    let model = lease.model();
+    let prompts = prompt_tokens(&state, lease.model(), req.prompt)?;
+    if req.stream && prompts.len() > 1 {
+        return Err(ApiError::invalid("prompt", "streaming supports one prompt per request"));
+    }
+    let prepared: Vec<Prepared> = prompts
+        .into_iter()
+        .map(|prompt| Prepared {
+            lease: lease.clone(),
+            prompt,
+            options: options.clone(),
+        })
+        .collect();
+    for p in &prepared {
+        generation::check_context(p, "prompt")?;
+        generation::check_sampling(p)?;
+    }
+    let slot = state.admission.admit().await?;
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let Some(prepared) = prepared.into_iter().next() else {
+            return Err(ApiError::invalid("prompt", "send one prompt"));
+        };
+        return Ok(stream_completion(prepared, slot, req.model, req.echo, include_usage));
+    }
+    let reply = complete_all(&state, &prepared, req.model, req.echo, req.logprobs.is_some()).await?;
+    drop(slot);
+    Ok(axum::Json(reply).into_response())
+}
+
+/// The prompts of a request as token ids, each checked: 1 to [`MAX_PROMPTS`] of them, none
+/// empty, every id in the vocabulary.
+fn prompt_tokens(state: &AppState, model: &dyn LanguageModel, spec: PromptSpec) -> Result<Vec<Vec<TokenId>>, ApiError> {
     let n_vocab = model.metadata().n_vocab as TokenId;
-    let prompts: Vec<Vec<TokenId>> = match req.prompt {
-        PromptSpec::Text(text) => vec![tokenize(&state, model, &text)?],
+    let prompts: Vec<Vec<TokenId>> = match spec {
+        PromptSpec::Text(text) => vec![tokenize(state, model, &text)?],
         PromptSpec::Texts(texts) => texts
             .iter()
-            .map(|t| tokenize(&state, model, t))
+            .map(|t| tokenize(state, model, t))
             .collect::<Result<_, _>>()?,
         PromptSpec::Tokens(tokens) => vec![tokens],
         PromptSpec::TokenLists(lists) => lists,
@@ -94,57 +125,57 @@ pub async fn completions(
             ));
         }
     }
-    if req.stream && prompts.len() > 1 {
-        return Err(ApiError::invalid("prompt", "streaming supports one prompt per request"));
-    }
-    let prepared: Vec<Prepared> = prompts
-        .into_iter()
-        .map(|prompt| Prepared {
-            lease: lease.clone(),
-            prompt,
-            options: options.clone(),
-        })
-        .collect();
-    for p in &prepared {
-        generation::check_context(p, "prompt")?;
-        generation::check_sampling(p)?;
-    }
-    let slot = state.admission.admit().await?;
+    Ok(prompts)
+}
+
+/// One prompt's completion as `text_completion` events.
+fn stream_completion(
+    prepared: Prepared,
+    slot: crate::state::Slot,
+    model_name: String,
+    echo: bool,
+    include_usage: bool,
+) -> Response {
     let id = generation::response_id("cmpl");
     let created = generation::created();
-    let model_name = req.model;
+    let echo = echo.then(|| detokenize(prepared.model(), &prepared.prompt));
+    let chunk = move |text: &str, finish: Option<&str>| {
+        serde_json::json!({
+            "id": id, "object": "text_completion", "created": created, "model": model_name,
+            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let first = echo.map(|echo| chunk(&echo, None));
+    let render = move |piece: StreamPiece<'_>| match piece {
+        StreamPiece::Text(text) => chunk(text, None),
+        StreamPiece::Finished(g) => chunk("", Some(generation::finish_reason(g.finish_reason))),
+    };
+    stream::sse(prepared, slot, first, include_usage, render).into_response()
+}
 
-    if req.stream {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let prepared = prepared.into_iter().next().expect("one prompt");
-        let echo = req.echo.then(|| detokenize(prepared.model(), &prepared.prompt));
-        let chunk = move |text: &str, finish: Option<&str>| {
-            serde_json::json!({
-                "id": id, "object": "text_completion", "created": created, "model": model_name,
-                "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
-            })
-        };
-        let first = echo.map(|echo| chunk(&echo, None));
-        let render = move |piece: StreamPiece<'_>| match piece {
-            StreamPiece::Text(text) => chunk(text, None),
-            StreamPiece::Finished(g) => chunk("", Some(generation::finish_reason(g.finish_reason))),
-        };
-        return Ok(stream::sse(prepared, slot, first, include_usage, render).into_response());
-    }
-
+/// Every prompt's completion, one choice each, as one `text_completion`.
+async fn complete_all(
+    state: &AppState,
+    prepared: &[Prepared],
+    model_name: String,
+    echo: bool,
+    want_logprobs: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let id = generation::response_id("cmpl");
+    let created = generation::created();
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
     for (index, p) in prepared.iter().enumerate() {
-        let g = generation::complete(&state, p).await?;
+        let g = generation::complete(state, p).await?;
         prompt_tokens += p.prompt.len();
         completion_tokens += g.tokens.len();
         cached_tokens += g.cached_tokens;
-        let prefix = if req.echo {
+        let prefix = if echo {
             detokenize(p.model(), &p.prompt)
         } else {
             String::new()
         };
-        let logprobs = req.logprobs.map(|_| legacy_logprobs(p, &g, prefix.len()));
+        let logprobs = want_logprobs.then(|| legacy_logprobs(p, &g, prefix.len()));
         choices.push(serde_json::json!({
             "index": index,
             "text": format!("{prefix}{}", g.text),
@@ -152,13 +183,11 @@ pub async fn completions(
             "finish_reason": generation::finish_reason(g.finish_reason),
         }));
     }
-    drop(slot);
-    Ok(axum::Json(serde_json::json!({
+    Ok(serde_json::json!({
         "id": id, "object": "text_completion", "created": created, "model": model_name,
         "choices": choices,
         "usage": generation::usage(prompt_tokens, completion_tokens, cached_tokens),
     }))
-    .into_response())
 }
 
 fn tokenize(state: &AppState, model: &dyn LanguageModel, text: &str) -> Result<Vec<TokenId>, ApiError> {

@@ -9,8 +9,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use minerva_runtime::embedding::{EmbedSettings, EmbeddingInput};
-use minerva_runtime::{AcquireOptions, KeepAlive, LoadedModel};
+use minerva_pool::{AcquireOptions, KeepAlive, LoadedModel};
+use minerva_workers::embedding::{EmbedSettings, EmbeddingInput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -111,25 +111,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let count = req.input.len();
-    if count == 0 {
-        return Err(ApiError::invalid("input", "must not be empty"));
-    }
-    if count > state.config.max_embedding_inputs {
-        return Err(ApiError::invalid(
-            "input",
-            format!(
-                "{count} inputs exceed the limit of {}",
-                state.config.max_embedding_inputs
-            ),
-        ));
-    }
-    let chars = req.input.chars();
-    if chars > state.config.max_prompt_chars.saturating_mul(16) {
-        return Err(ApiError::invalid(
-            "input",
-            format!("{chars} characters exceed the limit"),
-        ));
-    }
+    check_input_size(&state, &req.input)?;
     let id = state.model_id(&req.model)?;
     let lease = state
         .pool
@@ -198,6 +180,31 @@ pub async fn embeddings(
         },
     })
     .into_response())
+}
+
+/// Refuses an empty input and one beyond the server's limits on inputs and characters.
+fn check_input_size(state: &AppState, input: &Input) -> Result<(), ApiError> {
+    let count = input.len();
+    if count == 0 {
+        return Err(ApiError::invalid("input", "must not be empty"));
+    }
+    if count > state.config.max_embedding_inputs {
+        return Err(ApiError::invalid(
+            "input",
+            format!(
+                "{count} inputs exceed the limit of {}",
+                state.config.max_embedding_inputs
+            ),
+        ));
+    }
+    let chars = input.chars();
+    if chars > state.config.max_prompt_chars.saturating_mul(16) {
+        return Err(ApiError::invalid(
+            "input",
+            format!("{chars} characters exceed the limit"),
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /v1/embeddings/stats`: the embedding cache and each loaded embedding model's

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{LanguageModel, TokenId};
-use minerva_runtime::{AcquireOptions, GenerationEvent, KeepAlive, LlmLease};
+use minerva_pool::{AcquireOptions, KeepAlive, LlmLease};
+use minerva_workers::GenerationEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 

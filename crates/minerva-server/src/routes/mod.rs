@@ -60,7 +60,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("minerva_embedding_cache_bytes").set(cache.bytes as f64);
     metrics::gauge!("minerva_embedding_cache_entries").set(cache.entries as f64);
     for lease in &state.pool.loaded() {
-        if let minerva_runtime::LoadedModel::Embedding(service) = &lease.model {
+        if let minerva_pool::LoadedModel::Embedding(service) = &lease.model {
             let s = service.stats();
             let model = lease.id.to_string();
             metrics::counter!("minerva_embedding_batches_total", "model" => model.clone()).absolute(s.batches);

@@ -7,8 +7,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use minerva_runtime::patterns::{PatternConfig, PreloadStrategy, UsagePatterns};
-use minerva_runtime::{AcquireOptions, KeepAlive, ModelEntry, now_millis};
+use minerva_pool::{AcquireOptions, KeepAlive};
+use minerva_store::patterns::{PatternConfig, PreloadStrategy, UsagePatterns};
+use minerva_store::{ModelEntry, now_millis};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -172,7 +173,7 @@ pub async fn patterns(State(state): State<AppState>) -> Result<Json<serde_json::
                 (name.to_owned(), serde_json::to_value(r).unwrap_or_default())
             })
             .collect();
-        Ok::<_, minerva_runtime::RegistryError>(serde_json::json!({
+        Ok::<_, minerva_store::RegistryError>(serde_json::json!({
             "object": "model_patterns",
             "enabled": true,
             "models": patterns.usage(now),

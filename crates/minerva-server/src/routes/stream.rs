@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use minerva_engine::generate::Generation;
-use minerva_runtime::GenerationEvent;
+use minerva_workers::GenerationEvent;
 
 use super::generation::{self, Prepared};
 use crate::state::Slot;

@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use minerva_runtime::{ModelPool, ModelStore, PoolConfig};
+use minerva_pool::{ModelPool, PoolConfig};
 use minerva_server::ServerConfig;
+use minerva_store::ModelStore;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +32,7 @@ pub const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 /// request share the server with other tests, and batch mates or cached prefixes change a
 /// logit's last bits (llama.cpp's attention kernels depend on the pass size and on how far
 /// the KV cells in use extend), which can flip a sampled token. Batching and the prefix
-/// cache are tested in minerva-runtime.
+/// cache are tested in minerva-workers.
 pub fn pool() -> PoolConfig {
     PoolConfig {
         parallel: 1,

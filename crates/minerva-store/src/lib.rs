@@ -1,0 +1,25 @@
+//! The models on disk, and what Minerva knows of them.
+//!
+//! - [`ModelId`] and [`ModelStore`]: the models directory (ids that can never name a path,
+//!   paths confined to the directory, formats).
+//! - [`sha256_model`] and friends: SHA-256 of model files and directories.
+//! - [`Registry`]: every known model in SQLite (digest, metadata, integrity, usage),
+//!   crash-safe imports.
+//! - [`patterns`]: hot/cold models, trends and preload recommendations from the access log.
+//!
+//! This crate reads GGUF headers through `minerva-gguf` and never links llama.cpp; it
+//! never loads a model, never runs a thread of its own, never speaks HTTP.
+
+mod hash;
+mod model_id;
+pub mod patterns;
+mod registry;
+mod store;
+
+pub use hash::{digest_bytes, sha256_file, sha256_model};
+pub use model_id::{InvalidModelId, ModelId};
+pub use registry::{
+    AccessEvent, AccessKind, EVENT_RETENTION, ImportMode, ImportOptions, MAX_EVENTS, ModelRecord, ModelStatus,
+    Progress, Registry, RegistryError, UnixMillis, now_millis,
+};
+pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

@@ -1,0 +1,22 @@
+//! The threads that run loaded models.
+//!
+//! - [`LlmWorker`]: the thread that owns a language model's session and batches its
+//!   generations (continuous batching, prefix KV cache; `scheduler.rs`, `prefix_cache.rs`).
+//! - [`embedding`]: the embedding pipeline (batching worker, memory strategies, cache).
+//! - [`pressure`] and [`memory`]: the system memory the workers and the pool adapt to
+//!   (meminfo, cgroups) and the process's own resident memory.
+//!
+//! A worker owns its model; callers talk to it through channels. This crate never
+//! decides which models are loaded (the pool's job), never speaks HTTP and never
+//! implements a forward pass (the engine's).
+
+pub mod embedding;
+mod llm_worker;
+pub mod memory;
+mod prefix_cache;
+pub mod pressure;
+mod scheduler;
+mod worker_thread;
+
+pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
+pub use memory::resident_bytes;

@@ -1,0 +1,163 @@
+//! A loaded language model's worker: one thread that owns the llama.cpp session and runs
+//! the model's [`Scheduler`] (continuous batching with a prefix cache). Callers talk to it
+//! through channels, never a lock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use minerva_engine::generate::{GenerateOptions, Generation};
+use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
+use tokio::sync::mpsc as async_mpsc;
+
+use crate::worker_thread::JoinOnDrop;
+
+use crate::scheduler::{Job, Scheduler, SchedulerLimits};
+
+/// Most sequences llama.cpp allows in one context.
+const MAX_SEQUENCES: usize = 256;
+
+/// KV cells reserved per parallel sequence.
+const CELLS_PER_SEQUENCE: usize = 512;
+
+/// How a language model's worker is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmWorkerConfig {
+    /// Context of one request (prompt plus generated tokens), capped at the model's
+    /// training context.
+    pub n_ctx: u32,
+    /// CPU threads per forward pass.
+    pub threads: usize,
+    /// Requests generating at once, batched together; more wait in arrival order.
+    pub parallel: usize,
+    /// Most distinct tokens whose KV the prefix cache keeps; 0 turns it off.
+    pub prefix_cache_tokens: usize,
+}
+
+impl LlmWorkerConfig {
+    /// The session that serves this configuration: one pool of KV cells big enough for
+    /// one request of the full context, or `parallel` typical ones. (The prefix cache
+    /// keeps its KV outside the session.)
+    pub fn session_params(&self, n_ctx: u32) -> SessionParams {
+        let parallel = self.parallel.clamp(1, MAX_SEQUENCES);
+        let cells = (parallel * CELLS_PER_SEQUENCE).max(n_ctx as usize);
+        let cells = u32::try_from(cells).unwrap_or(u32::MAX);
+        SessionParams {
+            n_ctx: cells,
+            n_batch: cells.min(512),
+            n_seq_max: parallel as u32,
+            threads: self.threads,
+        }
+    }
+}
+
+/// What a generation job reports, in order: text pieces, then one final result.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// A piece of final text.
+    Text(String),
+    /// The generation ended (successfully or not).
+    Done(Result<Generation, EngineError>),
+}
+
+/// Handle to a language model and its worker thread; the thread ends when the last
+/// handle is dropped.
+pub struct LlmWorker {
+    model: Arc<dyn LanguageModel>,
+    jobs: mpsc::Sender<Job>,
+    n_ctx: u32,
+    /// After `jobs`: the channel closes first, then the thread is joined.
+    _thread: JoinOnDrop,
+}
+
+impl LlmWorker {
+    /// Starts the worker thread, which loads the model from `path` and creates its
+    /// session (a request's context capped at the model's training length), and waits
+    /// until it is ready.
+    ///
+    /// The worker's forward passes share the process's cores with every other model's
+    /// through [`minerva_engine::compute`]: one pass at a time, on all the cores.
+    pub fn start(path: &Path, config: LlmWorkerConfig, name: &str) -> Result<Self, EngineError> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("llm-{name}"))
+            .spawn(move || {
+                let loaded = minerva_engine::llm::load(&path).and_then(|model| {
+                    let n_ctx = config.n_ctx.min(model.metadata().n_ctx_train.max(1));
+                    let session = model.new_session(config.session_params(n_ctx))?;
+                    Ok((model, session, n_ctx))
+                });
+                let (model, session, n_ctx) = match loaded {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if ready_tx.send(Ok((Arc::clone(&model), n_ctx))).is_err() {
+                    return;
+                }
+                let params = session.params();
+                let limits = SchedulerLimits {
+                    parallel: params.n_seq_max as usize,
+                    n_ctx,
+                    kv_cells: params.n_ctx as usize,
+                };
+                tracing::info!(
+                    parallel = limits.parallel,
+                    n_ctx,
+                    kv_cells = limits.kv_cells,
+                    prefix_cache_tokens = config.prefix_cache_tokens,
+                    "language model scheduler started"
+                );
+                Scheduler::new(model, session, limits, config.prefix_cache_tokens, inbox).run();
+            })
+            .map_err(|e| EngineError::Decode(format!("cannot start the model's worker thread: {e}")))?;
+        let (model, n_ctx) = ready_rx
+            .recv()
+            .map_err(|_| EngineError::Decode("the model's worker thread died while loading".into()))??;
+        Ok(Self {
+            model,
+            jobs,
+            n_ctx,
+            _thread: JoinOnDrop::new(Some(thread)),
+        })
+    }
+
+    /// Whether the worker thread still runs; one that died (a bug) serves nothing more.
+    pub fn is_alive(&self) -> bool {
+        self._thread.is_running()
+    }
+
+    /// The model, for tokenizing and metadata.
+    pub fn model(&self) -> &dyn LanguageModel {
+        self.model.as_ref()
+    }
+
+    /// Most tokens (prompt plus generated) one request may use.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Queues a generation; its events arrive on the returned channel. Dropping the
+    /// receiver cancels the generation before its next step.
+    pub fn submit(
+        &self,
+        prompt: Vec<TokenId>,
+        options: GenerateOptions,
+    ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        let (events, receiver) = async_mpsc::unbounded_channel();
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
+            prompt,
+            options,
+            events,
+        }) {
+            let _ = job.events.send(GenerationEvent::Done(Err(EngineError::Decode(
+                "the model's worker has stopped".into(),
+            ))));
+        }
+        receiver
+    }
+}

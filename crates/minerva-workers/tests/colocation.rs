@@ -1,0 +1,122 @@
+//! Two language models in one process, each with its own worker thread, share the cores
+//! through the engine's compute budget (one forward pass at a time). Sharing must not
+//! change what either generates: with the other model loaded, and with both generating
+//! at once, each gives exactly the greedy tokens it gives alone in the process.
+
+use std::path::PathBuf;
+
+use minerva_engine::TokenId;
+use minerva_engine::compute;
+use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
+use minerva_engine::sampling::SamplingParams;
+use minerva_workers::{GenerationEvent, LlmWorker, LlmWorkerConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const MAX_TOKENS: usize = 48;
+
+fn model_path(id: &str) -> PathBuf {
+    let home = std::env::var_os("MINERVA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share/minerva"));
+    let path = home.join("models").join(format!("{id}.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
+    path
+}
+
+fn worker(id: &str) -> LlmWorker {
+    let config = LlmWorkerConfig {
+        n_ctx: 1024,
+        threads: compute::default_threads(),
+        // One sequence per model: batch mates would change logits in their last bits.
+        parallel: 1,
+        prefix_cache_tokens: 0,
+    };
+    LlmWorker::start(&model_path(id), config, id).expect("the worker starts")
+}
+
+fn prompt(worker: &LlmWorker, text: &str) -> Vec<TokenId> {
+    worker.model().tokenize(text, true, false).unwrap()
+}
+
+fn greedy() -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: MAX_TOKENS,
+        stop: vec![],
+        sampling: SamplingParams::default(),
+    }
+}
+
+fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> Generation {
+    while let Some(event) = events.blocking_recv() {
+        if let GenerationEvent::Done(result) = event {
+            return result.expect("generation succeeds");
+        }
+    }
+    panic!("the worker hung up without a result");
+}
+
+const SMOL: &str = "smollm2-135m-instruct";
+const GEMMA: &str = "gemma-3-270m";
+const SMOL_PROMPT: &str = "Once upon a time, in a small village at the edge of a great forest, there lived";
+const GEMMA_PROMPT: &str = "The history of the printing press begins";
+
+#[test]
+fn two_models_in_one_process_generate_what_each_generates_alone() {
+    // Alone: only one model exists in the process.
+    let smol_alone = {
+        let smol = worker(SMOL);
+        collect(smol.submit(prompt(&smol, SMOL_PROMPT), greedy()))
+    };
+    let gemma_alone = {
+        let gemma = worker(GEMMA);
+        collect(gemma.submit(prompt(&gemma, GEMMA_PROMPT), greedy()))
+    };
+    for (name, alone) in [(SMOL, &smol_alone), (GEMMA, &gemma_alone)] {
+        assert_eq!(
+            alone.tokens.len(),
+            MAX_TOKENS,
+            "{name} stopped early ({:?}): the prompt must keep it going",
+            alone.finish_reason
+        );
+        assert_eq!(alone.finish_reason, FinishReason::Length);
+    }
+
+    let smol = worker(SMOL);
+    let gemma = worker(GEMMA);
+    let passes_before = compute::stats().turns;
+
+    // The other model loaded and idle.
+    let smol_beside = collect(smol.submit(prompt(&smol, SMOL_PROMPT), greedy()));
+    assert_eq!(smol_beside.tokens, smol_alone.tokens, "{SMOL} with {GEMMA} loaded");
+    assert_eq!(smol_beside.text, smol_alone.text);
+
+    // Both generating at once, twice each, interleaved pass by pass.
+    let runs: Vec<_> = (0..2)
+        .flat_map(|_| {
+            [
+                (SMOL, smol.submit(prompt(&smol, SMOL_PROMPT), greedy())),
+                (GEMMA, gemma.submit(prompt(&gemma, GEMMA_PROMPT), greedy())),
+            ]
+        })
+        .collect();
+    for (name, events) in runs {
+        let generation = collect(events);
+        let alone = if name == SMOL { &smol_alone } else { &gemma_alone };
+        assert_eq!(
+            generation.tokens, alone.tokens,
+            "{name} while the other model generates"
+        );
+        assert_eq!(generation.finish_reason, FinishReason::Length);
+    }
+
+    // Every one of those forward passes took a turn of the one compute budget.
+    let turns = compute::stats().turns - passes_before;
+    assert!(
+        turns >= (5 * MAX_TOKENS) as u64,
+        "only {turns} turns were counted for five generations of {MAX_TOKENS} tokens"
+    );
+}
