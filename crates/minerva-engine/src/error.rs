@@ -51,7 +51,7 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn invalid(param: &'static str, reason: impl Into<String>) -> Self {
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidParameter {
             param,
             reason: reason.into(),

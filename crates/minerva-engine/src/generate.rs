@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::constraint::Constraint;
 use crate::detokenize::Utf8Stream;
 use crate::llm::{LanguageModel, LogitsWanted, SeqId, SequenceInput, Session};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
@@ -17,6 +18,8 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// How tokens are chosen.
     pub sampling: SamplingParams,
+    /// A grammar the output must match (structured outputs), as compiled for the model.
+    pub constraint: Option<Constraint>,
 }
 
 /// Receives generated text as it becomes final, and can stop the generation.
@@ -96,6 +99,9 @@ pub enum Step {
 /// same logic.
 pub struct SequenceGenerator {
     sampler: Sampler,
+    constraint: Option<Constraint>,
+    /// The logits row with the grammar's mask applied (reused between steps).
+    masked: Vec<f32>,
     stream: Utf8Stream,
     stops: StopMatcher,
     max_tokens: usize,
@@ -133,6 +139,8 @@ impl SequenceGenerator {
         sampler.remember(prompt);
         Ok(Self {
             sampler,
+            constraint: options.constraint.clone(),
+            masked: Vec::new(),
             stream: Utf8Stream::new(),
             stops: StopMatcher::new(options.stop.clone()),
             max_tokens: options.max_tokens,
@@ -155,6 +163,18 @@ impl SequenceGenerator {
     /// Takes the logits after the last evaluated token (the prompt's last, then each token
     /// this returned), samples the next token and hands `sink` the text that became final.
     pub fn accept(&mut self, model: &dyn LanguageModel, logits: &[f32], sink: &mut dyn TokenSink) -> Step {
+        let logits = match &mut self.constraint {
+            Some(constraint) => {
+                self.masked.clear();
+                self.masked.extend_from_slice(logits);
+                if let Err(e) = constraint.mask(&mut self.masked) {
+                    tracing::warn!(error = %e, "the grammar failed; the generation ends here");
+                    return Step::Finished(FinishReason::Stop);
+                }
+                &self.masked[..]
+            }
+            None => logits,
+        };
         let token = self.sampler.sample(logits);
         if self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
@@ -169,6 +189,16 @@ impl SequenceGenerator {
         let piece = self.stream.push(&model.token_bytes(token, false));
         if self.stops.push(&piece, sink) {
             return Step::Finished(FinishReason::Stop);
+        }
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(e) = constraint.accept(token) {
+                tracing::warn!(error = %e, "the grammar refused a token it allowed; the generation ends here");
+                return Step::Finished(FinishReason::Stop);
+            }
+            if constraint.is_stopped() {
+                // The grammar is complete and allows nothing more (not even free text).
+                return Step::Finished(FinishReason::Stop);
+            }
         }
         if self.tokens.len() >= self.max_tokens || self.prompt_len + self.tokens.len() >= self.n_ctx {
             return Step::Finished(FinishReason::Length);

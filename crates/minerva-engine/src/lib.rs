@@ -17,6 +17,7 @@
 
 pub mod chat;
 pub mod compute;
+pub mod constraint;
 pub mod detokenize;
 pub mod embed;
 mod error;

@@ -22,6 +22,7 @@ fn run(model: &dyn LanguageModel, prompt: &str, options: &GenerateOptions) -> (G
 fn sampled(seed: u64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams {
             temperature: 0.9,
@@ -53,6 +54,7 @@ fn max_tokens_ends_with_length_and_streamed_text_equals_the_result() {
         let model = common::llm(id);
         let options = GenerateOptions {
             max_tokens: 12,
+            constraint: None,
             stop: vec![],
             sampling: SamplingParams {
                 top_logprobs: Some(0),
@@ -73,6 +75,7 @@ fn stop_sequence_cuts_the_text_exactly_before_it() {
     let model = common::smollm2();
     let greedy = GenerateOptions {
         max_tokens: 40,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -104,6 +107,7 @@ fn top_logprobs_lists_the_chosen_greedy_token_first() {
     let model = common::gemma3();
     let options = GenerateOptions {
         max_tokens: 4,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams {
             top_logprobs: Some(5),
@@ -161,6 +165,7 @@ fn chat_reply_is_real_text() {
     let mut session = common::session(model, 512);
     let options = GenerateOptions {
         max_tokens: 48,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -200,6 +205,7 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
     for sampling in bad {
         let options = GenerateOptions {
             max_tokens: 4,
+            constraint: None,
             stop: vec![],
             sampling,
         };
@@ -209,6 +215,7 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
     let long: Vec<i32> = std::iter::repeat_n(tokens[0], 300).collect();
     let options = GenerateOptions {
         max_tokens: 4,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -223,6 +230,7 @@ fn multibyte_output_streams_as_whole_characters() {
     let model = common::gemma3();
     let options = GenerateOptions {
         max_tokens: 40,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };

@@ -130,6 +130,7 @@ fn greedy_generation_equals_llama_cpp_output() {
             let mut session = common::session(model, 512);
             let options = GenerateOptions {
                 max_tokens: 32,
+                constraint: None,
                 stop: vec![],
                 sampling: SamplingParams::default(),
             };

@@ -59,7 +59,7 @@ const KV_TYPE_BYTES: u64 = 2;
 const MAX_UBATCH: u64 = 512;
 
 /// What the estimate depends on besides the files.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SessionShape {
     /// KV cells of the session (all sequences together).
     pub n_ctx: u32,
@@ -83,6 +83,9 @@ pub struct Footprint {
     pub scratch: u64,
     /// Most the prefix cache's snapshots can grow to after the load; not in [`Self::total`].
     pub prefix_cache: u64,
+    /// The session it was estimated for (a language model's; `None` for an encoder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<SessionShape>,
 }
 
 impl Footprint {
@@ -178,6 +181,7 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
         kv_cache,
         scratch,
         prefix_cache: u64::from(shape.cached_tokens).saturating_mul(kv_per_token),
+        shape: Some(shape),
     })
 }
 
@@ -233,5 +237,6 @@ fn estimate_sentence_transformers(dir: &Path) -> Result<Footprint, EstimateError
         kv_cache: 0,
         scratch: EMBEDDING_BASE,
         prefix_cache: 0,
+        shape: None,
     })
 }

@@ -73,6 +73,7 @@ async fn estimates_of_the_default_models_are_within_ten_percent_of_their_residen
                 assert!(prompt.len() > 512, "{name}: the prompt has {} tokens", prompt.len());
                 let options = GenerateOptions {
                     max_tokens: 4,
+                    constraint: None,
                     stop: vec![],
                     sampling: SamplingParams::default(),
                 };

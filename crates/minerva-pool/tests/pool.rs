@@ -343,6 +343,76 @@ async fn concurrent_requests_share_one_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_budget_shrinks_a_language_models_kv_cache_and_only_a_model_that_cannot_fit_is_refused() {
+    let _serial = SERIAL.lock().await;
+    const SMOL: &str = "smollm2-135m-instruct";
+    let store = ModelStore::new(models_dir());
+    let serving = PoolConfig::new(1, 4096);
+    let entry = store.resolve(&id(SMOL)).unwrap();
+    let full = minerva_pool::estimate::estimate(&entry, serving.session_shape()).unwrap();
+    let full_shape = full.shape.expect("a language model's session");
+    // 60 MiB short of the serving session: the model loads with fewer KV cells and slots.
+    let budget = full.total() - (60 << 20);
+    let pool = ModelPool::new(
+        ModelStore::new(models_dir()),
+        PoolConfig {
+            budget: Budget::Fixed(budget),
+            ..serving.clone()
+        },
+    );
+    let lease = pool
+        .acquire(&id(SMOL))
+        .await
+        .expect("the model fits once its KV shrinks");
+    let shape = lease.estimate.shape.expect("a language model's session");
+    assert!(lease.estimate.total() <= budget, "{:?} over {budget}", lease.estimate);
+    assert!(shape.n_ctx < full_shape.n_ctx, "{shape:?} vs {full_shape:?}");
+    assert!(shape.n_seq_max < full_shape.n_seq_max, "{shape:?} vs {full_shape:?}");
+    assert!(pool.totals().peak_bytes <= budget, "{:?}", pool.totals());
+    // And it serves: a short greedy generation within its smaller context.
+    let llm = lease.into_llm().map_err(|_| "not an LLM").unwrap();
+    assert!(llm.n_ctx() <= shape.n_ctx);
+    let prompt = llm.model().tokenize("Once upon a time", true, false).unwrap();
+    let options = minerva_engine::generate::GenerateOptions {
+        max_tokens: 8,
+        constraint: None,
+        stop: vec![],
+        sampling: minerva_engine::sampling::SamplingParams::default(),
+    };
+    let mut events = llm.submit(prompt, options);
+    let mut generated = None;
+    while let Some(event) = events.recv().await {
+        if let minerva_workers::GenerationEvent::Done(result) = event {
+            generated = Some(result.expect("the shrunk session generates"));
+        }
+    }
+    assert_eq!(generated.expect("a result").tokens.len(), 8);
+    drop(llm);
+
+    // Below the weights plus one sequence's smallest context: refused, with what the
+    // smallest session needs (far less than the serving one).
+    let tiny = full.weights + (4 << 20);
+    let pool = ModelPool::new(
+        ModelStore::new(models_dir()),
+        PoolConfig {
+            budget: Budget::Fixed(tiny),
+            ..serving
+        },
+    );
+    match pool.acquire(&id(SMOL)).await {
+        Err(PoolError::TooLarge { needed, budget, .. }) => {
+            assert_eq!(budget, tiny);
+            assert!(
+                needed > tiny && needed < full.total(),
+                "needs {needed} of {}",
+                full.total()
+            );
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|l| l.id.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_bigger_than_the_budget_is_a_clear_error() {
     let _serial = SERIAL.lock().await;
     let dir = three_models();

@@ -82,7 +82,7 @@ impl FakeLoader {
 impl Loader for FakeLoader {
     type Model = FakeModel;
 
-    fn footprint(&self, id: &ModelId) -> Result<Footprint, PoolError> {
+    fn footprint(&self, id: &ModelId, _budget: u64) -> Result<Footprint, PoolError> {
         let bytes = *self.sizes.get(id.as_str()).ok_or_else(|| {
             PoolError::Store(minerva_store::StoreError::UnknownModel {
                 id: id.to_string(),
@@ -94,10 +94,11 @@ impl Loader for FakeLoader {
             kv_cache: 0,
             scratch: 0,
             prefix_cache: 0,
+            shape: None,
         })
     }
 
-    fn load(&self, id: &ModelId) -> Result<(FakeModel, u64), PoolError> {
+    fn load(&self, id: &ModelId, _footprint: &Footprint) -> Result<(FakeModel, u64), PoolError> {
         self.started.fetch_add(1, Ordering::SeqCst);
         let gate = self.gates.lock().unwrap().get(id.as_str()).cloned();
         if let Some(gate) = gate {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use minerva_engine::constraint::Vocabulary;
 use minerva_engine::generate::{GenerateOptions, Generation};
 use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
@@ -64,6 +65,8 @@ pub enum GenerationEvent {
 /// handle is dropped.
 pub struct LlmWorker {
     model: Arc<dyn LanguageModel>,
+    /// The model's tokens for the grammar engine, built on the first constrained request.
+    vocabulary: std::sync::OnceLock<Result<Vocabulary, String>>,
     jobs: mpsc::Sender<Job>,
     n_ctx: u32,
     /// After `jobs`: the channel closes first, then the thread is joined.
@@ -120,6 +123,7 @@ impl LlmWorker {
             .map_err(|_| EngineError::Decode("the model's worker thread died while loading".into()))??;
         Ok(Self {
             model,
+            vocabulary: std::sync::OnceLock::new(),
             jobs,
             n_ctx,
             _thread: JoinOnDrop::new(Some(thread)),
@@ -134,6 +138,15 @@ impl LlmWorker {
     /// The model, for tokenizing and metadata.
     pub fn model(&self) -> &dyn LanguageModel {
         self.model.as_ref()
+    }
+
+    /// The model's vocabulary for constrained decoding, built once (it walks every token:
+    /// call it off the async threads).
+    pub fn vocabulary(&self) -> Result<Vocabulary, EngineError> {
+        self.vocabulary
+            .get_or_init(|| Vocabulary::new(Arc::clone(&self.model)).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| EngineError::invalid("response_format", reason))
     }
 
     /// Most tokens (prompt plus generated) one request may use.

@@ -63,6 +63,7 @@ fn worker(parallel: usize, prefix_cache_tokens: usize) -> LlmWorker {
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     }

@@ -45,6 +45,7 @@ fn prompt(worker: &LlmWorker, text: &str) -> Vec<TokenId> {
 fn greedy() -> GenerateOptions {
     GenerateOptions {
         max_tokens: MAX_TOKENS,
+        constraint: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     }

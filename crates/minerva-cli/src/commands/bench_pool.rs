@@ -308,6 +308,7 @@ async fn serve_one(pool: &ModelPool, model: &ModelId) -> Result<()> {
             let prompt = worker.model().tokenize("The capital of France is", true, false)?;
             let options = GenerateOptions {
                 max_tokens: 4,
+                constraint: None,
                 stop: Vec::new(),
                 sampling: SamplingParams::default(),
             };

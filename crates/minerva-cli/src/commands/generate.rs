@@ -94,6 +94,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     })?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
+        constraint: None,
         stop: args.stop,
         sampling: SamplingParams {
             temperature: args.temperature,

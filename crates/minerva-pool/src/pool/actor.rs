@@ -386,14 +386,14 @@ impl<L: Loader> Actor<L> {
             }
         }
         s.estimated_bytes = w.footprint.total();
-        self.state
-            .resident_floor
-            .insert(id.clone(), w.footprint.weights + w.footprint.kv_cache);
+
         self.state.generation += 1;
         let generation = self.state.generation;
         let tick = self.state.tick;
         self.state.loads_running += 1;
+        let footprint = w.footprint;
         let entry = Entry {
+            footprint,
             generation,
             bytes: w.footprint.total(),
             leases: 0,
@@ -418,7 +418,7 @@ impl<L: Loader> Actor<L> {
             }
             let started = Instant::now();
             let task_id = id.clone();
-            let result = tokio::task::spawn_blocking(move || loader.load(&task_id))
+            let result = tokio::task::spawn_blocking(move || loader.load(&task_id, &footprint))
                 .await
                 .unwrap_or_else(|_| Err(PoolError::Interrupted(id.clone())));
             let elapsed = started.elapsed();
@@ -471,10 +471,11 @@ impl<L: Loader> Actor<L> {
     fn ready(&mut self, id: &ModelId, generation: u64, model: L::Model, measured: u64, alone: bool, elapsed: Duration) {
         let load_ms = elapsed.as_secs_f64() * 1e3;
         let floor = self.state.credit_floor;
-        let resident_floor = self.state.resident_floor.get(id).copied().unwrap_or(0);
         let Some(e) = self.state.entries.get_mut(id) else {
             return;
         };
+        // The weights and KV cache it must hold: a lower bound for the measurement.
+        let resident_floor = e.footprint.weights.saturating_add(e.footprint.kv_cache);
         // The RSS delta is noisy: it under-counts when the allocator hands out memory
         // freed earlier and over-counts when other models allocate at the same time. So
         // it is kept between the weights and KV the model must hold and its reservation,
@@ -490,6 +491,7 @@ impl<L: Loader> Actor<L> {
             model,
             bytes,
             loaded_at: SystemTime::now(),
+            estimate: e.footprint,
             generation,
         });
         let Phase::Loading(waiters) = std::mem::replace(&mut e.phase, Phase::Ready(model)) else {

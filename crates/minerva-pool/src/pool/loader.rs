@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{PoolConfig, PoolError};
-use crate::estimate::{Footprint, estimate};
+use crate::estimate::{Footprint, SessionShape, estimate};
 use minerva_store::Registry;
 use minerva_store::{ModelFormat, ModelId, ModelStore};
 use minerva_workers::embedding::{EmbeddingService, EmbeddingServiceConfig};
@@ -22,12 +22,16 @@ pub trait Loader: Send + Sync + 'static {
     /// A loaded model.
     type Model: Send + Sync + 'static;
 
-    /// What model `id` will hold once loaded (blocking: it may read the model's files). An
-    /// unknown model is an error here, before the pool reserves anything.
-    fn footprint(&self, id: &ModelId) -> Result<Footprint, PoolError>;
+    /// What model `id` will hold once loaded under a pool of `budget` bytes (blocking: it
+    /// may read the model's files). A loader may shrink what it can (a language model's
+    /// KV cache) so that the model fits the budget; the pool refuses a model whose
+    /// smallest footprint does not. An unknown model is an error here, before the pool
+    /// reserves anything.
+    fn footprint(&self, id: &ModelId, budget: u64) -> Result<Footprint, PoolError>;
 
-    /// Loads model `id` (blocking) and says how many bytes the load added.
-    fn load(&self, id: &ModelId) -> Result<(Self::Model, u64), PoolError>;
+    /// Loads model `id` (blocking) as `footprint` planned it, and says how many bytes the
+    /// load added.
+    fn load(&self, id: &ModelId, footprint: &Footprint) -> Result<(Self::Model, u64), PoolError>;
 
     /// Whether a loaded model can still serve (its worker thread runs).
     fn is_alive(&self, model: &Self::Model) -> bool;
@@ -62,6 +66,9 @@ pub struct ModelLease<M = LoadedModel> {
     pub bytes: u64,
     /// When it finished loading.
     pub loaded_at: SystemTime,
+    /// What the pool estimated for it before the load, with the session it was sized
+    /// for (a tight budget shrinks a language model's KV cache).
+    pub estimate: Footprint,
     /// Which load of the model this is (tells a stale lease from a fresh one).
     pub(super) generation: u64,
 }
@@ -74,7 +81,7 @@ pub struct ModelLoader {
     store: ModelStore,
     worker: LlmWorkerConfig,
     registry: Option<Arc<Registry>>,
-    shape: crate::estimate::SessionShape,
+    shape: SessionShape,
 }
 
 impl ModelLoader {
@@ -97,12 +104,38 @@ impl ModelLoader {
 impl Loader for ModelLoader {
     type Model = LoadedModel;
 
-    fn footprint(&self, id: &ModelId) -> Result<Footprint, PoolError> {
+    fn footprint(&self, id: &ModelId, budget: u64) -> Result<Footprint, PoolError> {
         let entry = self.store.resolve(id)?;
-        Ok(estimate(&entry, self.shape)?)
+        let full = estimate(&entry, self.shape)?;
+        if full.total() <= budget || entry.format != ModelFormat::Gguf {
+            return Ok(full);
+        }
+        // Too big as configured: the largest smaller session that fits, else the smallest
+        // (which the pool then refuses with what it needs).
+        let mut smallest = full;
+        for worker in smaller_sessions(self.worker) {
+            let shape = SessionShape {
+                cached_tokens: self.shape.cached_tokens,
+                ..session_shape(&worker)
+            };
+            smallest = estimate(&entry, shape)?;
+            if smallest.total() <= budget {
+                tracing::info!(
+                    model = %id,
+                    budget,
+                    configured = full.total(),
+                    bytes = smallest.total(),
+                    kv_cells = shape.n_ctx,
+                    parallel = shape.n_seq_max,
+                    "the memory budget shrinks the model's KV cache"
+                );
+                break;
+            }
+        }
+        Ok(smallest)
     }
 
-    fn load(&self, id: &ModelId) -> Result<(LoadedModel, u64), PoolError> {
+    fn load(&self, id: &ModelId, footprint: &Footprint) -> Result<(LoadedModel, u64), PoolError> {
         let entry = self.store.resolve(id)?;
         // Hashes on first sight or when the file changed; refuses a mismatch.
         let digest = match &self.registry {
@@ -111,7 +144,19 @@ impl Loader for ModelLoader {
         };
         let before = resident_bytes();
         let model = match entry.format {
-            ModelFormat::Gguf => LoadedModel::Llm(Arc::new(LlmWorker::start(&entry.path, self.worker, id.as_str())?)),
+            ModelFormat::Gguf => {
+                let worker = match footprint.shape {
+                    // The session the estimate planned: as many sequences, requests of at
+                    // most as many tokens as it has cells.
+                    Some(shape) => LlmWorkerConfig {
+                        parallel: shape.n_seq_max as usize,
+                        n_ctx: self.worker.n_ctx.min(shape.n_ctx),
+                        ..self.worker
+                    },
+                    None => self.worker,
+                };
+                LoadedModel::Llm(Arc::new(LlmWorker::start(&entry.path, worker, id.as_str())?))
+            }
             ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
                 &entry.path,
                 id.as_str(),
@@ -126,6 +171,38 @@ impl Loader for ModelLoader {
 
     fn is_alive(&self, model: &LoadedModel) -> bool {
         model.is_alive()
+    }
+}
+
+/// Smallest context a tight budget shrinks a language model's session to.
+const MIN_CELLS: u32 = 512;
+
+/// Sessions smaller than `worker`'s, largest first: the KV cells halved each step down to
+/// [`MIN_CELLS`], with as many parallel sequences as keep 512 cells each (at least one),
+/// and requests of at most as many tokens as there are cells.
+fn smaller_sessions(worker: LlmWorkerConfig) -> Vec<LlmWorkerConfig> {
+    let configured = session_shape(&worker).n_ctx;
+    let mut sessions = Vec::new();
+    let mut cells = configured / 2;
+    while cells >= MIN_CELLS {
+        sessions.push(LlmWorkerConfig {
+            parallel: worker.parallel.min((cells / MIN_CELLS) as usize).max(1),
+            n_ctx: worker.n_ctx.min(cells),
+            ..worker
+        });
+        cells /= 2;
+    }
+    sessions
+}
+
+/// The session shape of a worker (without the prefix cache).
+fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
+    let params = worker.session_params(worker.n_ctx);
+    SessionShape {
+        n_ctx: params.n_ctx,
+        cached_tokens: 0,
+        n_batch: params.n_batch,
+        n_seq_max: params.n_seq_max,
     }
 }
 

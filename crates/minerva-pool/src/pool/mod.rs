@@ -198,8 +198,8 @@ pub struct ModelPool<L: Loader = ModelLoader> {
     snapshot: watch::Receiver<Arc<Snapshot<L::Model>>>,
     requests: broadcast::Sender<ModelId>,
     usage: Option<std::sync::mpsc::Sender<UsageRecord>>,
-    /// Each model's estimated footprint, computed on first sight.
-    footprints: Mutex<HashMap<ModelId, Footprint>>,
+    /// Each model's estimated footprint and the budget it was sized for.
+    footprints: Mutex<HashMap<ModelId, (u64, Footprint)>>,
 }
 
 /// Which idle models a preload may evict.
@@ -376,24 +376,27 @@ impl<L: Loader> ModelPool<L> {
         answer.await.map_err(|_| PoolError::Interrupted(id.clone()))?
     }
 
-    /// What a load of model `id` reserves: the estimate from its files, an upper bound of
-    /// what it will hold (so a load never takes the pool over its budget); the measurement
-    /// after the load shrinks it. Computed once per model.
+    /// What a load of model `id` reserves: the estimate from its files for a session that
+    /// fits the budget (the measurement after the load replaces it). Computed once per
+    /// model and budget.
     fn footprint(&self, id: &ModelId) -> Result<Footprint, PoolError> {
+        let budget = self.snapshot.borrow().totals.budget_bytes;
         let known = self
             .footprints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .copied();
-        if let Some(footprint) = known {
+        if let Some((for_budget, footprint)) = known
+            && for_budget == budget
+        {
             return Ok(footprint);
         }
-        let footprint = self.loader.footprint(id)?;
+        let footprint = self.loader.footprint(id, budget)?;
         self.footprints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), footprint);
+            .insert(id.clone(), (budget, footprint));
         Ok(footprint)
     }
 

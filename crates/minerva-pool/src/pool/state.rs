@@ -59,8 +59,6 @@ pub(super) struct State<M> {
     pub generation: u64,
     pub loads_running: usize,
     pub peak_bytes: u64,
-    /// Per model, the weights and KV cache it must hold: a lower bound for a measurement.
-    pub resident_floor: HashMap<ModelId, u64>,
     /// Loaded models that take no new lease: the victims chosen for the request at the
     /// head of the queue for room, which leave as soon as their leases end.
     pub draining: HashSet<ModelId>,
@@ -77,7 +75,6 @@ impl<M> Default for State<M> {
             generation: 0,
             loads_running: 0,
             peak_bytes: 0,
-            resident_floor: HashMap::new(),
             draining: HashSet::new(),
         }
     }
@@ -85,6 +82,8 @@ impl<M> Default for State<M> {
 
 pub(super) struct Entry<M> {
     pub phase: Phase<M>,
+    /// What the load reserved, and the session it sized.
+    pub footprint: Footprint,
     pub generation: u64,
     pub bytes: u64,
     pub leases: usize,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
 use super::stream::{self, StreamPiece};
+use super::structured::{self, GrammarFields};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -31,16 +32,11 @@ pub struct ChatRequest {
     #[serde(default)]
     logprobs: bool,
     top_logprobs: Option<usize>,
-    response_format: Option<ResponseFormat>,
+    #[serde(flatten)]
+    grammar: GrammarFields,
     tools: Option<serde_json::Value>,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseFormat {
-    #[serde(rename = "type")]
-    kind: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +105,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let (n, top_logprobs) = check_request(&req)?;
+    let grammar = req.grammar.grammar()?;
     let messages = req
         .messages
         .into_iter()
@@ -120,7 +117,7 @@ pub async fn chat_completions(
         "messages",
         messages.iter().map(|m| m.content.chars().count()).sum(),
     )?;
-    let options = generation::options(
+    let mut options = generation::options(
         &state,
         &req.sampling,
         req.max_completion_tokens.or(req.max_tokens),
@@ -129,6 +126,9 @@ pub async fn chat_completions(
     )?;
 
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    if let Some(grammar) = grammar {
+        options.constraint = Some(structured::constraint(&lease, grammar).await?);
+    }
     let template = ChatTemplate::for_model(lease.model())?;
     let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
     let prepared = Prepared { lease, prompt, options };
@@ -155,14 +155,6 @@ pub async fn chat_completions(
 fn check_request(req: &ChatRequest) -> Result<(u32, Option<usize>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must contain at least one message"));
-    }
-    if let Some(format) = &req.response_format
-        && format.kind != "text"
-    {
-        return Err(ApiError::invalid(
-            "response_format",
-            format!("response_format {:?} is not supported yet", format.kind),
-        ));
     }
     if req.tools.is_some() {
         return Err(ApiError::invalid("tools", "tool calling is not supported yet"));

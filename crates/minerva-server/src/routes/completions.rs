@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
 use super::stream::{self, StreamPiece};
+use super::structured::{self, GrammarFields};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -32,6 +33,8 @@ pub struct CompletionRequest {
     #[serde(default)]
     echo: bool,
     n: Option<u32>,
+    #[serde(flatten)]
+    grammar: GrammarFields,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
 }
@@ -58,7 +61,8 @@ pub async fn completions(
             "only n = 1 is supported for completions; send several prompts instead",
         ));
     }
-    let options = generation::options(
+    let grammar = req.grammar.grammar()?;
+    let mut options = generation::options(
         &state,
         &req.sampling,
         req.max_tokens.or(Some(16)),
@@ -66,6 +70,9 @@ pub async fn completions(
         req.logprobs,
     )?;
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    if let Some(grammar) = grammar {
+        options.constraint = Some(structured::constraint(&lease, grammar).await?);
+    }
     let prompts = prompt_tokens(&state, lease.model(), req.prompt)?;
     if req.stream && prompts.len() > 1 {
         return Err(ApiError::invalid("prompt", "streaming supports one prompt per request"));

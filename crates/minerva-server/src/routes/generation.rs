@@ -119,6 +119,7 @@ pub fn options(
     };
     Ok(GenerateOptions {
         max_tokens,
+        constraint: None,
         stop,
         sampling,
     })

@@ -6,6 +6,7 @@ pub mod embeddings;
 mod generation;
 pub mod models;
 mod stream;
+mod structured;
 pub mod tokenize;
 
 use axum::Json;

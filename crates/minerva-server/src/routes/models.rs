@@ -139,6 +139,9 @@ pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
                 "loaded_at": loaded_at,
                 "expires_at": s.and_then(|s| s.expires_at),
                 "in_use": s.map_or(0, |s| s.leases),
+                // The estimate the load reserved, by part, and for a language model the
+                // session it was sized for (a tight budget shrinks its KV cells and slots).
+                "estimate": lease.estimate,
             })
         })
         .collect();
