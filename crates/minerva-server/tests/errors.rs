@@ -190,9 +190,19 @@ async fn invalid_sampling_values_are_400_naming_the_parameter() {
         (json!({ "top_p": 0 }), "top_p"),
         (json!({ "min_p": 1.5 }), "min_p"),
         (json!({ "logprobs": true, "top_logprobs": 1_000_000 }), "top_logprobs"),
+        (json!({ "response_format": { "type": "xml" } }), "response_format.type"),
         (
-            json!({ "response_format": { "type": "json_object" } }),
+            json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "frobnicate" } } } }),
             "response_format",
+        ),
+        (json!({ "tool_choice": "required" }), "tool_choice"),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": { "type": "function", "function": { "name": "g" } } }),
+            "tool_choice",
+        ),
+        (
+            json!({ "tools": [{ "type": "function", "function": { "name": "bad name" } }] }),
+            "tools[0].function.name",
         ),
     ];
     for (extra, param) in cases {

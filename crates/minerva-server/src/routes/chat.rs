@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
 use super::stream::{self, StreamPiece};
 use super::structured::{self, GrammarFields};
+use super::tools::{self, ToolCallIn, ToolFields, Tools};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -34,7 +35,8 @@ pub struct ChatRequest {
     top_logprobs: Option<usize>,
     #[serde(flatten)]
     grammar: GrammarFields,
-    tools: Option<serde_json::Value>,
+    #[serde(flatten)]
+    tools: ToolFields,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
 }
@@ -43,6 +45,10 @@ pub struct ChatRequest {
 struct MessageIn {
     role: String,
     content: Option<Content>,
+    /// An assistant's past tool calls.
+    tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message's call.
+    tool_call_id: Option<String>,
 }
 
 /// A message's content: a string, or a list of parts of which only text is supported.
@@ -61,9 +67,18 @@ struct Part {
 }
 
 impl MessageIn {
-    fn into_message(self, index: usize) -> Result<ChatMessage, ApiError> {
+    /// The message as the template sees it; `calls` maps the ids of earlier tool calls to
+    /// their functions' names.
+    fn into_message(
+        self,
+        index: usize,
+        calls: &mut std::collections::HashMap<String, String>,
+    ) -> Result<ChatMessage, ApiError> {
         let param = format!("messages[{index}]");
-        if !matches!(self.role.as_str(), "system" | "user" | "assistant" | "developer") {
+        if !matches!(
+            self.role.as_str(),
+            "system" | "user" | "assistant" | "developer" | "tool"
+        ) {
             return Err(ApiError::invalid(
                 format!("{param}.role"),
                 format!("unsupported role {:?}", self.role),
@@ -88,11 +103,20 @@ impl MessageIn {
                 text
             }
         };
-        // Templates know system/user/assistant; OpenAI's newer "developer" role is a system message.
-        let role = if self.role == "developer" {
-            "system".to_owned()
-        } else {
-            self.role
+        // Templates know system/user/assistant; OpenAI's newer "developer" role is a system
+        // message, a tool's result comes back as a user message saying what it is, and an
+        // assistant's calls are shown in the format the model was asked to call in.
+        let (role, content) = match self.role.as_str() {
+            "developer" => ("system".to_owned(), content),
+            "tool" => (
+                "user".to_owned(),
+                tools::result_text(&content, self.tool_call_id.as_deref(), calls),
+            ),
+            "assistant" if self.tool_calls.is_some() => {
+                let past = tools::past_calls(self.tool_calls.as_deref().unwrap_or_default(), calls);
+                ("assistant".to_owned(), format!("{content}{past}").trim_end().to_owned())
+            }
+            _ => (self.role, content),
         };
         Ok(ChatMessage { role, content })
     }
@@ -105,13 +129,26 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let (n, top_logprobs) = check_request(&req)?;
-    let grammar = req.grammar.grammar()?;
-    let messages = req
+    let tools = req.tools.tools()?;
+    let grammar = match (req.grammar.grammar()?, tools.as_ref().and_then(Tools::grammar)) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required tool call cannot be combined with response_format or grammar",
+            ));
+        }
+        (format, call) => format.or(call),
+    };
+    let mut calls = std::collections::HashMap::new();
+    let mut messages = req
         .messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| m.into_message(i))
+        .map(|(i, m)| m.into_message(i, &mut calls))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(tools) = &tools {
+        offer_tools(&mut messages, tools);
+    }
     generation::check_prompt_chars(
         &state,
         "messages",
@@ -135,8 +172,8 @@ pub async fn chat_completions(
     generation::check_context(&prepared, "messages")?;
     generation::check_sampling(&prepared)?;
     let slot = state.admission.admit().await?;
-    if req.stream {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    if req.stream && tools.is_none() {
         return Ok(stream_chat(
             prepared,
             slot,
@@ -145,8 +182,13 @@ pub async fn chat_completions(
             top_logprobs.is_some(),
         ));
     }
-    let reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some()).await?;
+    let reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some(), tools.as_ref()).await?;
     drop(slot);
+    if req.stream {
+        // With tools the reply is known to be a call or text only at its end: it is
+        // generated whole, then sent as the chunks a client assembles.
+        return Ok(stream_reply(&reply, include_usage));
+    }
     Ok(axum::Json(reply).into_response())
 }
 
@@ -155,9 +197,6 @@ pub async fn chat_completions(
 fn check_request(req: &ChatRequest) -> Result<(u32, Option<usize>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "must contain at least one message"));
-    }
-    if req.tools.is_some() {
-        return Err(ApiError::invalid("tools", "tool calling is not supported yet"));
     }
     let n = req.n.unwrap_or(1);
     if !(1..=MAX_CHOICES).contains(&n) {
@@ -207,13 +246,85 @@ fn stream_chat(
     stream::sse(prepared, slot, Some(first), include_usage, render).into_response()
 }
 
-/// `n` choices generated one after the other, as one `chat.completion`.
+/// Puts the tools' system prompt before the conversation (after the request's own system
+/// message, when it has one).
+fn offer_tools(messages: &mut Vec<ChatMessage>, tools: &Tools) {
+    let prompt = tools.system_prompt();
+    match messages.first_mut() {
+        Some(first) if first.role == "system" => {
+            first.content = format!("{}\n\n{prompt}", first.content);
+        }
+        _ => messages.insert(0, ChatMessage::new("system", prompt)),
+    }
+}
+
+/// A finished `chat.completion` as the chunks of a stream: the role, the content or the
+/// tool calls, the finish reason, the usage when asked, `[DONE]`.
+fn stream_reply(reply: &serde_json::Value, include_usage: bool) -> Response {
+    use axum::response::sse::{Event, Sse};
+    let chunk = |index: &serde_json::Value, delta: serde_json::Value, finish: serde_json::Value| {
+        serde_json::json!({
+            "id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+            "model": reply["model"], "system_fingerprint": null,
+            "choices": [{ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let mut events = Vec::new();
+    for choice in reply["choices"].as_array().into_iter().flatten() {
+        let index = &choice["index"];
+        let message = &choice["message"];
+        events.push(chunk(
+            index,
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        ));
+        if let Some(calls) = message["tool_calls"].as_array() {
+            let calls: Vec<serde_json::Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    call["index"] = serde_json::json!(i);
+                    call
+                })
+                .collect();
+            events.push(chunk(
+                index,
+                serde_json::json!({ "tool_calls": calls }),
+                serde_json::Value::Null,
+            ));
+        } else if let Some(text) = message["content"].as_str() {
+            events.push(chunk(
+                index,
+                serde_json::json!({ "content": text }),
+                serde_json::Value::Null,
+            ));
+        }
+        events.push(chunk(index, serde_json::json!({}), choice["finish_reason"].clone()));
+    }
+    if include_usage {
+        let mut last = chunk(&serde_json::json!(0), serde_json::json!({}), serde_json::Value::Null);
+        last["choices"] = serde_json::json!([]);
+        last["usage"] = reply["usage"].clone();
+        events.push(last);
+    }
+    let events = events
+        .into_iter()
+        .map(|value| Event::default().data(value.to_string()))
+        .chain(std::iter::once(Event::default().data("[DONE]")))
+        .map(Ok::<_, std::convert::Infallible>);
+    Sse::new(futures_util::stream::iter(events)).into_response()
+}
+
+/// `n` choices generated one after the other, as one `chat.completion`; with tools, a
+/// choice whose text is a call of one of them is that call.
 async fn complete_choices(
     state: &AppState,
     prepared: &Prepared,
     model: String,
     n: u32,
     want_logprobs: bool,
+    tools: Option<&Tools>,
 ) -> Result<serde_json::Value, ApiError> {
     let id = generation::response_id("chatcmpl");
     let mut choices = Vec::new();
@@ -232,11 +343,26 @@ async fn complete_choices(
         completion_tokens += g.tokens.len();
         cached_tokens.get_or_insert(g.cached_tokens);
         let logprobs = want_logprobs.then(|| generation::chat_logprobs(prepared.model(), &g.logprobs));
+        let call = tools.and_then(|t| t.parse(&g.text));
+        let (message, finish) = match call {
+            Some(call) => (
+                serde_json::json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": [tools::call_json(&call, &tools::call_id(), None)],
+                }),
+                "tool_calls",
+            ),
+            None => (
+                serde_json::json!({ "role": "assistant", "content": g.text }),
+                generation::finish_reason(g.finish_reason),
+            ),
+        };
         choices.push(serde_json::json!({
             "index": index,
-            "message": { "role": "assistant", "content": g.text },
+            "message": message,
             "logprobs": logprobs,
-            "finish_reason": generation::finish_reason(g.finish_reason),
+            "finish_reason": finish,
         }));
     }
     Ok(serde_json::json!({

@@ -8,6 +8,7 @@ pub mod models;
 mod stream;
 mod structured;
 pub mod tokenize;
+mod tools;
 
 use axum::Json;
 use axum::extract::State;
