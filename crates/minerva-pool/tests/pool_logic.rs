@@ -53,6 +53,9 @@ impl Gate {
 struct FakeLoader {
     sizes: HashMap<String, u64>,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
+    /// Gates and failures of the n-th load (counting from 1), whatever its model.
+    numbered_gates: Mutex<HashMap<usize, Arc<Gate>>>,
+    failing_loads: Mutex<Vec<usize>>,
     failing: Mutex<Vec<String>>,
     loads: Mutex<HashMap<String, usize>>,
     started: AtomicUsize,
@@ -71,6 +74,13 @@ impl FakeLoader {
     fn gate(&self, name: &str) -> Arc<Gate> {
         let gate = Arc::new(Gate::default());
         self.gates.lock().unwrap().insert(name.into(), Arc::clone(&gate));
+        gate
+    }
+
+    /// Holds the `n`-th load (counting from 1) until the returned gate opens.
+    fn gate_load(&self, n: usize) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        self.numbered_gates.lock().unwrap().insert(n, Arc::clone(&gate));
         gate
     }
 
@@ -99,13 +109,16 @@ impl Loader for FakeLoader {
     }
 
     fn load(&self, id: &ModelId, _footprint: &Footprint) -> Result<(FakeModel, u64), PoolError> {
-        self.started.fetch_add(1, Ordering::SeqCst);
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let gate = self.gates.lock().unwrap().get(id.as_str()).cloned();
-        if let Some(gate) = gate {
+        let numbered = self.numbered_gates.lock().unwrap().get(&number).cloned();
+        for gate in [gate, numbered].into_iter().flatten() {
             gate.wait();
         }
         *self.loads.lock().unwrap().entry(id.to_string()).or_default() += 1;
-        if self.failing.lock().unwrap().iter().any(|f| f == id.as_str()) {
+        let fails = self.failing.lock().unwrap().iter().any(|f| f == id.as_str())
+            || self.failing_loads.lock().unwrap().contains(&number);
+        if fails {
             return Err(PoolError::Interrupted(id.clone()));
         }
         let alive = Arc::new(AtomicBool::new(true));
@@ -372,6 +385,30 @@ async fn unloading_a_loading_model_interrupts_its_waiters_and_drops_the_late_mod
     pool.sync().await;
     assert!(pool.loaded().is_empty());
     assert_eq!(pool.totals().bytes_in_use, 0);
+}
+
+#[tokio::test]
+async fn an_abandoned_load_that_fails_leaves_the_models_next_load_alone() {
+    let pool = pool(&[("a", 100)], config(EvictionPolicy::Lru, 1000));
+    let first = pool.loader().gate_load(1);
+    let second = pool.loader().gate_load(2);
+    pool.loader().failing_loads.lock().unwrap().push(1);
+    let abandoned = spawn_acquire(&pool, "a");
+    until(&pool, |p| p.loader().started.load(Ordering::SeqCst) == 1).await;
+    assert!(!pool.unload(&id("a")).await, "still loading");
+    assert!(matches!(abandoned.await.unwrap(), Err(PoolError::Interrupted(_))));
+    // A new request loads the model again while the abandoned load still runs.
+    let fresh = spawn_acquire(&pool, "a");
+    until(&pool, |p| p.loader().started.load(Ordering::SeqCst) == 2).await;
+    first.open();
+    until(&pool, |p| p.loader().loads.lock().unwrap().get("a") == Some(&1)).await;
+    pool.sync().await;
+    let still_loading = pool.is_resident(&id("a"));
+    second.open();
+    assert!(still_loading, "the abandoned load's failure took the new load's entry");
+    let lease = fresh.await.unwrap().expect("the new load serves its request");
+    assert_eq!(lease.id.as_str(), "a");
+    assert_eq!(pool.totals().bytes_in_use, 100 * MIB);
 }
 
 #[tokio::test]

@@ -453,6 +453,11 @@ impl<L: Loader> Actor<L> {
                 // Unloaded while it loaded: dropped, nothing registered.
                 tokio::task::spawn_blocking(move || drop(model));
             }
+            Err(e) if !current => {
+                // A load that was unloaded meanwhile: its requests were answered then, and
+                // a newer load of the model (if any) is not its business.
+                tracing::warn!(model = %id, error = %e, "an abandoned load failed");
+            }
             Err(e) => {
                 tracing::warn!(model = %id, error = %e, "load failed");
                 let cause = Arc::new(e);
