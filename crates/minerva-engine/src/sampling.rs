@@ -40,6 +40,9 @@ pub struct SamplingParams {
     /// Report each chosen token's log probability and this many alternatives; `None`
     /// reports none (and spends no time on a softmax over the vocabulary).
     pub top_logprobs: Option<usize>,
+    /// Added to the logits of these tokens before each choice (OpenAI's `logit_bias`,
+    /// each in [-100, 100]: -100 bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(TokenId, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +58,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             seed: None,
             top_logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -108,6 +112,20 @@ impl SamplingParams {
                 format!("{} exceeds the vocabulary of {n_vocab} tokens", self.top_k),
             ));
         }
+        for &(token, bias) in &self.logit_bias {
+            if usize::try_from(token).map_or(true, |t| t >= n_vocab) {
+                return Err(EngineError::invalid(
+                    "logit_bias",
+                    format!("token id {token} is outside the vocabulary of {n_vocab}"),
+                ));
+            }
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(EngineError::invalid(
+                    "logit_bias",
+                    format!("{bias} for token {token} is outside [-100, 100]"),
+                ));
+            }
+        }
         if let Some(n) = self.top_logprobs
             && n > MAX_TOP_LOGPROBS.min(n_vocab)
         {
@@ -124,7 +142,10 @@ impl SamplingParams {
     }
 
     fn has_penalties(&self) -> bool {
-        self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+        self.repeat_penalty != 1.0
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 }
 
@@ -219,6 +240,11 @@ impl Sampler {
                 *logit *= self.params.repeat_penalty;
             }
             *logit -= count as f32 * self.params.frequency_penalty + self.params.presence_penalty;
+        }
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(logit) = usize::try_from(token).ok().and_then(|i| logits.get_mut(i)) {
+                *logit += bias;
+            }
         }
     }
 
@@ -327,6 +353,42 @@ mod tests {
         SamplingParams {
             temperature: 0.8,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens_greedy_or_not() {
+        let logits = [1.0, 5.0, 2.0, 0.5];
+        let mut greedy = Sampler::new(SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..Default::default()
+        });
+        assert_eq!(greedy.sample(&logits), 2, "the banned favourite gives way to the next");
+        let mut sampled = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            logit_bias: vec![(3, 100.0)],
+            ..Default::default()
+        });
+        assert!(
+            (0..50).all(|_| sampled.sample(&logits) == 3),
+            "a +100 bias all but forces the token"
+        );
+        for bad in [vec![(4, 1.0)], vec![(-1, 1.0)], vec![(0, 101.0)], vec![(0, f32::NAN)]] {
+            let params = SamplingParams {
+                logit_bias: bad.clone(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    params.validate(4),
+                    Err(EngineError::InvalidParameter {
+                        param: "logit_bias",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
         }
     }
 

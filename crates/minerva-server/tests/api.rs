@@ -671,3 +671,68 @@ async fn metrics_count_the_compute_turns_models_take() {
     // The prompt's pass and the passes of the generated tokens.
     assert!(turns >= 2.0, "{turns} turns");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_bans_and_forces_tokens() {
+    let server = TestServer::shared();
+    let greedy = |extra: Value| {
+        let mut body = completion_body(
+            BASE,
+            "The capital of France is",
+            json!({ "max_tokens": 3, "temperature": 0 }),
+        );
+        merge(&mut body, extra);
+        body
+    };
+    let plain = server.ok("/v1/completions", &greedy(json!({}))).await;
+    let first_text = plain["choices"][0]["text"].as_str().unwrap().to_owned();
+    // The greedy answer's first token, banned: the answer starts differently.
+    let first = server
+        .ok(
+            "/v1/tokenize",
+            &json!({ "model": BASE, "prompt": format!("The capital of France is{first_text}") }),
+        )
+        .await["tokens"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let prompt_len = server.token_count(BASE, "The capital of France is", false).await;
+    let banned = first[prompt_len].as_i64().unwrap();
+    let without = server
+        .ok(
+            "/v1/completions",
+            &greedy(json!({ "logit_bias": { banned.to_string(): -100 } })),
+        )
+        .await;
+    assert_ne!(without["choices"][0]["text"], plain["choices"][0]["text"], "{without}");
+    // A token forced at +100 is every token of the answer.
+    let banana = server
+        .ok(
+            "/v1/tokenize",
+            &json!({ "model": BASE, "prompt": " banana", "add_special": false }),
+        )
+        .await["tokens"][0]
+        .as_i64()
+        .unwrap();
+    let forced = server
+        .ok(
+            "/v1/completions",
+            &greedy(json!({ "logit_bias": { banana.to_string(): 100 } })),
+        )
+        .await;
+    let forced_text = forced["choices"][0]["text"].as_str().unwrap();
+    let piece = server
+        .ok("/v1/detokenize", &json!({ "model": BASE, "tokens": [banana] }))
+        .await["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(forced_text, piece.repeat(3), "{forced}");
+    // Bad keys and values are 400s naming the field.
+    for bad in [json!({ "x": 1 }), json!({ "0": 101 }), json!({ "99999999": 1 })] {
+        let response = server
+            .post("/v1/completions", &greedy(json!({ "logit_bias": bad })))
+            .await;
+        expect_error(response, StatusCode::BAD_REQUEST, Some("logit_bias")).await;
+    }
+}

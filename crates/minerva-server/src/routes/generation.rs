@@ -40,6 +40,8 @@ pub struct SamplingFields {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
+    /// OpenAI's `logit_bias`: token id (as a string) to a bias in [-100, 100].
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
 }
 
 /// A generation ready to run: the model, the prompt tokens and the options.
@@ -97,12 +99,13 @@ pub fn options(
         Some(StopSpec::One(s)) => vec![s],
         Some(StopSpec::Many(list)) => list,
     };
-    if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+    if stop.len() > 16 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
         return Err(ApiError::invalid(
             "stop",
-            "up to 4 non-empty stop sequences of at most 256 bytes",
+            "up to 16 non-empty stop sequences of at most 256 bytes",
         ));
     }
+    let logit_bias = logit_bias(sampling.logit_bias.as_ref())?;
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
         // OpenAI's default temperature is 1.
@@ -115,6 +118,7 @@ pub fn options(
         frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
         seed: sampling.seed,
         top_logprobs,
+        logit_bias,
         ..defaults
     };
     Ok(GenerateOptions {
@@ -123,6 +127,33 @@ pub fn options(
         stop,
         sampling,
     })
+}
+
+/// Most entries in `logit_bias`.
+const MAX_LOGIT_BIAS: usize = 1024;
+
+/// `logit_bias` as token ids and biases (the range is the engine's check).
+fn logit_bias(bias: Option<&std::collections::HashMap<String, f32>>) -> Result<Vec<(TokenId, f32)>, ApiError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("at most {MAX_LOGIT_BIAS} tokens"),
+        ));
+    }
+    let mut biases: Vec<(TokenId, f32)> = bias
+        .iter()
+        .map(|(token, &value)| {
+            token
+                .parse::<TokenId>()
+                .map(|t| (t, value))
+                .map_err(|_| ApiError::invalid("logit_bias", format!("{token:?} is not a token id")))
+        })
+        .collect::<Result<_, _>>()?;
+    biases.sort_by_key(|&(t, _)| t);
+    Ok(biases)
 }
 
 /// Refuses prompts over the character limit before they are tokenized.
