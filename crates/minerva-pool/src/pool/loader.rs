@@ -196,7 +196,7 @@ fn smaller_sessions(worker: LlmWorkerConfig) -> Vec<LlmWorkerConfig> {
 }
 
 /// The session shape of a worker (without the prefix cache).
-fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
+pub(super) fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
     let params = worker.session_params(worker.n_ctx);
     SessionShape {
         n_ctx: params.n_ctx,

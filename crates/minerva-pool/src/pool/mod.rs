@@ -126,12 +126,9 @@ impl PoolConfig {
 
     /// What the footprint estimate of a model loaded by this pool depends on.
     pub fn session_shape(&self) -> SessionShape {
-        let params = loader::worker_config(self).session_params(self.n_ctx);
         SessionShape {
-            n_ctx: params.n_ctx,
             cached_tokens: u32::try_from(self.prefix_cache_tokens).unwrap_or(u32::MAX),
-            n_batch: params.n_batch,
-            n_seq_max: params.n_seq_max,
+            ..loader::session_shape(&loader::worker_config(self))
         }
     }
 }

@@ -242,10 +242,7 @@ pub fn call_json(call: &ToolCall, id: &str, index: Option<usize>) -> Value {
 pub fn call_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "call_{}_{n}",
-        super::generation::response_id("").trim_start_matches('-')
-    )
+    format!("{}_{n}", super::generation::response_id("call"))
 }
 
 /// A past call in an assistant message (`messages[i].tool_calls[j]`).
