@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The embedding cache: size, time-to-live, file kept across restarts.
     pub embedding_cache: CacheConfig,
+    /// What a chat longer than the context gets when its request does not say.
+    pub truncation: crate::Truncation,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             embedding_cache: CacheConfig::default(),
+            truncation: crate::Truncation::Error,
         }
     }
 }

@@ -23,6 +23,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// A JSON body whatever its `Content-Type` says, as Ollama reads its requests (its
+/// documented `curl -d '{...}'` examples send a form's content type).
+pub struct AnyJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.max_body_bytes;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(value)| Self(value))
+            .map_err(|rejection| reject(rejection, limit))
+    }
+}
+
 fn reject(rejection: JsonRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge(limit);

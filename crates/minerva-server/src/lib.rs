@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
+pub use routes::truncation::Truncation;
 pub use state::AppState;
 
 /// Builds the shared state for `config` over `pool`.
@@ -84,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .route("/detokenize", post(routes::tokenize::detokenize));
     let mut router = Router::new()
         .nest("/v1", v1)
+        .merge(routes::ollama::router())
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
@@ -113,6 +115,9 @@ pub fn app(state: AppState) -> Router {
         );
     }
     router
+        // Ollama's clients read errors as {"error": "message"} (refusals by the key and
+        // host checks too).
+        .layer(axum::middleware::from_fn(routes::ollama::error_body))
         // A bug that panics in a handler or a layer answers a 500 with an OpenAI-style body
         // instead of dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))

@@ -116,6 +116,11 @@ pub struct Settings {
     /// Prompt tokens whose KV each language model keeps for reuse, 0 for none [default: 4096].
     #[arg(long, env = "MINERVA_PREFIX_CACHE_TOKENS")]
     prefix_cache_tokens: Option<usize>,
+    /// What a chat longer than the context gets when its request does not say: error (a
+    /// 400 with the count), auto (drop the oldest turns), middle (cut the longest message's
+    /// middle) [default: error].
+    #[arg(long, env = "MINERVA_TRUNCATION")]
+    truncation: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -157,6 +162,7 @@ impl Settings {
             embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
             parallel: self.parallel.or(file.parallel),
             prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
+            truncation: self.truncation.or(file.truncation),
         }
     }
 
@@ -215,6 +221,10 @@ impl Settings {
                     None => defaults.embedding_cache.ttl,
                 },
                 file: self.embedding_cache_file,
+            },
+            truncation: match &self.truncation {
+                None => defaults.truncation,
+                Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?,
             },
             ..defaults
         };

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
+use minerva_engine::chat::{ChatMessage, ChatTemplate};
 use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
@@ -10,6 +10,7 @@ use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions}
 use super::stream::{self, StreamPiece};
 use super::structured::{self, GrammarFields};
 use super::tools::{self, ToolCallIn, ToolFields, Tools};
+use super::truncation::{self, Truncated, Truncation};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -39,10 +40,13 @@ pub struct ChatRequest {
     tools: ToolFields,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
+    /// Minerva's extension: what a conversation longer than the context gets (`error`,
+    /// `auto`, `middle`; the server's `--truncation` by default).
+    truncation: Option<Truncation>,
 }
 
 #[derive(Debug, Deserialize)]
-struct MessageIn {
+pub(super) struct MessageIn {
     role: String,
     content: Option<Content>,
     /// An assistant's past tool calls.
@@ -139,15 +143,9 @@ pub async fn chat_completions(
         }
         (format, call) => format.or(call),
     };
-    let mut calls = std::collections::HashMap::new();
-    let mut messages = req
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| m.into_message(i, &mut calls))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut messages = chat_messages(req.messages)?;
     if let Some(tools) = &tools {
-        offer_tools(&mut messages, tools);
+        tools.offer(&mut messages);
     }
     generation::check_prompt_chars(
         &state,
@@ -167,7 +165,14 @@ pub async fn chat_completions(
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }
     let template = ChatTemplate::for_model(lease.model())?;
-    let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
+    let (prompt, truncated) = truncation::fit(
+        lease.model(),
+        &template,
+        messages,
+        lease.n_ctx() as usize,
+        options.max_tokens,
+        req.truncation.unwrap_or(state.config.truncation),
+    )?;
     let prepared = Prepared { lease, prompt, options };
     generation::check_context(&prepared, "messages")?;
     generation::check_sampling(&prepared)?;
@@ -180,16 +185,30 @@ pub async fn chat_completions(
             req.model,
             include_usage,
             top_logprobs.is_some(),
+            truncated,
         ));
     }
-    let reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some(), tools.as_ref()).await?;
+    let mut reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some(), tools.as_ref()).await?;
     drop(slot);
+    if let Some(truncated) = truncated {
+        reply["truncation"] = serde_json::json!(truncated);
+    }
     if req.stream {
         // With tools the reply is known to be a call or text only at its end: it is
         // generated whole, then sent as the chunks a client assembles.
         return Ok(stream_reply(&reply, include_usage));
     }
     Ok(axum::Json(reply).into_response())
+}
+
+/// The messages of a request as the template sees them.
+pub(super) fn chat_messages(messages: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut calls = std::collections::HashMap::new();
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| m.into_message(i, &mut calls))
+        .collect()
 }
 
 /// Refuses what this server does not do yet and values out of range; returns the number
@@ -220,6 +239,7 @@ fn stream_chat(
     model: String,
     include_usage: bool,
     want_logprobs: bool,
+    truncated: Option<Truncated>,
 ) -> Response {
     let id = generation::response_id("chatcmpl");
     let created = generation::created();
@@ -231,7 +251,11 @@ fn stream_chat(
             "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
         })
     };
-    let first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None);
+    let mut first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None);
+    if let Some(truncated) = truncated {
+        // What the conversation lost goes with the first chunk.
+        first["truncation"] = serde_json::json!(truncated);
+    }
     let render = move |piece: StreamPiece<'_>| match piece {
         StreamPiece::Text(text) => chunk(serde_json::json!({ "content": text }), None, None),
         StreamPiece::Finished(g) => {
@@ -244,18 +268,6 @@ fn stream_chat(
         }
     };
     stream::sse(prepared, slot, Some(first), include_usage, render).into_response()
-}
-
-/// Puts the tools' system prompt before the conversation (after the request's own system
-/// message, when it has one).
-fn offer_tools(messages: &mut Vec<ChatMessage>, tools: &Tools) {
-    let prompt = tools.system_prompt();
-    match messages.first_mut() {
-        Some(first) if first.role == "system" => {
-            first.content = format!("{}\n\n{prompt}", first.content);
-        }
-        _ => messages.insert(0, ChatMessage::new("system", prompt)),
-    }
 }
 
 /// A finished `chat.completion` as the chunks of a stream: the role, the content or the

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use minerva_pool::{AcquireOptions, KeepAlive, LoadedModel};
-use minerva_workers::embedding::{EmbedSettings, EmbeddingInput};
+use minerva_workers::embedding::{EmbedSettings, Embedded, EmbeddingInput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -110,49 +110,15 @@ pub async fn embeddings(
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
-    let count = req.input.len();
     check_input_size(&state, &req.input)?;
-    let id = state.model_id(&req.model)?;
-    let lease = state
-        .pool
-        .acquire_with(
-            &id,
-            AcquireOptions {
-                keep_alive: req.keep_alive,
-            },
-        )
-        .await?;
-    let service = lease.into_embedding().map_err(|_| {
-        ApiError::invalid(
-            "model",
-            format!("{id} is not an embedding model; use /v1/chat/completions"),
-        )
-    })?;
-    if let Some(d) = req.dimensions
-        && d != service.dimensions()
-    {
-        return Err(ApiError::invalid(
-            "dimensions",
-            format!(
-                "{id} produces {} dimensions and cannot shorten them",
-                service.dimensions()
-            ),
-        ));
-    }
-    let settings = EmbedSettings {
-        normalize: service.normalizes(),
-        forbid_truncation: req.truncate == Some(false),
+    let request = EmbedRequest {
+        model: &req.model,
+        inputs: req.input.into_inputs(),
+        truncate: req.truncate,
+        dimensions: req.dimensions,
+        keep_alive: req.keep_alive,
     };
-    let cache = Some(state.embedding_cache.as_ref());
-    let lookup = service.lookup(req.input.into_inputs(), settings, cache);
-    // Only work for the model takes an admission slot; the slot is held until the
-    // vectors are back, and batch mates come from the requests holding slots.
-    let _slot = match lookup.misses() {
-        0 => None,
-        _ => Some(state.admission.admit().await?),
-    };
-    let embedded = service.compute(lookup, cache).await?;
-    metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(count as u64);
+    let embedded = embed_inputs(&state, request).await?;
     let prompt_tokens: u64 = embedded.tokens.iter().map(|&t| u64::from(t)).sum();
     let data = embedded
         .vectors
@@ -182,9 +148,72 @@ pub async fn embeddings(
     .into_response())
 }
 
+/// What to embed, with what: the fields both embedding APIs (OpenAI's and Ollama's) have.
+pub struct EmbedRequest<'a> {
+    pub model: &'a str,
+    pub inputs: Vec<EmbeddingInput>,
+    /// `Some(false)`: fail instead of truncating inputs longer than the model accepts.
+    pub truncate: Option<bool>,
+    /// The dimensions asked for (the model's own only).
+    pub dimensions: Option<usize>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// Embeds the inputs of `request` through the cache and the model's batching worker.
+pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result<Embedded, ApiError> {
+    let count = request.inputs.len();
+    let id = state.model_id(request.model)?;
+    let lease = state
+        .pool
+        .acquire_with(
+            &id,
+            AcquireOptions {
+                keep_alive: request.keep_alive,
+            },
+        )
+        .await?;
+    let service = lease.into_embedding().map_err(|_| {
+        ApiError::invalid(
+            "model",
+            format!("{id} is not an embedding model; use /v1/chat/completions"),
+        )
+    })?;
+    if let Some(d) = request.dimensions
+        && d != service.dimensions()
+    {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "{id} produces {} dimensions and cannot shorten them",
+                service.dimensions()
+            ),
+        ));
+    }
+    let settings = EmbedSettings {
+        normalize: service.normalizes(),
+        forbid_truncation: request.truncate == Some(false),
+    };
+    let cache = Some(state.embedding_cache.as_ref());
+    let lookup = service.lookup(request.inputs, settings, cache);
+    // Only work for the model takes an admission slot; the slot is held until the
+    // vectors are back, and batch mates come from the requests holding slots.
+    let _slot = match lookup.misses() {
+        0 => None,
+        _ => Some(state.admission.admit().await?),
+    };
+    let embedded = service.compute(lookup, cache).await?;
+    metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(count as u64);
+    Ok(embedded)
+}
+
 /// Refuses an empty input and one beyond the server's limits on inputs and characters.
 fn check_input_size(state: &AppState, input: &Input) -> Result<(), ApiError> {
-    let count = input.len();
+    check_input_counts(state, input.len(), input.chars())
+}
+
+/// Refuses `count` inputs of `chars` characters in all when they are none or beyond the
+/// server's limits.
+pub fn check_input_counts(state: &AppState, count: usize, chars: usize) -> Result<(), ApiError> {
     if count == 0 {
         return Err(ApiError::invalid("input", "must not be empty"));
     }
@@ -197,7 +226,6 @@ fn check_input_size(state: &AppState, input: &Input) -> Result<(), ApiError> {
             ),
         ));
     }
-    let chars = input.chars();
     if chars > state.config.max_prompt_chars.saturating_mul(16) {
         return Err(ApiError::invalid(
             "input",

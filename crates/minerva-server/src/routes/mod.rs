@@ -5,10 +5,12 @@ pub mod completions;
 pub mod embeddings;
 mod generation;
 pub mod models;
+pub mod ollama;
 mod stream;
 mod structured;
 pub mod tokenize;
 mod tools;
+pub mod truncation;
 
 use axum::Json;
 use axum::extract::State;

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use minerva_engine::TokenId;
+use minerva_engine::chat::{ChatTemplate, chat_prompt_tokens};
 use serde::Deserialize;
 
 use super::generation;
@@ -14,7 +15,10 @@ use crate::state::AppState;
 pub struct TokenizeRequest {
     model: String,
     #[serde(alias = "content")]
-    prompt: String,
+    prompt: Option<String>,
+    /// A chat's messages instead of a prompt: the tokens the chat's prompt would have,
+    /// rendered through the model's template.
+    messages: Option<Vec<super::chat::MessageIn>>,
     #[serde(default = "yes")]
     add_special: bool,
     #[serde(default)]
@@ -35,13 +39,27 @@ pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
     let lease = generation::language_model(&state, &req.model, None).await?;
-    let tokens = lease
-        .model()
-        .tokenize(&req.prompt, req.add_special, req.parse_special)?;
+    let model = lease.model();
+    let tokens = match (req.prompt, req.messages) {
+        (Some(prompt), None) => {
+            generation::check_prompt_chars(&state, "prompt", prompt.chars().count())?;
+            model.tokenize(&prompt, req.add_special, req.parse_special)?
+        }
+        (None, Some(messages)) => {
+            let messages = super::chat::chat_messages(messages)?;
+            generation::check_prompt_chars(
+                &state,
+                "messages",
+                messages.iter().map(|m| m.content.chars().count()).sum(),
+            )?;
+            let template = ChatTemplate::for_model(model)?;
+            chat_prompt_tokens(model, &template, &messages)?
+        }
+        _ => return Err(ApiError::invalid("prompt", "give either prompt or messages")),
+    };
     Ok(Json(
-        serde_json::json!({ "model": req.model, "tokens": tokens, "count": tokens.len() }),
+        serde_json::json!({ "model": req.model, "tokens": tokens, "count": tokens.len(), "n_ctx": lease.n_ctx() }),
     ))
 }
 

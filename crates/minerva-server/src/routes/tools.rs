@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use minerva_engine::chat::ChatMessage;
 use minerva_engine::constraint::Grammar;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -163,6 +164,18 @@ fn check_tools(tools: &[ToolSpec]) -> Result<Vec<FunctionSpec>, ApiError> {
 }
 
 impl Tools {
+    /// Puts the system prompt that offers the functions before the conversation (after
+    /// the request's own system message, when it has one).
+    pub fn offer(&self, messages: &mut Vec<ChatMessage>) {
+        let prompt = self.system_prompt();
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{prompt}", first.content);
+            }
+            _ => messages.insert(0, ChatMessage::new("system", prompt)),
+        }
+    }
+
     /// The system prompt that offers the functions.
     pub fn system_prompt(&self) -> String {
         let mut prompt = String::from(

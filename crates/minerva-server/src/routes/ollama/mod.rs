@@ -1,0 +1,157 @@
+//! Ollama's API beside OpenAI's, on the same port, for the clients written for it (the
+//! `ollama` Python and JS libraries, Open WebUI, Continue, editor plug-ins):
+//! `/api/chat` and `/api/generate` (NDJSON streams by default, `stream: false` for one
+//! object), `/api/embed` and the older `/api/embeddings`, `/api/tags`, `/api/ps`,
+//! `/api/show` and `/api/version`.
+//!
+//! The handlers translate Ollama's shapes to the ones the OpenAI routes use and run the
+//! same generation and embedding paths; what differs is only the wire format: Ollama's
+//! `options`, nanosecond durations, RFC 3339 times, names with tags (`NAME:latest`) and
+//! errors as `{"error": "message"}`.
+
+mod chat;
+mod embed;
+mod generate;
+mod models;
+mod ndjson;
+mod options;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use minerva_store::ModelId;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The version of Ollama's API these routes follow (clients gate features on it).
+pub const OLLAMA_API_VERSION: &str = "0.12.0";
+
+/// Ollama's routes, to be merged at the root.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(running).head(running))
+        .route("/api/version", get(models::version))
+        .route("/api/tags", get(models::tags))
+        .route("/api/ps", get(models::ps))
+        .route("/api/show", post(models::show))
+        .route("/api/chat", post(chat::chat))
+        .route("/api/generate", post(generate::generate))
+        .route("/api/embed", post(embed::embed))
+        .route("/api/embeddings", post(embed::embeddings))
+}
+
+/// `GET /`: what Ollama answers, so clients that probe for a server find one.
+async fn running() -> &'static str {
+    "Minerva is running (Ollama-compatible API under /api)"
+}
+
+/// Turns the OpenAI-style error body of a failed `/api/...` request into Ollama's
+/// `{"error": "message"}` (the status stays), which Ollama's clients read.
+pub async fn error_body(req: Request, next: Next) -> Response {
+    let ollama = req.uri().path().starts_with("/api/");
+    let response = next.run(req).await;
+    if !ollama || response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        return (
+            parts.status,
+            axum::Json(serde_json::json!({ "error": "request failed" })),
+        )
+            .into_response();
+    };
+    // The message, led by the field it is about when it does not name it itself.
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let message = v["error"]["message"].as_str()?;
+            Some(match v["error"]["param"].as_str() {
+                Some(param) if !message.contains(param) => format!("{param}: {message}"),
+                _ => message.to_owned(),
+            })
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::from_parts(parts, Body::from(body));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+    response
+}
+
+/// The model an Ollama name means: `NAME`, `NAME:latest` and a model id that itself
+/// holds a tag all name a model of the store.
+pub fn model_id(state: &AppState, name: &str) -> Result<ModelId, ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid("model", "model is required"));
+    }
+    let id = state.model_id(name)?;
+    if state.pool.store().resolve(&id).is_ok() {
+        return Ok(id);
+    }
+    match name.strip_suffix(":latest") {
+        Some(base) => state.model_id(base),
+        None => Ok(id),
+    }
+}
+
+/// The name a model is listed under: its id with Ollama's default tag.
+pub fn ollama_name(id: &ModelId) -> String {
+    let id = id.to_string();
+    if id.contains(':') { id } else { format!("{id}:latest") }
+}
+
+/// A time as RFC 3339, as Ollama writes them.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Nanoseconds, Ollama's unit for durations.
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// When a request started and when its model was ready: the `total_duration` and
+/// `load_duration` of Ollama's replies.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    started: Instant,
+    loaded: Duration,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            loaded: Duration::ZERO,
+        }
+    }
+
+    /// Marks the model as ready (the time since the start was spent getting it).
+    pub fn model_ready(&mut self) {
+        self.loaded = self.started.elapsed();
+    }
+
+    pub fn durations(&self) -> serde_json::Value {
+        serde_json::json!({
+            "total_duration": nanos(self.started.elapsed()),
+            "load_duration": nanos(self.loaded),
+        })
+    }
+}
+
+/// Merges the fields of `extra` (an object) into `into` (an object).
+pub fn merge(into: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(into), serde_json::Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
+}

@@ -1,0 +1,110 @@
+//! Ollama's `options`, `format` and `keep_alive`, mapped onto Minerva's generation
+//! options.
+
+use minerva_engine::constraint::Grammar;
+use minerva_engine::generate::GenerateOptions;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::routes::generation::{self, SamplingFields, StopSpec};
+use crate::state::AppState;
+
+/// Largest `format` schema accepted, in bytes of its JSON.
+const MAX_SCHEMA_BYTES: usize = 64 << 10;
+
+/// `options` of `/api/chat` and `/api/generate`. Options this server has no use for
+/// (`num_thread`, `mirostat`, `num_gpu`, ...) are ignored, as Ollama ignores the ones
+/// its runner does not know.
+#[derive(Debug, Default, Deserialize)]
+pub struct Options {
+    /// The context Ollama would load the model with. Minerva's session is sized once per
+    /// model (`--ctx-size`, the memory budget); a prompt that does not fit is refused.
+    #[allow(dead_code)]
+    num_ctx: Option<i64>,
+    /// Tokens to generate; negative means "until the end" (the server's limit here).
+    num_predict: Option<i64>,
+    temperature: Option<f32>,
+    top_k: Option<i64>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    /// Negative means random, as in Ollama.
+    seed: Option<i64>,
+    stop: Option<Vec<String>>,
+    repeat_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+}
+
+/// Ollama's defaults where they differ from OpenAI's (`api/types.go`, `DefaultOptions`).
+const TEMPERATURE: f32 = 0.8;
+const TOP_K: usize = 40;
+const TOP_P: f32 = 0.9;
+const REPEAT_PENALTY: f32 = 1.1;
+
+impl Options {
+    /// The generation options these options ask for.
+    pub fn generate_options(&self, state: &AppState) -> Result<GenerateOptions, ApiError> {
+        let sampling = SamplingFields {
+            temperature: Some(self.temperature.unwrap_or(TEMPERATURE)),
+            top_p: Some(self.top_p.unwrap_or(TOP_P)),
+            top_k: Some(match self.top_k {
+                None => TOP_K,
+                Some(k) => usize::try_from(k).unwrap_or(0),
+            }),
+            min_p: self.min_p,
+            repeat_penalty: Some(self.repeat_penalty.unwrap_or(REPEAT_PENALTY)),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed.and_then(|s| u64::try_from(s).ok()),
+            logit_bias: None,
+        };
+        // Ollama generates until the end when asked for -1 (its default) or -2; so does
+        // this server, up to its own limit. A larger positive number is cut to the limit.
+        let max_tokens = match self.num_predict {
+            None => None,
+            Some(n) if n < 0 => Some(state.config.max_tokens as i64),
+            Some(0) => return Err(ApiError::invalid("options.num_predict", "must not be 0")),
+            Some(n) => Some(n.min(state.config.max_tokens as i64)),
+        };
+        let stop = self.stop.clone().map(StopSpec::Many);
+        generation::options(state, &sampling, max_tokens, stop, None).map_err(|e| rename_param(e, "options."))
+    }
+}
+
+/// The same error with `prefix` before its field's name (`temperature` becomes
+/// `options.temperature`).
+fn rename_param(e: ApiError, prefix: &str) -> ApiError {
+    match e {
+        ApiError::InvalidRequest {
+            message,
+            param: Some(param),
+        } => ApiError::InvalidRequest {
+            message,
+            param: Some(format!("{prefix}{param}")),
+        },
+        other => other,
+    }
+}
+
+/// `format`: `"json"`, or a JSON schema the output follows.
+pub fn grammar(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, ApiError> {
+    match format {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) if s == "json" => Ok(Some(Grammar::JsonObject)),
+        Some(schema @ serde_json::Value::Object(_)) => {
+            let bytes = schema.to_string().len();
+            if bytes > MAX_SCHEMA_BYTES {
+                return Err(ApiError::invalid(
+                    "format",
+                    format!("{bytes} bytes exceed the limit of {MAX_SCHEMA_BYTES}"),
+                ));
+            }
+            Ok(Some(Grammar::JsonSchema(schema.clone())))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "format",
+            format!("must be \"json\" or a JSON schema object, not {other}"),
+        )),
+    }
+}
