@@ -328,7 +328,8 @@ fn stream_reply(reply: &serde_json::Value, include_usage: bool) -> Response {
     Sse::new(futures_util::stream::iter(events)).into_response()
 }
 
-/// `n` choices generated one after the other, as one `chat.completion`; with tools, a
+/// `n` choices generated at once, as one `chat.completion`: the worker batches them, and
+/// the prompt's KV (all but its last token) is computed once and shared. With tools, a
 /// choice whose text is a call of one of them is that call.
 async fn complete_choices(
     state: &AppState,
@@ -339,11 +340,7 @@ async fn complete_choices(
     tools: Option<&Tools>,
 ) -> Result<serde_json::Value, ApiError> {
     let id = generation::response_id("chatcmpl");
-    let mut choices = Vec::new();
-    let mut completion_tokens = 0;
-    // The prompt is counted once, so is its reuse: the first choice's.
-    let mut cached_tokens = None;
-    for index in 0..n {
+    let runs = (0..n).map(|index| {
         let mut prepared_i = Prepared {
             lease: prepared.lease.clone(),
             prompt: prepared.prompt.clone(),
@@ -351,9 +348,14 @@ async fn complete_choices(
         };
         // Distinct choices need distinct random streams; a seed keeps them reproducible.
         prepared_i.options.sampling.seed = prepared.options.sampling.seed.map(|s| s.wrapping_add(u64::from(index)));
-        let g = generation::complete(state, &prepared_i).await?;
-        completion_tokens += g.tokens.len();
-        cached_tokens.get_or_insert(g.cached_tokens);
+        async move { generation::complete(state, &prepared_i).await }
+    });
+    let generations = futures_util::future::try_join_all(runs).await?;
+    let completion_tokens = generations.iter().map(|g| g.tokens.len()).sum();
+    // The prompt is counted once, so is its reuse: the first choice's.
+    let cached_tokens = generations.first().map_or(0, |g| g.cached_tokens);
+    let mut choices = Vec::new();
+    for (index, g) in generations.iter().enumerate() {
         let logprobs = want_logprobs.then(|| generation::chat_logprobs(prepared.model(), &g.logprobs));
         let call = tools.and_then(|t| t.parse(&g.text));
         let (message, finish) = match call {
@@ -383,7 +385,7 @@ async fn complete_choices(
         "created": generation::created(),
         "model": model,
         "choices": choices,
-        "usage": generation::usage(prepared.prompt.len(), completion_tokens, cached_tokens.unwrap_or(0)),
+        "usage": generation::usage(prepared.prompt.len(), completion_tokens, cached_tokens),
         "system_fingerprint": null,
     }))
 }

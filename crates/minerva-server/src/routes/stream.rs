@@ -32,52 +32,83 @@ pub fn sse<R>(
     render: R,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
 where
-    R: Fn(StreamPiece<'_>) -> serde_json::Value + Send + 'static,
+    R: Fn(StreamPiece<'_>) -> serde_json::Value + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let _slot = slot;
-        let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string()));
+        let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string())).is_ok();
         if let Some(first) = first
-            && send(first).is_err()
+            && !send(first)
         {
             return;
         }
-        let mut events = prepared.submit();
-        loop {
-            let event = tokio::select! {
-                () = tx.closed() => return,
-                event = events.recv() => event,
-            };
-            match event {
-                None => return,
-                Some(GenerationEvent::Text(text)) => {
-                    if send(render(StreamPiece::Text(&text))).is_err() {
-                        return;
-                    }
+        forward(&prepared, tx.closed(), |outcome| match outcome {
+            Outcome::Text(text) => send(render(StreamPiece::Text(text))),
+            Outcome::Finished(g) => {
+                send(render(StreamPiece::Finished(g)));
+                if include_usage {
+                    let mut last = render(StreamPiece::Text(""));
+                    last["choices"] = serde_json::json!([]);
+                    last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len(), g.cached_tokens);
+                    send(last);
                 }
-                Some(GenerationEvent::Done(Ok(g))) => {
-                    generation::record_tokens(&prepared, &g);
-                    let _ = send(render(StreamPiece::Finished(&g)));
-                    if include_usage {
-                        let mut last = render(StreamPiece::Text(""));
-                        last["choices"] = serde_json::json!([]);
-                        last["usage"] = generation::usage(prepared.prompt.len(), g.tokens.len(), g.cached_tokens);
-                        let _ = send(last);
-                    }
-                    let _ = tx.send(Event::default().data("[DONE]"));
-                    return;
-                }
-                Some(GenerationEvent::Done(Err(e))) => {
-                    let message = e.to_string().lines().next().unwrap_or_default().to_owned();
-                    let _ = send(
-                        serde_json::json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } }),
-                    );
-                    return;
-                }
+                let _ = tx.send(Event::default().data("[DONE]"));
+                false
             }
-        }
+            Outcome::Failed(message) => {
+                send(serde_json::json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } }));
+                false
+            }
+        })
+        .await;
     });
     let stream = futures_util::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok);
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// What a running generation gives a stream.
+pub enum Outcome<'a> {
+    /// A piece of final text.
+    Text(&'a str),
+    /// The end, with the whole generation (its tokens are counted in the metrics).
+    Finished(&'a Generation),
+    /// The generation failed; the first line of why.
+    Failed(String),
+}
+
+/// Submits `prepared` and hands each of its events to `send` until the generation ends,
+/// `send` returns `false` (the client is gone) or `closed` resolves (likewise). Dropping
+/// the receiver on return cancels a generation that is still running.
+pub async fn forward<S>(prepared: &Prepared, closed: impl std::future::Future<Output = ()>, mut send: S)
+where
+    S: FnMut(Outcome<'_>) -> bool,
+{
+    let mut events = prepared.submit();
+    tokio::pin!(closed);
+    loop {
+        let event = tokio::select! {
+            () = &mut closed => return,
+            event = events.recv() => event,
+        };
+        match event {
+            None => return,
+            Some(GenerationEvent::Text(text)) => {
+                if !send(Outcome::Text(&text)) {
+                    return;
+                }
+            }
+            Some(GenerationEvent::Done(Ok(g))) => {
+                generation::record_tokens(prepared, &g);
+                send(Outcome::Finished(&g));
+                return;
+            }
+            Some(GenerationEvent::Done(Err(e))) => {
+                send(Outcome::Failed(
+                    e.to_string().lines().next().unwrap_or_default().to_owned(),
+                ));
+                return;
+            }
+        }
+    }
 }

@@ -7,9 +7,9 @@ use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use minerva_engine::generate::Generation;
-use minerva_workers::GenerationEvent;
 
 use crate::routes::generation::{self, Prepared};
+use crate::routes::stream::{Outcome, forward};
 use crate::state::Slot;
 
 /// What a route turns into one line's JSON.
@@ -26,7 +26,7 @@ pub enum Piece<'a> {
 /// `{"error": ...}`, as Ollama sends it.
 pub fn stream<R>(prepared: Prepared, slot: Slot, render: R) -> Response
 where
-    R: Fn(Piece<'_>) -> serde_json::Value + Send + 'static,
+    R: Fn(Piece<'_>) -> serde_json::Value + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
@@ -34,33 +34,14 @@ where
         let send = |value: serde_json::Value| {
             let mut line = value.to_string();
             line.push('\n');
-            tx.send(Bytes::from(line))
+            tx.send(Bytes::from(line)).is_ok()
         };
-        let mut events = prepared.submit();
-        loop {
-            let event = tokio::select! {
-                () = tx.closed() => return,
-                event = events.recv() => event,
-            };
-            match event {
-                None => return,
-                Some(GenerationEvent::Text(text)) => {
-                    if send(render(Piece::Text(&text))).is_err() {
-                        return;
-                    }
-                }
-                Some(GenerationEvent::Done(Ok(g))) => {
-                    generation::record_tokens(&prepared, &g);
-                    let _ = send(render(Piece::Finished(&g)));
-                    return;
-                }
-                Some(GenerationEvent::Done(Err(e))) => {
-                    let message = e.to_string().lines().next().unwrap_or_default().to_owned();
-                    let _ = send(serde_json::json!({ "error": message }));
-                    return;
-                }
-            }
-        }
+        forward(&prepared, tx.closed(), |outcome| match outcome {
+            Outcome::Text(text) => send(render(Piece::Text(text))),
+            Outcome::Finished(g) => send(render(Piece::Finished(g))),
+            Outcome::Failed(message) => send(serde_json::json!({ "error": message })),
+        })
+        .await;
     });
     let lines = futures_util::StreamExt::map(
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
