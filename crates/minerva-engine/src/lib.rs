@@ -28,7 +28,7 @@ pub mod perplexity;
 pub mod sampling;
 
 pub use error::EngineError;
-pub use llm::{LanguageModel, ModelMetadata, SeqId, Session, SessionParams, TokenId};
+pub use llm::{KvType, LanguageModel, ModelMetadata, SeqId, Session, SessionParams, TokenId};
 
 /// Result type of the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

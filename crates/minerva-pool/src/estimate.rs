@@ -32,6 +32,7 @@
 
 use std::path::Path;
 
+use minerva_engine::KvType;
 use minerva_gguf::{self as gguf, GgufTensor};
 
 use minerva_store::{ModelEntry, ModelFormat};
@@ -52,9 +53,6 @@ const VOCAB_BYTES_PER_TOKEN: u64 = 200;
 /// Resident bytes of a BPE merge rule in llama.cpp's rank map.
 const VOCAB_BYTES_PER_MERGE: u64 = 64;
 
-/// llama.cpp's KV cache element type (the engine keeps its default, f16).
-const KV_TYPE_BYTES: u64 = 2;
-
 /// Largest micro-batch: the engine's `n_ubatch` is `n_batch` capped at this.
 const MAX_UBATCH: u64 = 512;
 
@@ -70,6 +68,8 @@ pub struct SessionShape {
     pub n_batch: u32,
     /// Most sequences at once.
     pub n_seq_max: u32,
+    /// Element type of the KV cache.
+    pub kv_type: KvType,
 }
 
 /// A model's estimated footprint, in bytes, by part.
@@ -145,7 +145,13 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
     // context of one. Sliding-window layers keep every cell too (the engine asks for
     // `swa_full`), so all layers are alike.
     let n_ctx = u64::from(shape.n_ctx);
-    let kv_per_token = product(&[n_layer, n_head_kv, head_k.saturating_add(head_v), KV_TYPE_BYTES]);
+    // Keys and values in the session's KV type (f16, or q8_0/q4_0 blocks of 32).
+    let kv_per_token = product(&[
+        n_layer,
+        n_head_kv,
+        head_k.saturating_add(head_v),
+        shape.kv_type.bytes_per_32(),
+    ]) / 32;
     let kv_cache = n_ctx.saturating_mul(kv_per_token);
 
     let n_ubatch = u64::from(shape.n_batch).clamp(1, MAX_UBATCH);

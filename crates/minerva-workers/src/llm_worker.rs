@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use minerva_engine::constraint::Vocabulary;
 use minerva_engine::generate::{GenerateOptions, Generation};
-use minerva_engine::{EngineError, LanguageModel, SessionParams, TokenId};
+use minerva_engine::{EngineError, KvType, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::worker_thread::JoinOnDrop;
@@ -33,6 +33,8 @@ pub struct LlmWorkerConfig {
     pub parallel: usize,
     /// Most distinct tokens whose KV the prefix cache keeps; 0 turns it off.
     pub prefix_cache_tokens: usize,
+    /// Element type of the session's KV cache.
+    pub kv_type: KvType,
 }
 
 impl LlmWorkerConfig {
@@ -48,6 +50,7 @@ impl LlmWorkerConfig {
             n_batch: cells.min(512),
             n_seq_max: parallel as u32,
             threads: self.threads,
+            kv_type: self.kv_type,
         }
     }
 }

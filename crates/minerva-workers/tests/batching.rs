@@ -56,6 +56,7 @@ fn worker(parallel: usize, prefix_cache_tokens: usize) -> LlmWorker {
         threads: minerva_engine::compute::default_threads(),
         parallel,
         prefix_cache_tokens,
+        kv_type: minerva_engine::KvType::F16,
     };
     LlmWorker::start(&model_path(), config, MODEL).expect("the worker starts")
 }
@@ -79,6 +80,7 @@ const REFERENCE_SESSION: SessionParams = SessionParams {
     n_batch: 512,
     n_seq_max: 2,
     threads: 1,
+    kv_type: minerva_engine::KvType::F16,
 };
 
 /// What one generation alone in its own session (of the kind a worker batches in)

@@ -34,6 +34,7 @@ fn worker(id: &str) -> LlmWorker {
         // One sequence per model: batch mates would change logits in their last bits.
         parallel: 1,
         prefix_cache_tokens: 0,
+        kv_type: minerva_engine::KvType::F16,
     };
     LlmWorker::start(&model_path(id), config, id).expect("the worker starts")
 }

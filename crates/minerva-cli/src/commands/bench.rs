@@ -32,6 +32,9 @@ pub struct Args {
     /// CPU threads.
     #[arg(long, short)]
     threads: Option<usize>,
+    /// KV cache type: f16, q8_0 or q4_0 (llama-bench's -ctk/-ctv).
+    #[arg(long, default_value = "f16")]
+    kv_type: minerva_engine::KvType,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -54,6 +57,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
             n_batch,
             n_seq_max: 1,
             threads,
+            kv_type: args.kv_type,
         })
     };
     let n_vocab = model.metadata().n_vocab;

@@ -91,6 +91,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         n_batch: n_ctx.min(2048),
         n_seq_max: 1,
         threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
+        kv_type: minerva_engine::KvType::F16,
     })?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,

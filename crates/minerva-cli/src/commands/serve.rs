@@ -121,6 +121,10 @@ pub struct Settings {
     /// middle) [default: error].
     #[arg(long, env = "MINERVA_TRUNCATION")]
     truncation: Option<String>,
+    /// Element type of the language models' KV cache: f16, q8_0 (about half the memory of
+    /// f16) or q4_0 (about a quarter), so that long contexts fit [default: f16].
+    #[arg(long, env = "MINERVA_KV_TYPE")]
+    kv_type: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -163,6 +167,7 @@ impl Settings {
             parallel: self.parallel.or(file.parallel),
             prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
             truncation: self.truncation.or(file.truncation),
+            kv_type: self.kv_type.or(file.kv_type),
         }
     }
 
@@ -247,6 +252,9 @@ impl Settings {
             pool.keep_alive = keep_alive.parse()?;
         }
         pool.parallel = parallel;
+        if let Some(kv_type) = &self.kv_type {
+            pool.kv_type = kv_type.parse().map_err(|e| anyhow::anyhow!("--kv-type: {e}"))?;
+        }
         pool.prefix_cache_tokens = self
             .prefix_cache_tokens
             .unwrap_or(PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -120,7 +120,9 @@ impl LanguageModel for LlamaCppModel {
             // Sliding-window layers keep every position, so a cached prefix stays whole.
             .with_swa_full(true)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_type_k(kv_cache_type(params.kv_type))
+            .with_type_v(kv_cache_type(params.kv_type));
         let context = {
             let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.model
@@ -246,5 +248,15 @@ impl Session for LlamaCppSession {
             .kv_cache_seq_rm(dst.0 as i32, Some(len), None)
             .map_err(|e| EngineError::Decode(format!("cannot trim sequence {}: {e}", dst.0)))?;
         Ok(())
+    }
+}
+
+/// llama.cpp's name for a KV cache type. (A quantized V cache needs flash attention,
+/// which llama.cpp turns on for the CPU by default.)
+fn kv_cache_type(kv: super::KvType) -> KvCacheType {
+    match kv {
+        super::KvType::F16 => KvCacheType::F16,
+        super::KvType::Q8_0 => KvCacheType::Q8_0,
+        super::KvType::Q4_0 => KvCacheType::Q4_0,
     }
 }

@@ -53,6 +53,52 @@ pub struct ModelMetadata {
     pub chat_template: Option<String>,
 }
 
+/// The element type of a session's KV cache: `f16` (llama.cpp's default), or `q8_0` /
+/// `q4_0`, which hold a long context in about half / a quarter of the memory at a small
+/// cost in accuracy (llama.cpp's `--cache-type-k/-v`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    #[default]
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl KvType {
+    /// Bytes of 32 elements (ggml's block sizes: f16 2 bytes each; q8_0 one f16 scale and
+    /// 32 bytes; q4_0 one f16 scale and 16 bytes).
+    pub fn bytes_per_32(self) -> u64 {
+        match self {
+            Self::F16 => 64,
+            Self::Q8_0 => 34,
+            Self::Q4_0 => 18,
+        }
+    }
+
+    /// The name users type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_0" => Ok(Self::Q4_0),
+            other => Err(format!("{other:?} is not a KV cache type: use f16, q8_0 or q4_0")),
+        }
+    }
+}
+
 /// How a [`Session`] is sized.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionParams {
@@ -64,6 +110,8 @@ pub struct SessionParams {
     pub n_seq_max: u32,
     /// CPU threads for the forward pass.
     pub threads: usize,
+    /// Element type of the KV cache (keys and values alike).
+    pub kv_type: KvType,
 }
 
 /// Which logits a [`SequenceInput`] wants back.

@@ -75,6 +75,7 @@ pub fn session(model: &dyn LanguageModel, n_ctx: u32) -> Box<dyn Session> {
             n_batch: n_ctx.min(512),
             n_seq_max: 1,
             threads: threads(),
+            kv_type: minerva_engine::KvType::F16,
         })
         .unwrap()
 }

@@ -203,6 +203,7 @@ pub(super) fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
         cached_tokens: 0,
         n_batch: params.n_batch,
         n_seq_max: params.n_seq_max,
+        kv_type: params.kv_type,
     }
 }
 
@@ -213,5 +214,6 @@ pub(super) fn worker_config(config: &PoolConfig) -> LlmWorkerConfig {
         threads: config.threads,
         parallel: config.parallel,
         prefix_cache_tokens: config.prefix_cache_tokens,
+        kv_type: config.kv_type,
     }
 }

@@ -76,6 +76,8 @@ pub struct PoolConfig {
     /// Most distinct prompt tokens whose KV each language model keeps for reuse; 0 turns
     /// the prefix cache off.
     pub prefix_cache_tokens: usize,
+    /// Element type of every language model's KV cache.
+    pub kv_type: minerva_engine::KvType,
     /// The byte budget.
     pub budget: Budget,
     /// How often system memory is re-read (dynamic budget, pressure).
@@ -109,6 +111,7 @@ impl PoolConfig {
             n_ctx,
             parallel: Self::DEFAULT_PARALLEL,
             prefix_cache_tokens: Self::DEFAULT_PREFIX_CACHE_TOKENS,
+            kv_type: minerva_engine::KvType::F16,
             budget: Budget::Dynamic {
                 strategy: BudgetStrategy::Balanced,
                 min: 256 << 20,
