@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI Python client, unmodified, against `minerva serve`:
+# Runs the official OpenAI and Ollama Python clients, unmodified, against `minerva serve`:
 # a virtualenv at target/openai-venv with the pinned packages of
 # tests/openai/requirements.txt (from PyPI), then pytest on tests/openai/.
 # MINERVA_BIN names the binary under test (default target/release/minerva; build it with

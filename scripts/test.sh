@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh checkout: set-up (packages, models, build), then
 # formatting, dependency policy (cargo deny), every unit and end-to-end test on the real
 # models in release mode, the runtime's tests again in the debug profile, and the official
-# OpenAI client against the server.
+# OpenAI and Ollama clients against the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +28,5 @@ cargo test --release --locked --workspace
 say "cargo test -p minerva-store -p minerva-workers -p minerva-pool (debug profile)"
 cargo test --locked -p minerva-store -p minerva-workers -p minerva-pool
 
-say "the official OpenAI Python client against minerva serve"
+say "the official OpenAI and Ollama Python clients against minerva serve"
 scripts/test-openai-client.sh
