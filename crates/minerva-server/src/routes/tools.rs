@@ -289,7 +289,12 @@ pub fn past_calls(calls: &[ToolCallIn], names: &mut HashMap<String, String>) -> 
 
 /// The text a `tool` message (a call's result) is shown to the model as.
 pub fn result_text(content: &str, call_id: Option<&str>, names: &HashMap<String, String>) -> String {
-    match call_id.and_then(|id| names.get(id)) {
+    result_of(call_id.and_then(|id| names.get(id)).map(String::as_str), content)
+}
+
+/// The text of the result of function `name` (when known).
+pub fn result_of(name: Option<&str>, content: &str) -> String {
+    match name {
         Some(name) => format!("Result of {name}: {content}"),
         None => format!("Function result: {content}"),
     }

@@ -108,8 +108,10 @@ pub fn fit(
     Ok((prompt, Some(truncated)))
 }
 
-/// Drops the oldest whole turns after the leading system messages until the prompt fits
-/// or only the last turn is left; returns the prompt and how many messages went.
+/// Drops the fewest oldest whole turns after the leading system messages that make the
+/// prompt fit (or all but the last message); returns the prompt and how many messages
+/// went. Dropping more never makes the prompt longer, so the cut is found by binary
+/// search over the turns' starts: a few renders, not one per turn.
 fn drop_turns(
     model: &dyn LanguageModel,
     template: &ChatTemplate,
@@ -117,22 +119,33 @@ fn drop_turns(
     budget: usize,
 ) -> Result<(Vec<TokenId>, usize), ApiError> {
     let keep_front = messages.iter().take_while(|m| m.role == "system").count();
-    let mut dropped = 0;
-    loop {
-        let prompt = chat_prompt_tokens(model, template, messages)?;
-        // The last message (the one to answer) always stays.
-        if prompt.len() <= budget || messages.len() <= keep_front + 1 {
-            return Ok((prompt, dropped));
+    // Where a turn may start: a user message after the system ones (a reply is never left
+    // without its question); the last message (the one to answer) always stays.
+    let last = messages.len().saturating_sub(1).max(keep_front);
+    let mut cuts: Vec<usize> = (keep_front + 1..last).filter(|&i| messages[i].role == "user").collect();
+    cuts.push(last);
+    let render = |from: usize| {
+        let kept: Vec<ChatMessage> = messages[..keep_front]
+            .iter()
+            .chain(&messages[from..])
+            .cloned()
+            .collect();
+        chat_prompt_tokens(model, template, &kept)
+    };
+    // The first cut whose prompt fits, else the last.
+    let (mut lo, mut hi) = (0, cuts.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if render(cuts[mid])?.len() <= budget {
+            hi = mid;
+        } else {
+            lo = mid + 1;
         }
-        // One turn: the first message after the system ones and the non-user replies that
-        // follow it, so no reply is left without its question.
-        let mut end = keep_front + 1;
-        while end < messages.len() - 1 && messages[end].role != "user" {
-            end += 1;
-        }
-        dropped += end - keep_front;
-        messages.drain(keep_front..end);
     }
+    let from = cuts[lo];
+    let prompt = render(from)?;
+    messages.drain(keep_front..from);
+    Ok((prompt, from - keep_front))
 }
 
 /// Cuts the middle out of the longest message until the prompt fits.

@@ -84,10 +84,7 @@ impl MessageIn {
                 let past = crate::routes::tools::past_calls(&calls, &mut HashMap::new());
                 format!("{}{past}", self.content).trim_end().to_owned()
             }
-            "tool" => match &self.tool_name {
-                Some(name) => format!("Result of {name}: {}", self.content),
-                None => format!("Function result: {}", self.content),
-            },
+            "tool" => crate::routes::tools::result_of(self.tool_name.as_deref(), &self.content),
             other => {
                 return Err(ApiError::invalid(
                     format!("{param}.role"),

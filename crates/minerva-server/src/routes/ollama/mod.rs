@@ -95,12 +95,10 @@ pub fn model_id(state: &AppState, name: &str) -> Result<ModelId, ApiError> {
         return Err(ApiError::invalid("model", "model is required"));
     }
     let id = state.model_id(name)?;
-    if state.pool.store().resolve(&id).is_ok() {
-        return Ok(id);
-    }
+    // Only a `:latest` name needs the store: a model may be stored under it literally.
     match name.strip_suffix(":latest") {
-        Some(base) => state.model_id(base),
-        None => Ok(id),
+        Some(base) if state.pool.store().resolve(&id).is_err() => state.model_id(base),
+        _ => Ok(id),
     }
 }
 
