@@ -1,8 +1,12 @@
 //! Chat prompts rendered from the model's own Jinja template, in a sandbox.
 //!
 //! Templates come from model files, so they are untrusted code: the environment has no
-//! loader (no file access), a fuel limit bounds the work, minijinja bounds recursion, and
-//! output is capped while it is written. A failing template fails that request only.
+//! loader (no file access), minijinja bounds recursion, output is capped while it is
+//! written, and fuel bounds both work and memory. minijinja charges fuel for every
+//! instruction and for every byte and list slot a template creates (operators, literals,
+//! filter results), and checks sizes it can know before allocating them, so a template
+//! with [`TEMPLATE_FUEL`] can create at most [`TEMPLATE_MAX_CREATED_BYTES`] of strings and
+//! lists in one render. A failing template fails that request only.
 
 use std::io;
 
@@ -11,8 +15,11 @@ use minijinja::{Environment, ErrorKind, Value, context};
 
 use crate::{EngineError, LanguageModel, Result, TokenId};
 
-/// Instructions a template may execute per render.
-const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Fuel per render: one per instruction, one per 64 bytes created.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// The memory a render can fill with the strings and lists it creates (minijinja charges
+/// one fuel per 64 bytes). A 4 MiB prompt built from long messages uses under a tenth.
+pub const TEMPLATE_MAX_CREATED_BYTES: u64 = TEMPLATE_FUEL * 64;
 /// Largest rendered prompt, in bytes.
 const MAX_RENDERED_BYTES: usize = 4 << 20;
 
@@ -183,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn runaway_templates_fail_instead_of_hanging_or_exhausting_memory() {
+    fn runaway_templates_fail_instead_of_hanging() {
         let infinite = ChatTemplate::new(
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
             "",
