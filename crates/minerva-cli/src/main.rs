@@ -41,6 +41,10 @@ enum Command {
     Models(commands::models::Args),
     /// Copy (or hard-link) a model into the models directory and register it.
     Import(commands::import::Args),
+    /// Download a model from a Hugging Face-compatible hub, an Ollama-style registry or a URL.
+    Pull(commands::pull::Args),
+    /// Remove models from the models directory and the registry.
+    Rm(commands::pull::RmArgs),
     /// Re-hash models and compare with their registered SHA-256.
     Verify(commands::verify::Args),
     /// Serve the models directory over the OpenAI-compatible HTTP API.
@@ -69,6 +73,7 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    minerva_pull::install_crypto_provider();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -91,6 +96,8 @@ fn main() -> ExitCode {
         Command::Models(args) => commands::models::run(&store, args),
         Command::Import(args) => commands::import::run(&store, args),
         Command::Verify(args) => commands::verify::run(&store, args),
+        Command::Pull(args) => commands::pull::run(&store, args),
+        Command::Rm(args) => commands::pull::rm(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),

@@ -22,7 +22,10 @@ fn hostile_templates_fail_within_the_memory_bound_and_long_chats_still_render() 
     let messages: Vec<ChatMessage> = (0..1000)
         .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "word ".repeat(680)))
         .collect();
-    let rendered = ChatTemplate::new(CHATML, "", "").unwrap().render(&messages, true).unwrap();
+    let rendered = ChatTemplate::new(CHATML, "", "")
+        .unwrap()
+        .render(&messages, true)
+        .unwrap();
     assert!(rendered.len() > 3_400_000, "{}", rendered.len());
 
     let before = peak_rss_bytes();

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub embedding_cache: CacheConfig,
     /// What a chat longer than the context gets when its request does not say.
     pub truncation: crate::Truncation,
+    /// Where pulls go (`/api/pull`, `/v1/models/pull`), or `offline` to refuse them.
+    pub pull: minerva_pull::PullOptions,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             embedding_cache: CacheConfig::default(),
             truncation: crate::Truncation::Error,
+            pull: minerva_pull::PullOptions::default(),
         }
     }
 }

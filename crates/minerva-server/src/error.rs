@@ -48,6 +48,9 @@ pub enum ApiError {
     /// The request took longer than allowed (504).
     #[error("the request exceeded the timeout of {0} s")]
     Timeout(u64),
+    /// A hub, registry or file server a pull talked to failed or sent a bad file (502).
+    #[error("{0}")]
+    Upstream(String),
     /// The engine failed (500); the server keeps serving.
     #[error("{0}")]
     Internal(String),
@@ -73,6 +76,7 @@ impl ApiError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::ModelUnavailable(_) => StatusCode::CONFLICT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +93,7 @@ impl ApiError {
             Self::Timeout(_) => ("server_error", Some("timeout")),
             Self::InsufficientMemory(_) => ("server_error", Some("insufficient_memory")),
             Self::ModelUnavailable(_) => ("invalid_request_error", Some("model_integrity")),
+            Self::Upstream(_) => ("server_error", Some("upstream")),
             Self::Internal(_) => ("server_error", None),
         }
     }
@@ -153,6 +158,23 @@ impl From<EmbeddingError> for ApiError {
             EmbeddingError::Input(e) => e.into(),
             EmbeddingError::Overloaded { .. } => Self::Overloaded("the embedding queue is full"),
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<minerva_pull::PullError> for ApiError {
+    fn from(e: minerva_pull::PullError) -> Self {
+        use minerva_pull::PullError as P;
+        match e {
+            P::InvalidSource { .. } | P::NoDigest { .. } | P::InvalidId(_) | P::Offline(_) => {
+                Self::invalid("model", e.to_string())
+            }
+            P::NotFound { .. } | P::Resolve { .. } => Self::ModelNotFound(e.to_string()),
+            P::Conflict { .. } => Self::ModelUnavailable(e.to_string()),
+            P::Http { .. } | P::Network { .. } | P::HashMismatch { .. } | P::SizeMismatch { .. } | P::Tls(_) => {
+                Self::Upstream(e.to_string())
+            }
+            P::Io { .. } | P::Registry(_) => Self::Internal(e.to_string()),
         }
     }
 }

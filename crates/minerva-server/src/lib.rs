@@ -78,6 +78,8 @@ pub fn app(state: AppState) -> Router {
         .route("/models/stats", get(routes::models::stats))
         .route("/models/loaded", get(routes::models::loaded))
         .route("/models/patterns", get(routes::models::patterns))
+        .route("/models/pull", post(routes::pull::pull_v1))
+        .route("/models/{id}/remove", post(routes::pull::remove_v1))
         .route("/models/{id}", get(routes::models::get).delete(routes::models::unload))
         .route("/models/{id}/load", post(routes::models::load))
         .route("/models/{id}/preload", post(routes::models::preload))

@@ -94,12 +94,21 @@ pub enum Scope {
     Admin,
 }
 
-/// The scope a request needs: changing which models are loaded is admin work.
+/// The scope a request needs: changing which models are loaded or stored is admin work.
 fn required_scope(req: &Request) -> Scope {
     let path = req.uri().path();
     let lifecycle = path.starts_with("/v1/models/")
-        && (path.ends_with("/load") || path.ends_with("/preload") || req.method() == axum::http::Method::DELETE);
-    if lifecycle { Scope::Admin } else { Scope::Inference }
+        && (path.ends_with("/load")
+            || path.ends_with("/preload")
+            || path.ends_with("/remove")
+            || path == "/v1/models/pull"
+            || req.method() == axum::http::Method::DELETE);
+    let store = matches!(path, "/api/pull" | "/api/delete");
+    if lifecycle || store {
+        Scope::Admin
+    } else {
+        Scope::Inference
+    }
 }
 
 /// A `keep_alive` in an inference request loads or unloads models as surely as the

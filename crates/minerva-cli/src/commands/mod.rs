@@ -8,6 +8,7 @@ pub mod generate;
 pub mod import;
 pub mod models;
 pub mod perplexity;
+pub mod pull;
 pub mod serve;
 pub mod tokenize;
 pub mod verify;

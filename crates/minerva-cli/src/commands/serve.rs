@@ -125,6 +125,11 @@ pub struct Settings {
     /// f16) or q4_0 (about a quarter), so that long contexts fit [default: f16].
     #[arg(long, env = "MINERVA_KV_TYPE")]
     kv_type: Option<String>,
+    /// Refuse pulls (`/api/pull`, `/v1/models/pull`): the server never touches the
+    /// network (also MINERVA_OFFLINE=1).
+    #[arg(long)]
+    #[serde(default)]
+    offline: bool,
 }
 
 #[derive(clap::Args)]
@@ -168,6 +173,7 @@ impl Settings {
             prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
             truncation: self.truncation.or(file.truncation),
             kv_type: self.kv_type.or(file.kv_type),
+            offline: self.offline || file.offline,
         }
     }
 
@@ -230,6 +236,11 @@ impl Settings {
             truncation: match &self.truncation {
                 None => defaults.truncation,
                 Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?,
+            },
+            pull: {
+                let mut pull = minerva_pull::PullOptions::from_env();
+                pull.offline |= self.offline;
+                pull
             },
             ..defaults
         };

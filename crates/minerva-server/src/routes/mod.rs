@@ -6,6 +6,7 @@ pub mod embeddings;
 mod generation;
 pub mod models;
 pub mod ollama;
+pub mod pull;
 mod stream;
 mod structured;
 pub mod tokenize;

@@ -60,6 +60,8 @@ pub fn models_dir() -> PathBuf {
 /// A fresh HTTP client. Each test makes its own: a client's pooled connections belong to
 /// the runtime that opened them, and every `#[tokio::test]` has its own runtime.
 pub fn client() -> reqwest::Client {
+    // reqwest has TLS without a provider of its own in this workspace (minerva-pull's).
+    minerva_pull::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))

@@ -122,9 +122,11 @@ impl Registry {
     }
 
     /// Finishes or undoes imports interrupted by a crash: renames committed imports into
-    /// place and deletes temporary files of uncommitted ones. Imports still running in
-    /// other processes are left alone. Call it once after opening the registry.
+    /// place and deletes temporary files of uncommitted ones; finishes interrupted
+    /// removals. Imports still running in other processes are left alone. Call it once
+    /// after opening the registry.
     pub fn recover_imports(&self, store: &ModelStore) -> Result<(), RegistryError> {
+        self.recover_removals(store)?;
         let root = store.root();
         let pending: Vec<(String, String, String)> = {
             let conn = self.lock();
@@ -238,14 +240,14 @@ fn default_id(source: &Path) -> Result<ModelId, RegistryError> {
 }
 
 /// The temporary file and lock file of an import.
-struct TempNames {
+pub(super) struct TempNames {
     partial: PathBuf,
     lock: PathBuf,
     id: ModelId,
 }
 
 impl TempNames {
-    fn new(root: &Path, id: &ModelId) -> Self {
+    pub(super) fn new(root: &Path, id: &ModelId) -> Self {
         Self {
             partial: root.join(format!("{PREFIX}{id}{PARTIAL}")),
             lock: root.join(format!("{PREFIX}{id}{LOCK}")),
@@ -258,7 +260,7 @@ impl TempNames {
     }
 
     /// Takes the import's lock, or `None` when another live process holds it.
-    fn lock(&self) -> std::io::Result<Option<ImportLock>> {
+    pub(super) fn lock(&self) -> std::io::Result<Option<ImportLock>> {
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -277,7 +279,7 @@ impl TempNames {
 
 /// An exclusive lock on an import's lock file, released when dropped or when the process
 /// dies (the kernel drops the `flock` with the file).
-struct ImportLock {
+pub(super) struct ImportLock {
     _file: File,
     path: PathBuf,
 }
@@ -288,7 +290,7 @@ impl Drop for ImportLock {
     }
 }
 
-fn remove_any(path: &Path) -> std::io::Result<()> {
+pub(super) fn remove_any(path: &Path) -> std::io::Result<()> {
     let result = if path.is_dir() {
         std::fs::remove_dir_all(path)
     } else {

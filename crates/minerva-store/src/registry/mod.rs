@@ -9,7 +9,7 @@
 //!   whose size or modification time changed, and refuses one whose digest no longer
 //!   matches ([`RegistryError::HashMismatch`]).
 //! - [`Registry::import`] (in `import.rs`) copies a model into the directory and
-//!   registers it atomically.
+//!   registers it atomically; [`Registry::remove`] (in `remove.rs`) takes it out the same way.
 //! - [`Registry::record_access`] and [`Registry::record_load`] feed the usage counters and
 //!   the access log that [`crate::patterns`] analyses.
 
@@ -17,6 +17,7 @@ mod error;
 mod import;
 mod metadata;
 mod record;
+mod remove;
 mod schema;
 
 use std::path::{Path, PathBuf};

@@ -44,6 +44,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/generate", post(generate::generate))
         .route("/api/embed", post(embed::embed))
         .route("/api/embeddings", post(embed::embeddings))
+        .route("/api/pull", post(crate::routes::pull::pull_ollama))
+        .route("/api/delete", axum::routing::delete(crate::routes::pull::delete_ollama))
 }
 
 /// `GET /`: what Ollama answers, so clients that probe for a server find one.
