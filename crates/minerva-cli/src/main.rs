@@ -43,6 +43,8 @@ enum Command {
     Import(commands::import::Args),
     /// Download a model from a Hugging Face-compatible hub, an Ollama-style registry or a URL.
     Pull(commands::pull::Args),
+    /// Make a quantized tag of a model with llama.cpp's quantizer, with a quality report.
+    Quantize(commands::quantize::Args),
     /// Remove models from the models directory and the registry.
     Rm(commands::pull::RmArgs),
     /// Re-hash models and compare with their registered SHA-256.
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(&store, args),
         Command::Pull(args) => commands::pull::run(&store, args),
         Command::Rm(args) => commands::pull::rm(&store, args),
+        Command::Quantize(args) => commands::quantize::run(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use minerva_engine::llm::{LogitsWanted, SequenceInput};
 use minerva_engine::sampling::argmax;
-use minerva_engine::{SeqId, Session, SessionParams, TokenId};
+use minerva_engine::{LanguageModel, SeqId, Session, SessionParams, TokenId};
 use minerva_store::ModelStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -50,44 +50,21 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(minerva_engine::compute::default_threads);
     let model_name = args.model.context("--model is required")?;
     let model = model_arg::load_llm(store, &model_name)?;
-    // One context per test, sized for that test alone, as llama-bench does.
-    let session_for = |n_ctx: u32, n_batch: u32| {
-        model.new_session(SessionParams {
-            n_ctx,
-            n_batch,
-            n_seq_max: 1,
+    let bar = progress::bar(2 * (args.repetitions as u64 + 1), "bench");
+    let Speed {
+        mut prefill,
+        mut decode,
+    } = speed(
+        &*model,
+        &SpeedTest {
             threads,
             kv_type: args.kv_type,
-        })
-    };
-    let n_vocab = model.metadata().n_vocab;
-    let mut rng = StdRng::seed_from_u64(42);
-    let prompt: Vec<TokenId> = (0..args.prompt_tokens)
-        .map(|_| rng.random_range(0..n_vocab) as TokenId)
-        .collect();
-
-    let bar = progress::bar(2 * (args.repetitions as u64 + 1), "bench");
-    // As llama-bench: all prefill runs, then all decode runs, each test after one
-    // uncounted warm-up run (so the graph of one shape is not rebuilt between runs).
-    let first_token = model.metadata().bos_token.unwrap_or(prompt[0]);
-    let mut session = session_for(args.prompt_tokens, args.prompt_tokens)?;
-    let mut prefill = Vec::new();
-    for run in 0..=args.repetitions {
-        let seconds = time_prefill(session.as_mut(), &prompt)?;
-        bar.inc(1);
-        if run > 0 {
-            prefill.push(f64::from(args.prompt_tokens) / seconds);
-        }
-    }
-    let mut session = session_for(args.gen_tokens, 1)?;
-    let mut decode = Vec::new();
-    for run in 0..=args.repetitions {
-        let seconds = time_decode(session.as_mut(), first_token, args.gen_tokens)?;
-        bar.inc(1);
-        if run > 0 {
-            decode.push(f64::from(args.gen_tokens) / seconds);
-        }
-    }
+            prompt_tokens: args.prompt_tokens,
+            gen_tokens: args.gen_tokens,
+            repetitions: args.repetitions,
+        },
+        &mut || bar.inc(1),
+    )?;
     bar.finish_and_clear();
 
     let meta = model.metadata();
@@ -123,6 +100,69 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What [`speed`] measures.
+pub struct SpeedTest {
+    pub threads: usize,
+    pub kv_type: minerva_engine::KvType,
+    pub prompt_tokens: u32,
+    pub gen_tokens: u32,
+    pub repetitions: usize,
+}
+
+/// Tokens per second of each measured run.
+pub struct Speed {
+    pub prefill: Vec<f64>,
+    pub decode: Vec<f64>,
+}
+
+impl Speed {
+    /// Medians: (prefill, decode) tokens per second.
+    pub fn medians(mut self) -> (f64, f64) {
+        (median(&mut self.prefill), median(&mut self.decode))
+    }
+}
+
+/// Prefill and decode speed as `llama-bench` measures them: all prefill runs, then all
+/// decode runs, each test after one uncounted warm-up run (so the graph of one shape is
+/// not rebuilt between runs), one context per test sized for it alone. `on_run` is called
+/// after every run, warm-ups included.
+pub fn speed(model: &dyn LanguageModel, test: &SpeedTest, on_run: &mut dyn FnMut()) -> Result<Speed> {
+    let session_for = |n_ctx: u32, n_batch: u32| {
+        model.new_session(SessionParams {
+            n_ctx,
+            n_batch,
+            n_seq_max: 1,
+            threads: test.threads,
+            kv_type: test.kv_type,
+        })
+    };
+    let n_vocab = model.metadata().n_vocab;
+    let mut rng = StdRng::seed_from_u64(42);
+    let prompt: Vec<TokenId> = (0..test.prompt_tokens)
+        .map(|_| rng.random_range(0..n_vocab) as TokenId)
+        .collect();
+    let first_token = model.metadata().bos_token.unwrap_or(prompt[0]);
+    let mut session = session_for(test.prompt_tokens, test.prompt_tokens)?;
+    let mut prefill = Vec::new();
+    for run in 0..=test.repetitions {
+        let seconds = time_prefill(session.as_mut(), &prompt)?;
+        on_run();
+        if run > 0 {
+            prefill.push(f64::from(test.prompt_tokens) / seconds);
+        }
+    }
+    let mut session = session_for(test.gen_tokens, 1)?;
+    let mut decode = Vec::new();
+    for run in 0..=test.repetitions {
+        let seconds = time_decode(session.as_mut(), first_token, test.gen_tokens)?;
+        on_run();
+        if run > 0 {
+            decode.push(f64::from(test.gen_tokens) / seconds);
+        }
+    }
+    Ok(Speed { prefill, decode })
 }
 
 /// Seconds to evaluate `prompt` as one batch on an empty cache.

@@ -9,6 +9,7 @@ pub mod import;
 pub mod models;
 pub mod perplexity;
 pub mod pull;
+pub mod quantize;
 pub mod serve;
 pub mod tokenize;
 pub mod verify;

@@ -1,3 +1,5 @@
+#![allow(dead_code)] // each test binary uses a different subset
+
 //! What the CLI's end-to-end tests share: running the binary and reading its JSON.
 
 use std::process::{Command, Output};

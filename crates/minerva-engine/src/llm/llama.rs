@@ -22,7 +22,7 @@ use super::{
 use crate::{EngineError, Result, gguf};
 
 /// llama.cpp's global state: initialised once per process, never torn down.
-fn backend() -> Result<&'static LlamaBackend> {
+pub(super) fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

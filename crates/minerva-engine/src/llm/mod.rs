@@ -10,6 +10,7 @@
 //! trait object. A second backend is a new module here and a line in [`load`].
 
 pub mod llama;
+pub mod quantize;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,6 +15,7 @@
 
 mod error;
 mod import;
+mod lineage;
 mod metadata;
 mod record;
 mod remove;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use error::RegistryError;
 pub use import::{ImportMode, ImportOptions};
+pub use lineage::Lineage;
 use metadata::{Fingerprint, ModelMetadata};
 pub use record::{AccessEvent, AccessKind, ModelRecord, ModelStatus, UnixMillis, now_millis};
 

@@ -73,7 +73,10 @@ impl Registry {
     }
 
     fn finish_removal(&self, root: &Path, id: &ModelId) -> Result<(), RegistryError> {
-        self.write(|tx| tx.execute("DELETE FROM models WHERE id = ?1", [id.as_str()]))?;
+        self.write(|tx| {
+            tx.execute("DELETE FROM lineage WHERE id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM models WHERE id = ?1", [id.as_str()])
+        })?;
         let trash = root.join(format!("{PREFIX}{id}"));
         remove_any(&trash).map_err(io(&trash))
     }

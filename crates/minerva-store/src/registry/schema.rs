@@ -42,6 +42,16 @@ const MIGRATIONS: &[&str] = &[
         temp_name TEXT NOT NULL,
         final_name TEXT NOT NULL
     ) STRICT;",
+    // Where a model Minerva made came from (a quantization of which digest, to which
+    // type), with the quality report measured when it was made.
+    "CREATE TABLE lineage (
+        id TEXT PRIMARY KEY NOT NULL,
+        source_id TEXT NOT NULL,
+        source_sha256 TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        report TEXT
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.
