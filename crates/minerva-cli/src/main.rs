@@ -45,6 +45,16 @@ enum Command {
     Pull(commands::pull::Args),
     /// Make a quantized tag of a model with llama.cpp's quantizer, with a quality report.
     Quantize(commands::quantize::Args),
+    /// A model's own settings (context, KV type, system prompt, sampling), read when it loads.
+    Config(commands::settings::ConfigArgs),
+    /// Everything known of a model: metadata, template, settings, lineage, quality, history.
+    Show(commands::settings::ShowArgs),
+    /// Give a model's file another name (one copy on disk); an existing name keeps its old file as a version.
+    Tag(commands::settings::TagArgs),
+    /// Every file a name pointed at, when and from where.
+    History(commands::settings::NameArgs),
+    /// Point a name back at its previous file.
+    Rollback(commands::settings::NameArgs),
     /// Remove models from the models directory and the registry.
     Rm(commands::pull::RmArgs),
     /// Re-hash models and compare with their registered SHA-256.
@@ -101,6 +111,11 @@ fn main() -> ExitCode {
         Command::Pull(args) => commands::pull::run(&store, args),
         Command::Rm(args) => commands::pull::rm(&store, args),
         Command::Quantize(args) => commands::quantize::run(&store, args),
+        Command::Config(args) => commands::settings::config(&store, args),
+        Command::Show(args) => commands::settings::show(&store, args),
+        Command::Tag(args) => commands::settings::tag(&store, args),
+        Command::History(args) => commands::settings::history(&store, args),
+        Command::Rollback(args) => commands::settings::rollback(&store, args),
         Command::Serve(args) => commands::serve::run(store, args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),

@@ -212,6 +212,8 @@ pub fn pull(
     let import = ImportOptions {
         id: Some(name.clone()),
         mode: ImportMode::HardLink,
+        origin: format!("pull {source}"),
+        ..Default::default()
     };
     let record = registry.import(store, &partial, &import, &mut |_, _| {});
     let _ = std::fs::remove_file(&partial);

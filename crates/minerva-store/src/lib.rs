@@ -19,7 +19,7 @@ mod store;
 pub use hash::{digest_bytes, sha256_file, sha256_model};
 pub use model_id::{InvalidModelId, ModelId};
 pub use registry::{
-    AccessEvent, AccessKind, EVENT_RETENTION, ImportMode, ImportOptions, Lineage, MAX_EVENTS, ModelRecord, ModelStatus,
-    Progress, Registry, RegistryError, UnixMillis, now_millis,
+    AccessEvent, AccessKind, EVENT_RETENTION, HistoryEntry, ImportMode, ImportOptions, Lineage, MAX_EVENTS,
+    ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError, SETTING_KEYS, UnixMillis, now_millis,
 };
 pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

@@ -132,7 +132,7 @@ fn an_empty_file_is_migrated_and_a_newer_schema_is_refused() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!((version, mode.as_str()), (1, "wal"));
+    assert_eq!((version, mode.as_str()), (3, "wal"));
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Registry::open(&path).unwrap_err();
@@ -281,6 +281,7 @@ fn importing_with_link_shares_the_file_instead_of_copying_it() {
     let options = ImportOptions {
         id: Some(id("tiny-chat")),
         mode: ImportMode::HardLink,
+        ..Default::default()
     };
     let record = home
         .registry()
@@ -309,4 +310,70 @@ fn access_events_older_than_the_retention_are_pruned() {
         .map(|e| e.id.to_string())
         .collect();
     assert_eq!(kept, ["b", "c"], "a is more than 7 days older than the newest event");
+}
+
+const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
+#[test]
+fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it() {
+    use std::os::unix::fs::MetadataExt;
+    let home = Home::new();
+    home.link(&format!("{SMOLLM2}.gguf"));
+    home.link("gemma-3-270m.gguf");
+    let registry = home.registry();
+    let chat = id("chat");
+
+    let tagged = registry.tag(&home.store, &id(SMOLLM2), &chat).unwrap();
+    assert_eq!(tagged.sha256, SMOLLM2_SHA256);
+    let inode = |name: &str| std::fs::metadata(home.store.root().join(name)).unwrap().ino();
+    assert_eq!(inode("chat.gguf"), inode(&format!("{SMOLLM2}.gguf")), "one copy on disk");
+
+    // Re-pointing the name keeps its old file as a version.
+    let retagged = registry.tag(&home.store, &id("gemma-3-270m"), &chat).unwrap();
+    assert_eq!(retagged.sha256, GEMMA_SHA256);
+    assert_eq!(registry.check(&home.store, &chat).unwrap().sha256, GEMMA_SHA256);
+    let history = registry.history(&chat).unwrap();
+    let shas: Vec<&str> = history.iter().map(|h| h.sha256.as_str()).collect();
+    assert_eq!(shas, [SMOLLM2_SHA256, GEMMA_SHA256]);
+    assert!(history[1].origin.starts_with("tag of gemma-3-270m"), "{history:?}");
+    // The same file again changes nothing.
+    registry.tag(&home.store, &id("gemma-3-270m"), &chat).unwrap();
+    assert_eq!(registry.history(&chat).unwrap().len(), 2);
+
+    // Roll back even after the source name is gone: the kept version has the bytes.
+    registry.remove(&home.store, &id(SMOLLM2)).unwrap();
+    let back = registry.rollback(&home.store, &chat).unwrap();
+    assert_eq!(back.sha256, SMOLLM2_SHA256);
+    assert_eq!(registry.check(&home.store, &chat).unwrap().sha256, SMOLLM2_SHA256);
+    assert_eq!(registry.history(&chat).unwrap().len(), 3);
+    // And forward again: rollback goes to the digest before the current one.
+    assert_eq!(registry.rollback(&home.store, &chat).unwrap().sha256, GEMMA_SHA256);
+
+    // Removing the name drops its versions; only the listed models remain.
+    registry.remove(&home.store, &chat).unwrap();
+    let listing: Vec<String> = home.listing().into_iter().filter(|n| !n.ends_with(".lock")).collect();
+    assert_eq!(listing, [".versions", "gemma-3-270m.gguf"]);
+    assert_eq!(std::fs::read_dir(home.store.root().join(".versions")).unwrap().count(), 0);
+    assert!(registry.rollback(&home.store, &chat).is_err());
+}
+
+#[test]
+fn settings_are_kept_per_model_validated_and_removed_with_it() {
+    let home = Home::new();
+    home.link(&format!("{SMOLLM2}.gguf"));
+    let registry = home.registry();
+    let smollm2 = id(SMOLLM2);
+    assert!(registry.set_settings(&smollm2, &Default::default()).is_err(), "not registered yet");
+    registry.register(&home.store, &smollm2, &mut |_, _| {}).unwrap();
+    let mut settings = registry.settings(&smollm2).unwrap();
+    settings.set("num_ctx", Some("1024")).unwrap();
+    settings.set("system", Some("Be terse.")).unwrap();
+    assert!(settings.set("num_ctx", Some("a lot")).is_err());
+    registry.set_settings(&smollm2, &settings).unwrap();
+    drop(registry);
+    let registry = home.registry();
+    let read = registry.settings(&smollm2).unwrap();
+    assert_eq!((read.num_ctx, read.system.as_deref()), (Some(1024), Some("Be terse.")));
+    registry.remove(&home.store, &smollm2).unwrap();
+    assert_eq!(registry.settings(&smollm2).unwrap(), Default::default());
 }

@@ -72,6 +72,8 @@ pub struct LlmWorker {
     vocabulary: std::sync::OnceLock<Result<Vocabulary, String>>,
     jobs: mpsc::Sender<Job>,
     n_ctx: u32,
+    /// The model's own defaults (system prompt, sampling) from the registry.
+    settings: minerva_store::ModelSettings,
     /// After `jobs`: the channel closes first, then the thread is joined.
     _thread: JoinOnDrop,
 }
@@ -129,8 +131,20 @@ impl LlmWorker {
             vocabulary: std::sync::OnceLock::new(),
             jobs,
             n_ctx,
+            settings: minerva_store::ModelSettings::default(),
             _thread: JoinOnDrop::new(Some(thread)),
         })
+    }
+
+    /// The worker with the model's settings (its defaults for requests that give none).
+    pub fn with_settings(mut self, settings: minerva_store::ModelSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The model's settings as they were when it loaded.
+    pub fn settings(&self) -> &minerva_store::ModelSettings {
+        &self.settings
     }
 
     /// Whether the worker thread still runs; one that died (a bug) serves nothing more.

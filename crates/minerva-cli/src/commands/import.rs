@@ -35,6 +35,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         } else {
             ImportMode::Copy
         },
+        ..Default::default()
     };
     let bar = progress::bytes(
         0,

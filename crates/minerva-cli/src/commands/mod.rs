@@ -11,5 +11,6 @@ pub mod perplexity;
 pub mod pull;
 pub mod quantize;
 pub mod serve;
+pub mod settings;
 pub mod tokenize;
 pub mod verify;

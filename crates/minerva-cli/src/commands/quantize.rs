@@ -87,6 +87,8 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let import = ImportOptions {
         id: Some(name.clone()),
         mode: ImportMode::HardLink,
+        origin: format!("quantize {} of {} ({})", args.quant, args.source, source.sha256),
+        ..Default::default()
     };
     let record = registry.import(store, &partial, &import, &mut |_, _| {});
     let _ = std::fs::remove_file(&partial);

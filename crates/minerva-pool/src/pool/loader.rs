@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use super::{PoolConfig, PoolError};
 use crate::estimate::{Footprint, SessionShape, estimate};
 use minerva_store::Registry;
-use minerva_store::{ModelFormat, ModelId, ModelStore};
+use minerva_store::{ModelFormat, ModelId, ModelSettings, ModelStore};
 use minerva_workers::embedding::{EmbeddingService, EmbeddingServiceConfig};
 use minerva_workers::memory::resident_bytes;
 use minerva_workers::{LlmWorker, LlmWorkerConfig};
@@ -99,6 +99,42 @@ impl ModelLoader {
     pub fn store(&self) -> &ModelStore {
         &self.store
     }
+
+    /// Model `id`'s settings from the registry (defaults without one, or when the
+    /// registry cannot be read: a setting never keeps a model from loading).
+    fn settings(&self, id: &ModelId) -> ModelSettings {
+        let Some(registry) = &self.registry else {
+            return ModelSettings::default();
+        };
+        registry.settings(id).unwrap_or_else(|e| {
+            tracing::warn!(model = %id, error = %e, "cannot read the model's settings; using the defaults");
+            ModelSettings::default()
+        })
+    }
+
+    /// The worker and session shape for model `id`: the pool's, with the model's own
+    /// context size, parallel sequences and KV type where its settings give them.
+    fn worker_for(&self, id: &ModelId) -> (LlmWorkerConfig, SessionShape) {
+        let settings = self.settings(id);
+        if settings.num_ctx.is_none() && settings.parallel.is_none() && settings.kv_type.is_none() {
+            return (self.worker, self.shape);
+        }
+        let worker = LlmWorkerConfig {
+            n_ctx: settings.num_ctx.unwrap_or(self.worker.n_ctx),
+            parallel: settings.parallel.unwrap_or(self.worker.parallel),
+            kv_type: settings
+                .kv_type
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(self.worker.kv_type),
+            ..self.worker
+        };
+        let shape = SessionShape {
+            cached_tokens: self.shape.cached_tokens,
+            ..session_shape(&worker)
+        };
+        (worker, shape)
+    }
 }
 
 impl Loader for ModelLoader {
@@ -106,14 +142,15 @@ impl Loader for ModelLoader {
 
     fn footprint(&self, id: &ModelId, budget: u64) -> Result<Footprint, PoolError> {
         let entry = self.store.resolve(id)?;
-        let full = estimate(&entry, self.shape)?;
+        let (worker, shape) = self.worker_for(id);
+        let full = estimate(&entry, shape)?;
         if full.total() <= budget || entry.format != ModelFormat::Gguf {
             return Ok(full);
         }
         // Too big as configured: the largest smaller session that fits, else the smallest
         // (which the pool then refuses with what it needs).
         let mut smallest = full;
-        for worker in smaller_sessions(self.worker) {
+        for worker in smaller_sessions(worker) {
             let shape = SessionShape {
                 cached_tokens: self.shape.cached_tokens,
                 ..session_shape(&worker)
@@ -145,17 +182,19 @@ impl Loader for ModelLoader {
         let before = resident_bytes();
         let model = match entry.format {
             ModelFormat::Gguf => {
+                let (configured, _) = self.worker_for(id);
                 let worker = match footprint.shape {
                     // The session the estimate planned: as many sequences, requests of at
                     // most as many tokens as it has cells.
                     Some(shape) => LlmWorkerConfig {
                         parallel: shape.n_seq_max as usize,
-                        n_ctx: self.worker.n_ctx.min(shape.n_ctx),
-                        ..self.worker
+                        n_ctx: configured.n_ctx.min(shape.n_ctx),
+                        ..configured
                     },
-                    None => self.worker,
+                    None => configured,
                 };
-                LoadedModel::Llm(Arc::new(LlmWorker::start(&entry.path, worker, id.as_str())?))
+                let worker = LlmWorker::start(&entry.path, worker, id.as_str())?.with_settings(self.settings(id));
+                LoadedModel::Llm(Arc::new(worker))
             }
             ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
                 &entry.path,

@@ -161,6 +161,8 @@ pub async fn chat_completions(
     )?;
 
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    generation::apply_settings(&lease, req.sampling.given(), &mut options);
+    generation::apply_system(&lease, &mut messages);
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }

@@ -70,6 +70,7 @@ pub async fn completions(
         req.logprobs,
     )?;
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    generation::apply_settings(&lease, req.sampling.given(), &mut options);
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }

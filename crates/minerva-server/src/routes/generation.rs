@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use minerva_engine::chat::ChatMessage;
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{LanguageModel, TokenId};
@@ -42,6 +43,51 @@ pub struct SamplingFields {
     pub seed: Option<u64>,
     /// OpenAI's `logit_bias`: token id (as a string) to a bias in [-100, 100].
     pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+}
+
+/// Which sampling fields a request gave; the model's settings fill the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Given {
+    pub temperature: bool,
+    pub top_p: bool,
+    pub top_k: bool,
+}
+
+impl SamplingFields {
+    /// What this request said about sampling.
+    pub fn given(&self) -> Given {
+        Given {
+            temperature: self.temperature.is_some(),
+            top_p: self.top_p.is_some(),
+            top_k: self.top_k.is_some(),
+        }
+    }
+}
+
+/// The model's own sampling defaults (`minerva config NAME temperature=…`) where the
+/// request gave none.
+pub fn apply_settings(lease: &LlmLease, given: Given, options: &mut GenerateOptions) {
+    let settings = lease.settings();
+    let sampling = &mut options.sampling;
+    if let (false, Some(t)) = (given.temperature, settings.temperature) {
+        sampling.temperature = t;
+    }
+    if let (false, Some(p)) = (given.top_p, settings.top_p) {
+        sampling.top_p = p;
+    }
+    if let (false, Some(k)) = (given.top_k, settings.top_k) {
+        sampling.top_k = k;
+    }
+}
+
+/// The model's system prompt (`minerva config NAME system=…`) first, when the chat brings
+/// none of its own.
+pub fn apply_system(lease: &LlmLease, messages: &mut Vec<ChatMessage>) {
+    if let Some(system) = &lease.settings().system
+        && !messages.iter().any(|m| m.role == "system")
+    {
+        messages.insert(0, ChatMessage::new("system", system.clone()));
+    }
 }
 
 /// A generation ready to run: the model, the prompt tokens and the options.

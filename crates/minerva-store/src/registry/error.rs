@@ -61,6 +61,8 @@ pub enum RegistryError {
         path: PathBuf,
     },
     /// The id is not in the registry.
+    #[error("setting {key:?}: {reason}")]
+    InvalidSetting { key: String, reason: String },
     #[error("model {id:?} is not registered (`minerva models` lists the models)")]
     NotRegistered {
         /// The id asked for.

@@ -45,6 +45,11 @@ pub struct ImportOptions {
     pub id: Option<ModelId>,
     /// Copy or hard-link.
     pub mode: ImportMode,
+    /// Where the model came from, for its history (`import PATH`, `pull SOURCE`, …).
+    pub origin: String,
+    /// Point an existing name at the new file (the old one is kept as a version that
+    /// `rollback` can restore); without it an existing name is an error. Files only.
+    pub replace: bool,
 }
 
 impl Registry {
@@ -79,7 +84,7 @@ impl Registry {
             format!("{id}.gguf")
         };
         let exists = store.resolve(&id).is_ok() || root.join(&final_name).exists() || self.record(&id)?.is_some();
-        if exists {
+        if exists && (!options.replace || source.is_dir()) {
             return Err(RegistryError::AlreadyExists {
                 id,
                 root: root.to_owned(),
@@ -99,7 +104,19 @@ impl Registry {
                 return Err(e);
             }
         };
+        if exists && let Some(old) = self.record(&id)? {
+            if old.sha256 == sha256 {
+                let _ = remove_any(&names.partial);
+                return Ok(old);
+            }
+            self.keep_version(store, &id, &old.sha256)?;
+        }
         let temp_name = names.partial_name();
+        let origin = if options.origin.is_empty() {
+            format!("import {}", source.display())
+        } else {
+            options.origin.clone()
+        };
         self.write(|tx| {
             upsert(
                 tx,
@@ -109,6 +126,10 @@ impl Registry {
                 fingerprint,
                 &sha256,
                 now_millis(),
+            )?;
+            tx.execute(
+                "INSERT INTO history (id, sha256, at, origin) VALUES (?1, ?2, ?3, ?4)",
+                params![id.as_str(), sha256, now_millis(), origin],
             )?;
             tx.execute(
                 "INSERT INTO pending_imports (id, temp_name, final_name) VALUES (?1, ?2, ?3)",

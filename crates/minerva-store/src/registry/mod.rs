@@ -20,6 +20,8 @@ mod metadata;
 mod record;
 mod remove;
 mod schema;
+mod settings;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -32,6 +34,8 @@ pub use import::{ImportMode, ImportOptions};
 pub use lineage::Lineage;
 use metadata::{Fingerprint, ModelMetadata};
 pub use record::{AccessEvent, AccessKind, ModelRecord, ModelStatus, UnixMillis, now_millis};
+pub use settings::{ModelSettings, SETTING_KEYS};
+pub use versions::HistoryEntry;
 
 use crate::hash::sha256_model;
 use crate::{ModelEntry, ModelFormat, ModelId, ModelStore, StoreError};

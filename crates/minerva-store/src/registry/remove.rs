@@ -44,6 +44,7 @@ impl Registry {
             sync_dir(root)?;
         }
         self.finish_removal(root, id)?;
+        self.drop_versions(store, id);
         tracing::info!(%id, "removed model");
         Ok(record)
     }
@@ -75,6 +76,7 @@ impl Registry {
     fn finish_removal(&self, root: &Path, id: &ModelId) -> Result<(), RegistryError> {
         self.write(|tx| {
             tx.execute("DELETE FROM lineage WHERE id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM settings WHERE id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM models WHERE id = ?1", [id.as_str()])
         })?;
         let trash = root.join(format!("{PREFIX}{id}"));

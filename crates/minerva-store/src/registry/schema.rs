@@ -52,6 +52,21 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         report TEXT
     ) STRICT;",
+    // Per-model settings (registry/settings.rs), and every digest a name pointed at.
+    "CREATE TABLE settings (
+        id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (id, key)
+    ) STRICT;
+    CREATE TABLE history (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        origin TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX history_id ON history (id, seq);",
 ];
 
 /// The schema version this build writes.

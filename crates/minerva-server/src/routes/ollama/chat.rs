@@ -126,6 +126,8 @@ pub async fn chat(
         .collect::<Result<Vec<_>, _>>()?;
     let mut options = req.options.generate_options(&state)?;
     let lease = generation::language_model(&state, id.as_str(), req.keep_alive).await?;
+    generation::apply_settings(&lease, req.options.given(), &mut options);
+    generation::apply_system(&lease, &mut messages);
     clock.model_ready();
     if messages.is_empty() {
         // Ollama's way to load a model: a chat without messages.

@@ -69,6 +69,7 @@ pub async fn generate(
     let mut options = req.options.generate_options(&state)?;
     generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
     let lease = generation::language_model(&state, id.as_str(), req.keep_alive).await?;
+    generation::apply_settings(&lease, req.options.given(), &mut options);
     clock.model_ready();
     if req.prompt.is_empty() {
         // Ollama's way to load a model: an empty prompt.

@@ -42,6 +42,16 @@ const TOP_P: f32 = 0.9;
 const REPEAT_PENALTY: f32 = 1.1;
 
 impl Options {
+    /// Which sampling fields the request gave (Ollama's defaults fill in the others,
+    /// unless the model's settings do).
+    pub fn given(&self) -> generation::Given {
+        generation::Given {
+            temperature: self.temperature.is_some(),
+            top_p: self.top_p.is_some(),
+            top_k: self.top_k.is_some(),
+        }
+    }
+
     /// The generation options these options ask for.
     pub fn generate_options(&self, state: &AppState) -> Result<GenerateOptions, ApiError> {
         let sampling = SamplingFields {
