@@ -43,18 +43,21 @@ impl ModelSettings {
             v.map(|v| v.trim().parse::<T>().map_err(|_| format!("{v:?} is not a valid value")))
                 .transpose()
         }
+        // Each value is checked before it is stored: a refused value leaves the old one.
         match key {
             "num_ctx" => {
-                self.num_ctx = parse(value).map_err(invalid)?;
-                if self.num_ctx.is_some_and(|n| !(16..=1 << 20).contains(&n)) {
+                let n: Option<u32> = parse(value).map_err(invalid)?;
+                if n.is_some_and(|n| !(16..=1 << 20).contains(&n)) {
                     return Err(invalid("must be between 16 and 1048576".into()));
                 }
+                self.num_ctx = n;
             }
             "parallel" => {
-                self.parallel = parse(value).map_err(invalid)?;
-                if self.parallel.is_some_and(|n| !(1..=64).contains(&n)) {
+                let n: Option<usize> = parse(value).map_err(invalid)?;
+                if n.is_some_and(|n| !(1..=64).contains(&n)) {
                     return Err(invalid("must be between 1 and 64".into()));
                 }
+                self.parallel = n;
             }
             "kv_type" => {
                 if value.is_some_and(|v| !matches!(v, "f16" | "q8_0" | "q4_0")) {
@@ -69,16 +72,18 @@ impl ModelSettings {
                 self.system = value.map(str::to_owned);
             }
             "temperature" => {
-                self.temperature = parse(value).map_err(invalid)?;
-                if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                let t: Option<f32> = parse(value).map_err(invalid)?;
+                if t.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
                     return Err(invalid("must be between 0 and 2".into()));
                 }
+                self.temperature = t;
             }
             "top_p" => {
-                self.top_p = parse(value).map_err(invalid)?;
-                if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+                let p: Option<f32> = parse(value).map_err(invalid)?;
+                if p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
                     return Err(invalid("must be in (0, 1]".into()));
                 }
+                self.top_p = p;
             }
             "top_k" => self.top_k = parse(value).map_err(invalid)?,
             _ => {
@@ -171,7 +176,9 @@ mod tests {
             ("top_p", "0"),
             ("colour", "red"),
         ] {
+            let before = s.clone();
             assert!(s.set(key, Some(value)).is_err(), "{key}={value} was accepted");
+            assert_eq!(s, before, "a refused {key} changed the settings");
         }
         s.set("num_ctx", Some("")).unwrap();
         assert_eq!(s.num_ctx, None);
