@@ -326,7 +326,11 @@ fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it(
     let tagged = registry.tag(&home.store, &id(SMOLLM2), &chat).unwrap();
     assert_eq!(tagged.sha256, SMOLLM2_SHA256);
     let inode = |name: &str| std::fs::metadata(home.store.root().join(name)).unwrap().ino();
-    assert_eq!(inode("chat.gguf"), inode(&format!("{SMOLLM2}.gguf")), "one copy on disk");
+    assert_eq!(
+        inode("chat.gguf"),
+        inode(&format!("{SMOLLM2}.gguf")),
+        "one copy on disk"
+    );
 
     // Re-pointing the name keeps its old file as a version.
     let retagged = registry.tag(&home.store, &id("gemma-3-270m"), &chat).unwrap();
@@ -353,7 +357,10 @@ fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it(
     registry.remove(&home.store, &chat).unwrap();
     let listing: Vec<String> = home.listing().into_iter().filter(|n| !n.ends_with(".lock")).collect();
     assert_eq!(listing, [".versions", "gemma-3-270m.gguf"]);
-    assert_eq!(std::fs::read_dir(home.store.root().join(".versions")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(home.store.root().join(".versions")).unwrap().count(),
+        0
+    );
     assert!(registry.rollback(&home.store, &chat).is_err());
 }
 
@@ -363,7 +370,10 @@ fn settings_are_kept_per_model_validated_and_removed_with_it() {
     home.link(&format!("{SMOLLM2}.gguf"));
     let registry = home.registry();
     let smollm2 = id(SMOLLM2);
-    assert!(registry.set_settings(&smollm2, &Default::default()).is_err(), "not registered yet");
+    assert!(
+        registry.set_settings(&smollm2, &Default::default()).is_err(),
+        "not registered yet"
+    );
     registry.register(&home.store, &smollm2, &mut |_, _| {}).unwrap();
     let mut settings = registry.settings(&smollm2).unwrap();
     settings.set("num_ctx", Some("1024")).unwrap();

@@ -1,0 +1,78 @@
+//! A model's own settings (`minerva config`) change what the server does on its next load:
+//! a system prompt for chats that bring none, a context size, sampling defaults.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{CHAT, TestServer, expect_error, pool, usage};
+use minerva_pool::ModelPool;
+use minerva_server::ServerConfig;
+use minerva_store::{ModelId, ModelStore, Registry};
+use reqwest::StatusCode;
+use serde_json::json;
+
+const SYSTEM: &str = "You are a pirate. Answer every question like a pirate would.";
+
+/// A chat of one user message and no system message.
+fn user_only(text: &str) -> serde_json::Value {
+    json!({ "model": CHAT, "max_tokens": 2, "messages": [{ "role": "user", "content": text }] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_prompt_and_a_context_size_set_for_a_model_apply_from_its_next_load() {
+    let home = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(home.path().join("models"));
+    std::fs::create_dir(store.root()).unwrap();
+    std::fs::hard_link(
+        common::models_dir().join(format!("{CHAT}.gguf")),
+        store.root().join(format!("{CHAT}.gguf")),
+    )
+    .unwrap();
+    let registry = Arc::new(Registry::open(&home.path().join("registry.sqlite")).unwrap());
+    let id = ModelId::new(CHAT).unwrap();
+    registry.register(&store, &id, &mut |_, _| {}).unwrap();
+    let mut settings = registry.settings(&id).unwrap();
+    settings.set("system", Some(SYSTEM)).unwrap();
+    settings.set("num_ctx", Some("96")).unwrap();
+    registry.set_settings(&id, &settings).unwrap();
+    let server = TestServer::start_on_pool(
+        ServerConfig::default(),
+        ModelPool::with_registry(store, pool(), Arc::clone(&registry)),
+    )
+    .await;
+
+    // The chat's prompt is the model's system prompt plus the user's message.
+    let with_system = server
+        .ok(
+            "/v1/tokenize",
+            &json!({ "model": CHAT, "messages": [{ "role": "system", "content": SYSTEM }, { "role": "user", "content": "Hi" }] }),
+        )
+        .await["tokens"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    let reply = server.ok("/v1/chat/completions", &user_only("Hi")).await;
+    assert_eq!(usage(&reply).0, with_system, "{reply}");
+    // A chat with its own system message keeps it.
+    let own = server
+        .ok(
+            "/v1/chat/completions",
+            &json!({ "model": CHAT, "max_tokens": 2, "messages": [{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hi" }] }),
+        )
+        .await;
+    assert!(usage(&own).0 < with_system, "{own}");
+
+    // The context is the model's 96 tokens, not the server's.
+    let long = "word ".repeat(120);
+    let refused = server.post("/v1/chat/completions", &user_only(&long)).await;
+    let error = expect_error(refused, StatusCode::BAD_REQUEST, Some("messages")).await;
+    assert!(error["message"].as_str().unwrap().contains("96"), "{error}");
+
+    // Reset, unload: the next load has the server's context again.
+    let mut settings = registry.settings(&id).unwrap();
+    settings.set("num_ctx", None).unwrap();
+    registry.set_settings(&id, &settings).unwrap();
+    server.delete(&format!("/v1/models/{CHAT}")).await;
+    server.ok("/v1/chat/completions", &user_only(&long)).await;
+}
