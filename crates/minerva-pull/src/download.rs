@@ -206,7 +206,7 @@ fn hash_prefix(file: &mut File, hasher: &mut Sha256) -> std::io::Result<u64> {
 
 /// A reqwest error with its causes (reqwest's own message alone says "error sending
 /// request" and hides why).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -268,7 +268,7 @@ fn get_json<T: serde::de::DeserializeOwned>(client: &Client, url: &str, token: O
     }
     let network = |e: reqwest::Error| PullError::Network {
         url: url.to_owned(),
-        message: e.to_string(),
+        message: download::error_chain(&e),
     };
     let response = request.send().map_err(network)?;
     match response.status().as_u16() {

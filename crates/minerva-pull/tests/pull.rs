@@ -6,6 +6,8 @@ mod hub;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use tokio_rustls::rustls;
+
 use hub::{FakeHub, HubFile};
 use minerva_pull::{Endpoints, PullError, PullEvent, PullOptions, pull};
 use minerva_store::{ModelId, ModelStore, Registry};
@@ -250,4 +252,59 @@ fn two_concurrent_pulls_of_one_model_download_it_once() {
     assert!(results.iter().all(|p| p.record.sha256 == file.sha256));
     let file_gets = hub.downloads().iter().filter(|(p, _)| p.ends_with(".gguf")).count();
     assert_eq!(file_gets, 1);
+}
+
+/// A test CA and a server certificate for `localhost` signed by it: the CA's PEM and the
+/// server's TLS configuration.
+fn test_ca() -> (String, tokio_rustls::rustls::ServerConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let tls = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    (ca_cert.pem(), tls)
+}
+
+#[test]
+fn https_pulls_trust_a_ca_file_and_refuse_a_server_nobody_vouches_for() {
+    let (ca_pem, tls) = test_ca();
+    let hub = FakeHub::start_tls(tls);
+    let file = smollm2();
+    hub.add_repo_file(REPO, FILE, file.clone());
+    let home = Home::new();
+    let source = format!("hf.co/{REPO}:Q8_0");
+
+    // Without the CA the certificate is unknown: a clear error, nothing downloaded.
+    let err = home.pull(&hub, &source).unwrap_err();
+    assert!(matches!(err, PullError::Network { .. }), "{err}");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(home.store.list().unwrap().is_empty());
+
+    let ca_file = home._dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let mut options = options(&hub);
+    options.ca_file = Some(ca_file);
+    let pulled = home.pull_with(&source, &options).unwrap();
+    assert_eq!(pulled.record.sha256, file.sha256);
+
+    // A CA file that holds no certificate is refused before any connection.
+    let bad = home._dir.path().join("empty.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    options.ca_file = Some(bad);
+    let err = home.pull_with("hf.co/test/other", &options).unwrap_err();
+    assert!(matches!(err, PullError::Tls(_)), "{err}");
 }

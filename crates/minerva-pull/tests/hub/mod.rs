@@ -60,6 +60,16 @@ pub struct FakeHub {
 
 impl FakeHub {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The hub over HTTPS with `tls` (a certificate for `localhost`); its URL names
+    /// `localhost` so that the certificate matches.
+    pub fn start_tls(tls: tokio_rustls::rustls::ServerConfig) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::rustls::ServerConfig>) -> Self {
         let state = Arc::new(HubState::default());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -77,8 +87,18 @@ impl FakeHub {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            None => {
+                runtime.spawn(async move { axum::serve(listener, app).await });
+                format!("http://127.0.0.1:{port}")
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+                runtime.spawn(async move { axum::serve(TlsListener { listener, acceptor }, app).await });
+                format!("https://localhost:{port}")
+            }
+        };
         Self {
             url,
             state,
@@ -119,6 +139,33 @@ impl FakeHub {
 
     pub fn requests(&self) -> Vec<String> {
         self.state.requests.lock().unwrap().clone()
+    }
+}
+
+/// TCP connections through a TLS handshake; a failed handshake (a client that does not
+/// trust the certificate) is dropped and the next connection accepted.
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.listener.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
     }
 }
 
