@@ -28,9 +28,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Parses a model id from a request, as a 404 when it cannot name a model.
+    /// Parses a model id from a request, as a 404 when it cannot name a model; `NAME`
+    /// and `NAME:latest` name one model, whichever spelling the store holds.
     pub fn model_id(&self, id: &str) -> Result<ModelId, ApiError> {
-        ModelId::new(id).map_err(|_| ApiError::ModelNotFound(format!("model {id:?} does not exist")))
+        let id = ModelId::new(id).map_err(|_| ApiError::ModelNotFound(format!("model {id:?} does not exist")))?;
+        Ok(self.pool.store().canonical(&id))
     }
 }
 

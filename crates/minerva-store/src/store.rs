@@ -127,6 +127,21 @@ impl ModelStore {
 
     /// Every model in the directory, sorted by id. Entries whose names are not valid ids
     /// are skipped.
+    /// The id under which `id` is stored, as users type names: `NAME` and `NAME:latest`
+    /// are one model (Ollama's convention), whichever spelling the store holds. An id the
+    /// store holds under neither spelling comes back as it is.
+    pub fn canonical(&self, id: &ModelId) -> ModelId {
+        if self.resolve(id).is_ok() {
+            return id.clone();
+        }
+        let other = match id.as_str().strip_suffix(":latest") {
+            Some(base) => ModelId::new(base).ok(),
+            None if !id.as_str().contains(':') => ModelId::new(&format!("{id}:latest")).ok(),
+            None => None,
+        };
+        other.filter(|o| self.resolve(o).is_ok()).unwrap_or_else(|| id.clone())
+    }
+
     pub fn list(&self) -> Result<Vec<ModelEntry>, StoreError> {
         let io = |source| StoreError::Io {
             path: self.root.clone(),
@@ -193,6 +208,21 @@ mod tests {
         assert_eq!((enc.format, enc.size_bytes), (ModelFormat::SentenceTransformers, 10));
         let ids: Vec<String> = store.list().unwrap().into_iter().map(|m| m.id.to_string()).collect();
         assert_eq!(ids, ["enc", "tiny"]);
+    }
+
+    #[test]
+    fn name_and_name_latest_are_one_model_whichever_is_stored() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("plain.gguf"), b"GGUF").unwrap();
+        std::fs::write(root.path().join("tagged:latest.gguf"), b"GGUF").unwrap();
+        std::fs::write(root.path().join("other:1b.gguf"), b"GGUF").unwrap();
+        let store = ModelStore::new(root.path());
+        assert_eq!(store.canonical(&id("plain:latest")), id("plain"));
+        assert_eq!(store.canonical(&id("tagged")), id("tagged:latest"));
+        assert_eq!(store.canonical(&id("plain")), id("plain"));
+        // Only `latest` is implied; an unknown name stays as typed (and fails to resolve).
+        assert_eq!(store.canonical(&id("other")), id("other"));
+        assert_eq!(store.canonical(&id("nothing")), id("nothing"));
     }
 
     #[test]

@@ -4,9 +4,9 @@ use std::io::Write;
 
 use anyhow::Result;
 use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
-use minerva_engine::generate::{GenerateOptions, generate};
+use minerva_engine::generate::{GenerateOptions, Generation, generate};
 use minerva_engine::sampling::SamplingParams;
-use minerva_engine::{SeqId, SessionParams};
+use minerva_engine::{LanguageModel, SeqId, SessionParams, TokenId};
 use minerva_store::ModelStore;
 
 use crate::model_arg;
@@ -74,17 +74,7 @@ pub struct Args {
 
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let model = model_arg::load_llm(store, &args.model)?;
-    let prompt_tokens = if args.chat {
-        let template = ChatTemplate::for_model(&*model)?;
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage::new("system", system.clone()));
-        }
-        messages.push(ChatMessage::new("user", args.prompt.clone()));
-        chat_prompt_tokens(&*model, &template, &messages)?
-    } else {
-        model.tokenize(&args.prompt, true, args.special)?
-    };
+    let prompt_tokens = prompt(&*model, &args)?;
     let n_ctx = args.ctx.unwrap_or_else(|| model.metadata().n_ctx_train.min(4096));
     let mut session = model.new_session(SessionParams {
         n_ctx,
@@ -93,23 +83,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
         kv_type: minerva_engine::KvType::F16,
     })?;
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        constraint: None,
-        stop: args.stop,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            repeat_penalty: args.repeat_penalty,
-            frequency_penalty: args.frequency_penalty,
-            presence_penalty: args.presence_penalty,
-            seed: args.seed,
-            top_logprobs: args.logprobs,
-            ..SamplingParams::default()
-        },
-    };
+    let options = options(&args);
     let mut stdout = std::io::stdout().lock();
     let stream = !args.json;
     let generation = generate(
@@ -126,33 +100,77 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         },
     )?;
     if args.json {
-        let piece = |t| String::from_utf8_lossy(&model.token_bytes(t, true)).into_owned();
-        let logprobs: Option<Vec<_>> = args.logprobs.map(|_| {
-            generation
-                .logprobs
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "token": s.token,
-                        "text": piece(s.token),
-                        "logprob": s.logprob,
-                        "top_logprobs": s.top.iter().map(|&(t, lp)| serde_json::json!({"token": t, "text": piece(t), "logprob": lp})).collect::<Vec<_>>(),
-                    })
-                })
-                .collect()
-        });
-        let out = serde_json::json!({
-            "model": args.model,
-            "prompt_tokens": prompt_tokens,
-            "tokens": generation.tokens,
-            "text": generation.text,
-            "finish_reason": generation.finish_reason,
-            "logprobs": logprobs,
-            "timings": generation.timings,
-        });
+        let out = report(&*model, &args, &prompt_tokens, &generation);
         writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
     } else {
         writeln!(stdout)?;
     }
     Ok(())
+}
+
+/// The prompt's tokens: the chat template's rendering with `--chat`, the raw text otherwise.
+fn prompt(model: &dyn LanguageModel, args: &Args) -> Result<Vec<TokenId>> {
+    if !args.chat {
+        return Ok(model.tokenize(&args.prompt, true, args.special)?);
+    }
+    let template = ChatTemplate::for_model(model)?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::new("system", system.clone()));
+    }
+    messages.push(ChatMessage::new("user", args.prompt.clone()));
+    Ok(chat_prompt_tokens(model, &template, &messages)?)
+}
+
+fn options(args: &Args) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: args.max_tokens,
+        constraint: None,
+        stop: args.stop.clone(),
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            frequency_penalty: args.frequency_penalty,
+            presence_penalty: args.presence_penalty,
+            seed: args.seed,
+            top_logprobs: args.logprobs,
+            ..SamplingParams::default()
+        },
+    }
+}
+
+/// `--json`: the tokens, text, finish reason, log-probabilities and timings.
+fn report(
+    model: &dyn LanguageModel,
+    args: &Args,
+    prompt_tokens: &[TokenId],
+    generation: &Generation,
+) -> serde_json::Value {
+    let piece = |t| String::from_utf8_lossy(&model.token_bytes(t, true)).into_owned();
+    let logprobs: Option<Vec<_>> = args.logprobs.map(|_| {
+        generation
+            .logprobs
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "token": s.token,
+                    "text": piece(s.token),
+                    "logprob": s.logprob,
+                    "top_logprobs": s.top.iter().map(|&(t, lp)| serde_json::json!({"token": t, "text": piece(t), "logprob": lp})).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    });
+    serde_json::json!({
+        "model": args.model,
+        "prompt_tokens": prompt_tokens,
+        "tokens": generation.tokens,
+        "text": generation.text,
+        "finish_reason": generation.finish_reason,
+        "logprobs": logprobs,
+        "timings": generation.timings,
+    })
 }

@@ -96,12 +96,7 @@ pub fn model_id(state: &AppState, name: &str) -> Result<ModelId, ApiError> {
     if name.is_empty() {
         return Err(ApiError::invalid("model", "model is required"));
     }
-    let id = state.model_id(name)?;
-    // Only a `:latest` name needs the store: a model may be stored under it literally.
-    match name.strip_suffix(":latest") {
-        Some(base) if state.pool.store().resolve(&id).is_err() => state.model_id(base),
-        _ => Ok(id),
-    }
+    state.model_id(name)
 }
 
 /// The name a model is listed under: its id with Ollama's default tag.
