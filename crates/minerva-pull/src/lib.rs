@@ -130,7 +130,8 @@ struct Artifact {
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub record: ModelRecord,
-    /// `false` when the model was in the store already with the same digest.
+    /// `false` when the store had the file already (under this name or another, which
+    /// then shares it: one copy on disk).
     pub downloaded: bool,
 }
 
@@ -188,6 +189,27 @@ pub fn pull(
                 have: record.sha256,
             })
         };
+    }
+    // A file the store holds already under another name is linked, not downloaded again.
+    if let Some(entry) = registry
+        .records()?
+        .into_iter()
+        .filter(|r| r.sha256 == expected)
+        .find_map(|r| store.resolve(&r.id).ok())
+        .filter(|e| e.format == minerva_store::ModelFormat::Gguf)
+    {
+        let import = ImportOptions {
+            id: Some(name.clone()),
+            mode: ImportMode::HardLink,
+            origin: format!("pull {source} (the file of {}, already in the store)", entry.id),
+            ..Default::default()
+        };
+        let record = registry.import(store, &entry.path, &import, &mut |_, _| {})?;
+        tracing::info!(%name, from = %entry.id, "pulled model linked to a file already in the store");
+        return Ok(Pulled {
+            record,
+            downloaded: false,
+        });
     }
     let partial = root.join(format!(".pull-{name}.partial"));
     let digest = download::download(

@@ -198,7 +198,15 @@ fn registry_and_url_pulls_name_their_models_and_a_url_needs_a_digest() {
     options.sha256 = Some(file.sha256.to_uppercase());
     let pulled = home.pull_with(&url, &options).unwrap();
     assert_eq!(pulled.record.id.as_str(), "SmolLM2");
-    // Two names, one file content: both listed, both verified.
+    // The store had that file under another name: linked, not downloaded again.
+    assert!(!pulled.downloaded);
+    assert_eq!(hub.downloads().len(), 1, "{:?}", hub.downloads());
+    use std::os::unix::fs::MetadataExt;
+    let inode = |id: &str| {
+        let entry = home.store.resolve(&ModelId::new(id).unwrap()).unwrap();
+        std::fs::metadata(entry.path).unwrap().ino()
+    };
+    assert_eq!(inode("SmolLM2"), inode("smollm2:135m"), "one copy on disk");
     assert_eq!(home.store.list().unwrap().len(), 2);
 }
 
