@@ -45,6 +45,8 @@ enum Command {
     Pull(commands::pull::Args),
     /// Make a quantized tag of a model with llama.cpp's quantizer, with a quality report.
     Quantize(commands::quantize::Args),
+    /// Make a model from an Ollama-style Modelfile (FROM, PARAMETER, SYSTEM).
+    Create(commands::create::Args),
     /// A model's own settings (context, KV type, system prompt, sampling), read when it loads.
     Config(commands::settings::ConfigArgs),
     /// Everything known of a model: metadata, template, settings, lineage, quality, history.
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => commands::pull::run(&store, args),
         Command::Rm(args) => commands::pull::rm(&store, args),
         Command::Quantize(args) => commands::quantize::run(&store, args),
+        Command::Create(args) => commands::create::run(&store, args),
         Command::Config(args) => commands::settings::config(&store, args),
         Command::Show(args) => commands::settings::show(&store, args),
         Command::Tag(args) => commands::settings::tag(&store, args),

@@ -69,10 +69,13 @@ async fn a_system_prompt_and_a_context_size_set_for_a_model_apply_from_its_next_
     let error = expect_error(refused, StatusCode::BAD_REQUEST, Some("messages")).await;
     assert!(error["message"].as_str().unwrap().contains("96"), "{error}");
 
-    // Reset, unload: the next load has the server's context again.
+    // Reset, unload: the next load has the server's context again (1024 here), not a
+    // size remembered from the load before (96 tokens asked for a 512-cell session).
     let mut settings = registry.settings(&id).unwrap();
     settings.set("num_ctx", None).unwrap();
     registry.set_settings(&id, &settings).unwrap();
     server.delete(&format!("/v1/models/{CHAT}")).await;
-    server.ok("/v1/chat/completions", &user_only(&long)).await;
+    let longer = "word ".repeat(700);
+    let served = server.ok("/v1/chat/completions", &user_only(&longer)).await;
+    assert!(usage(&served).0 > 600, "{served}");
 }

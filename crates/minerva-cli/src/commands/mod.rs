@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_pool;
 pub mod client;
+pub mod create;
 pub mod embed;
 pub mod generate;
 pub mod import;

@@ -387,8 +387,11 @@ impl<L: Loader> ModelPool<L> {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .copied();
+        // A model that is not in memory is sized afresh: its settings may have changed
+        // since it was last loaded (they take effect on the next load).
         if let Some((for_budget, footprint)) = known
             && for_budget == budget
+            && self.is_resident(id)
         {
             return Ok(footprint);
         }

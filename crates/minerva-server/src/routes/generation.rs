@@ -70,10 +70,10 @@ pub fn apply_settings(lease: &LlmLease, given: Given, options: &mut GenerateOpti
     let settings = lease.settings();
     let sampling = &mut options.sampling;
     if let (false, Some(t)) = (given.temperature, settings.temperature) {
-        sampling.temperature = t;
+        sampling.temperature = t as f32;
     }
     if let (false, Some(p)) = (given.top_p, settings.top_p) {
-        sampling.top_p = p;
+        sampling.top_p = p as f32;
     }
     if let (false, Some(k)) = (given.top_k, settings.top_k) {
         sampling.top_k = k;

@@ -26,8 +26,8 @@ pub struct ModelSettings {
     pub parallel: Option<usize>,
     pub kv_type: Option<String>,
     pub system: Option<String>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
     pub top_k: Option<usize>,
 }
 
@@ -72,14 +72,14 @@ impl ModelSettings {
                 self.system = value.map(str::to_owned);
             }
             "temperature" => {
-                let t: Option<f32> = parse(value).map_err(invalid)?;
+                let t: Option<f64> = parse(value).map_err(invalid)?;
                 if t.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
                     return Err(invalid("must be between 0 and 2".into()));
                 }
                 self.temperature = t;
             }
             "top_p" => {
-                let p: Option<f32> = parse(value).map_err(invalid)?;
+                let p: Option<f64> = parse(value).map_err(invalid)?;
                 if p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
                     return Err(invalid("must be in (0, 1]".into()));
                 }
