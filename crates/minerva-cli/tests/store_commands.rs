@@ -17,7 +17,11 @@ fn run(home: &Path, args: &[&str]) -> Output {
 
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = run(home, args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -62,10 +62,13 @@ pub fn download(
     }
     let mut attempt = 0;
     while expected.size != Some(state.have) {
+        let before = state.have;
         match fetch(client, url, token, &mut file, &mut state, expected.size, progress) {
             Ok(()) => break,
             Err(e) if e.is_transient() && attempt + 1 < MAX_ATTEMPTS => {
-                attempt += 1;
+                // A try that brought bytes starts the count again: a long download over
+                // a flaky link fails only when tries stop making progress.
+                attempt = if state.have > before { 1 } else { attempt + 1 };
                 let wait = Duration::from_millis(250 << attempt.min(5));
                 tracing::warn!(url, attempt, error = %e, "download interrupted; resuming");
                 std::thread::sleep(wait);
@@ -173,6 +176,14 @@ fn fetch(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(network(&error_chain(&e))),
         };
+        if size.is_some_and(|size| state.have + n as u64 > size) {
+            // A server that sends more than the file's size never fills the disk.
+            return Err(PullError::SizeMismatch {
+                url: url.to_owned(),
+                expected: size.unwrap_or(0),
+                actual: state.have + n as u64,
+            });
+        }
         file.write_all(&buf[..n]).map_err(io)?;
         state.hasher.update(&buf[..n]);
         state.have += n as u64;

@@ -32,7 +32,11 @@ pub enum PullError {
         "model {id:?} already exists with another file (SHA-256 {have}); remove it first (`minerva rm {id}`) or pull under another --name"
     )]
     Conflict { id: String, have: String },
-    #[error("{0} (pass --name to choose one)")]
+    #[error(
+        "model {id:?} is registered with this digest but its file is missing or changed; remove it first (`minerva rm {id}`) and pull again"
+    )]
+    Damaged { id: String },
+    #[error("{0} (pass --as to choose one)")]
     InvalidId(#[from] InvalidModelId),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

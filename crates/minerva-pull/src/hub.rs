@@ -39,6 +39,8 @@ pub fn resolve(
     let ggufs: Vec<&TreeEntry> = tree
         .iter()
         .filter(|e| e.kind == "file" && e.path.ends_with(".gguf") && !e.path.contains("mmproj"))
+        // Only plain names go into a URL (no `..`, `?`, `#` or `%` a hub could send).
+        .filter(|e| e.path.split('/').all(plain_segment))
         .collect();
     let what = format!("hf.co/{repo}");
     let resolve_error = |why: String| PullError::Resolve {
@@ -76,6 +78,10 @@ pub fn resolve(
         size: lfs.map(|l| l.size).or(chosen.size),
         default_name: default_name(repo, &chosen.path),
     })
+}
+
+fn plain_segment(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The GGUF whose name carries `quant` as a whole token (`-Q4_K_M.gguf`, `.q8_0.gguf`).

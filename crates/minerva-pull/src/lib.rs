@@ -2,11 +2,11 @@
 //! registry, or a plain URL.
 //!
 //! A pull resolves its [`Source`] to one file (URL, expected SHA-256 and size), downloads
-//! it into `.pull-NAME.partial` in the models directory (resuming an earlier partial file,
-//! retrying dropped connections with a `Range`), verifies the digest, and hands the file
-//! to the registry's crash-safe import (a hard link, so no second copy). Two pulls of one
-//! name share the download: the second waits on the first's lock and then finds the model
-//! there. Nothing here runs unless a pull was asked for, and [`PullOptions::offline`]
+//! it into `.pull-SHA256.partial` in the models directory (resuming an earlier partial
+//! file of the same digest, retrying dropped connections with a `Range`), verifies the
+//! digest, and hands the file to the registry's crash-safe import (a hard link, so no
+//! second copy). Two pulls of one file share the download: the second waits on the
+//! first's lock (per digest) and then finds the file in the store and links it. Nothing here runs unless a pull was asked for, and [`PullOptions::offline`]
 //! refuses even that.
 //!
 //! This is the only crate that speaks HTTP as a client; TLS is rustls on aws-lc-rs.
@@ -21,7 +21,9 @@ mod source;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use minerva_store::{ImportMode, ImportOptions, ModelId, ModelRecord, ModelStore, Registry};
+use minerva_store::{
+    ImportMode, ImportOptions, ModelId, ModelRecord, ModelStatus, ModelStore, Registry, RegistryError,
+};
 use reqwest::blocking::Client;
 
 pub use client::install_crypto_provider;
@@ -168,8 +170,9 @@ pub fn pull(
     };
     let root = store.root();
     std::fs::create_dir_all(root).map_err(|e| io(root, e))?;
-    // One pull per name at a time; a second one waits here and finds the model pulled.
-    let lock_path = root.join(format!(".pull-{name}.lock"));
+    // One download per file at a time, whatever the names: a second pull of the same
+    // digest waits here, then finds it in the store and links it.
+    let lock_path = root.join(format!(".pull-{expected}.lock"));
     let lock = File::options()
         .create(true)
         .truncate(false)
@@ -178,23 +181,31 @@ pub fn pull(
         .map_err(|e| io(&lock_path, e))?;
     lock.lock().map_err(|e| io(&lock_path, e))?;
     if let Some(record) = registry.record(&name)? {
-        return if record.sha256 == expected && store.resolve(&name).is_ok() {
-            Ok(Pulled {
+        let intact = record.status == ModelStatus::Ok && store.resolve(&name).is_ok();
+        return match (record.sha256 == expected, intact) {
+            (true, true) => Ok(Pulled {
                 record,
                 downloaded: false,
-            })
-        } else {
-            Err(PullError::Conflict {
+            }),
+            (true, false) => Err(PullError::Damaged { id: name.to_string() }),
+            (false, _) => Err(PullError::Conflict {
                 id: name.to_string(),
                 have: record.sha256,
-            })
+            }),
         };
+    }
+    if store.resolve(&name).is_ok() {
+        // A file of that name that nobody registered: found before the download, not after.
+        return Err(PullError::Conflict {
+            id: name.to_string(),
+            have: "an unregistered file".into(),
+        });
     }
     // A file the store holds already under another name is linked, not downloaded again.
     if let Some(entry) = registry
         .records()?
         .into_iter()
-        .filter(|r| r.sha256 == expected)
+        .filter(|r| r.sha256 == expected && r.status == ModelStatus::Ok)
         .find_map(|r| store.resolve(&r.id).ok())
         .filter(|e| e.format == minerva_store::ModelFormat::Gguf)
     {
@@ -205,13 +216,24 @@ pub fn pull(
             ..Default::default()
         };
         let record = registry.import(store, &entry.path, &import, &mut |_, _| {})?;
+        if record.sha256 != expected {
+            // The donor's bytes changed since it was verified: do not keep them.
+            registry.remove(store, &name)?;
+            return Err(PullError::HashMismatch {
+                url: entry.id.to_string(),
+                expected,
+                actual: record.sha256,
+            });
+        }
         tracing::info!(%name, from = %entry.id, "pulled model linked to a file already in the store");
         return Ok(Pulled {
             record,
             downloaded: false,
         });
     }
-    let partial = root.join(format!(".pull-{name}.partial"));
+    // Named by digest: an interrupted pull of another file under this name never
+    // resumes onto these bytes.
+    let partial = root.join(format!(".pull-{expected}.partial"));
     let digest = download::download(
         &client,
         &artifact.url,
@@ -237,12 +259,21 @@ pub fn pull(
         origin: format!("pull {source}"),
         ..Default::default()
     };
-    let record = registry.import(store, &partial, &import, &mut |_, _| {});
+    let record = match registry.import(store, &partial, &import, &mut |_, _| {}) {
+        Ok(record) => record,
+        Err(e) => {
+            // A verified download is kept for the next try, unless the file itself is
+            // what the import refused.
+            if matches!(e, RegistryError::InvalidModel { .. } | RegistryError::Gguf(_)) {
+                let _ = std::fs::remove_file(&partial);
+            }
+            return Err(e.into());
+        }
+    };
     let _ = std::fs::remove_file(&partial);
-    let record = record?;
     tracing::info!(%name, url = %artifact.url, sha256 = %digest, "pulled model");
     // The empty lock file stays: removing it would let a waiter and a newcomer lock
-    // two different files of one name.
+    // two different files of one digest.
     drop(lock);
     Ok(Pulled {
         record,

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The Host header is not one this server answers to (403).
     #[error("host {0:?} is not allowed")]
     ForbiddenHost(String),
+    /// A browser page of another origin tried to change or use the server (403).
+    #[error("cross-origin request from {0:?} refused; allow the origin with --cors-origin")]
+    ForbiddenOrigin(String),
     /// Too many requests waiting (503 with Retry-After).
     #[error("the server is overloaded ({0}); retry later")]
     Overloaded(&'static str),
@@ -71,7 +74,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::ForbiddenHost(_) | Self::AdminRequired(_) => StatusCode::FORBIDDEN,
+            Self::ForbiddenHost(_) | Self::ForbiddenOrigin(_) | Self::AdminRequired(_) => StatusCode::FORBIDDEN,
             Self::Overloaded(_) | Self::MemoryBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InsufficientMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -88,6 +91,7 @@ impl ApiError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
             Self::ForbiddenHost(_) => ("invalid_request_error", Some("forbidden_host")),
+            Self::ForbiddenOrigin(_) => ("invalid_request_error", Some("forbidden_origin")),
             Self::AdminRequired(_) => ("invalid_request_error", Some("insufficient_scope")),
             Self::Overloaded(_) | Self::MemoryBusy(_) => ("server_error", Some("overloaded")),
             Self::Timeout(_) => ("server_error", Some("timeout")),
@@ -170,7 +174,7 @@ impl From<minerva_pull::PullError> for ApiError {
                 Self::invalid("model", e.to_string())
             }
             P::NotFound { .. } | P::Resolve { .. } => Self::ModelNotFound(e.to_string()),
-            P::Conflict { .. } => Self::ModelUnavailable(e.to_string()),
+            P::Conflict { .. } | P::Damaged { .. } => Self::ModelUnavailable(e.to_string()),
             P::Http { .. } | P::Network { .. } | P::HashMismatch { .. } | P::SizeMismatch { .. } | P::Tls(_) => {
                 Self::Upstream(e.to_string())
             }

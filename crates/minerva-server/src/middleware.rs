@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -60,7 +60,22 @@ pub async fn check_host(State(state): State<AppState>, req: Request, next: Next)
     if !host_allowed(host, &state.config.allowed_hosts, any_ip) {
         return ApiError::ForbiddenHost(host.to_owned()).into_response();
     }
+    // A page of another origin can send a "simple" POST (a form, or text/plain, which the
+    // Ollama routes read as JSON) without a CORS preflight: refuse every request that is
+    // not a read when it comes from an origin that is neither this server nor allowed.
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !origin_allowed(origin, host, &state.config.cors_origins)
+    {
+        return ApiError::ForbiddenOrigin(origin.to_owned()).into_response();
+    }
     next.run(req).await
+}
+
+/// Same origin (the origin's host and port are the request's `Host`) or a CORS origin.
+fn origin_allowed(origin: &str, host: &str, cors_origins: &[String]) -> bool {
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    authority.eq_ignore_ascii_case(host) || cors_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }
 
 fn host_allowed(host: &str, extra: &[String], any_ip: bool) -> bool {

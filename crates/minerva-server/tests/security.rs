@@ -315,3 +315,55 @@ async fn a_symlink_out_of_the_models_directory_is_not_a_model() {
         .await;
     assert_eq!(body["model"], "alias");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_cannot_change_or_use_the_server() {
+    let server = TestServer::shared();
+    let port = server.addr.port();
+    // A form post from a foreign page (no preflight for text/plain or a form).
+    for (path, body) in [
+        (format!("/v1/models/{CHAT}/remove"), ""),
+        ("/api/pull".to_owned(), r#"{"model": "evil/model"}"#),
+        (
+            "/api/chat".to_owned(),
+            r#"{"model": "smollm2-135m-instruct", "messages": []}"#,
+        ),
+    ] {
+        let response = server
+            .client
+            .post(server.url(&path))
+            .header("origin", "http://evil.example")
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if path.starts_with("/api/") {
+            // Ollama's routes answer in Ollama's error shape.
+            let body = json_of(response, StatusCode::FORBIDDEN).await;
+            assert!(body["error"].as_str().unwrap().contains("cross-origin"), "{body}");
+        } else {
+            let error = expect_error(response, StatusCode::FORBIDDEN, None).await;
+            assert_eq!(error["code"], "forbidden_origin", "{path}");
+        }
+    }
+    // Reads stay open to any page (CORS decides what it may see), and the server's own
+    // origin may post.
+    let read = server
+        .client
+        .get(server.url("/v1/models"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let same = server
+        .client
+        .post(server.url("/v1/tokenize"))
+        .header("origin", format!("http://127.0.0.1:{port}"))
+        .json(&json!({ "model": CHAT, "prompt": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), StatusCode::OK);
+}

@@ -387,3 +387,18 @@ fn settings_are_kept_per_model_validated_and_removed_with_it() {
     registry.remove(&home.store, &smollm2).unwrap();
     assert_eq!(registry.settings(&smollm2).unwrap(), Default::default());
 }
+
+#[test]
+fn a_model_registered_before_history_was_kept_can_still_roll_back_after_a_retag() {
+    let home = Home::new();
+    home.link(&format!("{SMOLLM2}.gguf"));
+    home.link("gemma-3-270m.gguf");
+    let registry = home.registry();
+    let smollm2 = id(SMOLLM2);
+    // Found in the directory: a record, no history.
+    registry.register(&home.store, &smollm2, &mut |_, _| {}).unwrap();
+    assert!(registry.history(&smollm2).unwrap().is_empty());
+    registry.tag(&home.store, &id("gemma-3-270m"), &smollm2).unwrap();
+    assert_eq!(registry.history(&smollm2).unwrap().len(), 2);
+    assert_eq!(registry.rollback(&home.store, &smollm2).unwrap().sha256, SMOLLM2_SHA256);
+}

@@ -76,6 +76,21 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         None => (DEFAULT_EVAL_TEXT.to_owned(), "built-in text (GPL-3)".to_owned()),
     };
     let eval_text = eval_text.strip_suffix('\n').unwrap_or(&eval_text).to_owned();
+    // The source model scores the text for the report; a text shorter than one chunk is
+    // refused now, not after the quantization.
+    let base = if args.no_report {
+        None
+    } else {
+        let base = model_arg::load_llm(store, args.source.as_str())?;
+        let tokens = base.tokenize(&eval_text, true, false)?.len();
+        if tokens < args.ctx as usize {
+            bail!(
+                "{eval_name} has {tokens} tokens, less than one chunk of --ctx {}; use a longer text or a smaller --ctx",
+                args.ctx
+            );
+        }
+        Some(base)
+    };
 
     let partial = store.root().join(format!(".quantize-{name}.partial"));
     let _ = std::fs::remove_file(&partial);
@@ -94,23 +109,31 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     let _ = std::fs::remove_file(&partial);
     let record = record?;
 
-    let report = if args.no_report {
-        None
-    } else {
-        Some(quality_report(
-            store, &source, &record, &eval_text, &eval_name, args.ctx, threads,
-        )?)
+    // The lineage is recorded with the model; the report joins it once measured.
+    let mut lineage = Lineage {
+        source_id: args.source.to_string(),
+        source_sha256: source.sha256.clone(),
+        operation: format!("quantize {}", args.quant),
+        created_at: now_millis(),
+        report: None,
     };
-    registry.set_lineage(
-        &name,
-        &Lineage {
-            source_id: args.source.to_string(),
-            source_sha256: source.sha256.clone(),
-            operation: format!("quantize {}", args.quant),
-            created_at: now_millis(),
-            report: report.as_ref().map(|r| r.to_string()),
-        },
-    )?;
+    registry.set_lineage(&name, &lineage)?;
+    let report = match base {
+        None => None,
+        Some(base) => Some(quality_report(
+            store,
+            &*base,
+            &source,
+            &record,
+            (&eval_text, &eval_name),
+            args.ctx,
+            threads,
+        )?),
+    };
+    if let Some(report) = &report {
+        lineage.report = Some(report.to_string());
+        registry.set_lineage(&name, &lineage)?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let body = json!({ "model": models::json(store, &record)?, "report": report });
@@ -128,14 +151,13 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
 /// Scores both models on `text` side by side and measures their speed.
 fn quality_report(
     store: &ModelStore,
+    base: &dyn LanguageModel,
     source: &ModelRecord,
     made: &ModelRecord,
-    text: &str,
-    text_name: &str,
+    (text, text_name): (&str, &str),
     ctx: u32,
     threads: usize,
 ) -> Result<serde_json::Value> {
-    let base = model_arg::load_llm(store, source.id.as_str())?;
     let quant = model_arg::load_llm(store, made.id.as_str())?;
     let params = SessionParams {
         n_ctx: ctx,
@@ -148,7 +170,7 @@ fn quality_report(
     let mut quant_session = quant.new_session(params)?;
     let bar = progress::bar(0, "scoring both models");
     let comparison = compare(
-        (&*base, base_session.as_mut()),
+        (base, base_session.as_mut()),
         (&*quant, quant_session.as_mut()),
         text,
         ctx as usize,
@@ -168,7 +190,7 @@ fn quality_report(
     };
     let bar = progress::bar(16, "measuring speed");
     let measure = |model: &dyn LanguageModel| speed(model, &test, &mut || bar.inc(1)).map(|s| s.medians());
-    let (base_pp, base_tg) = measure(&*base)?;
+    let (base_pp, base_tg) = measure(base)?;
     let (pp, tg) = measure(&*quant)?;
     bar.finish_and_clear();
     Ok(json!({

@@ -144,9 +144,6 @@ pub async fn chat_completions(
         (format, call) => format.or(call),
     };
     let mut messages = chat_messages(req.messages)?;
-    if let Some(tools) = &tools {
-        tools.offer(&mut messages);
-    }
     generation::check_prompt_chars(
         &state,
         "messages",
@@ -162,7 +159,11 @@ pub async fn chat_completions(
 
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
     generation::apply_settings(&lease, req.sampling.given(), &mut options);
+    // The model's own system prompt first, so that offering tools does not hide it.
     generation::apply_system(&lease, &mut messages);
+    if let Some(tools) = &tools {
+        tools.offer(&mut messages);
+    }
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }

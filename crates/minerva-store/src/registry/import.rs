@@ -104,13 +104,17 @@ impl Registry {
                 return Err(e);
             }
         };
-        if exists && let Some(old) = self.record(&id)? {
-            if old.sha256 == sha256 {
-                let _ = remove_any(&names.partial);
-                return Ok(old);
+        let replaced = match self.record(&id)? {
+            Some(old) if exists => {
+                if old.sha256 == sha256 {
+                    let _ = remove_any(&names.partial);
+                    return Ok(old);
+                }
+                self.keep_version(store, &id, &old.sha256)?;
+                Some(old)
             }
-            self.keep_version(store, &id, &old.sha256)?;
-        }
+            _ => None,
+        };
         let temp_name = names.partial_name();
         let origin = if options.origin.is_empty() {
             format!("import {}", source.display())
@@ -127,6 +131,17 @@ impl Registry {
                 &sha256,
                 now_millis(),
             )?;
+            if let Some(old) = &replaced {
+                // A model registered before history was kept gets its first entry now, so
+                // that rollback can find the file it is being replaced with.
+                tx.execute(
+                    "INSERT INTO history (id, sha256, at, origin) SELECT ?1, ?2, ?3, 'registered before history was kept'
+                     WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?1)",
+                    params![id.as_str(), old.sha256, old.added_at],
+                )?;
+                // What it was made from no longer describes the new file.
+                tx.execute("DELETE FROM lineage WHERE id = ?1", [id.as_str()])?;
+            }
             tx.execute(
                 "INSERT INTO history (id, sha256, at, origin) VALUES (?1, ?2, ?3, ?4)",
                 params![id.as_str(), sha256, now_millis(), origin],

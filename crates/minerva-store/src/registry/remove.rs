@@ -44,7 +44,6 @@ impl Registry {
             sync_dir(root)?;
         }
         self.finish_removal(root, id)?;
-        self.drop_versions(store, id);
         tracing::info!(%id, "removed model");
         Ok(record)
     }
@@ -73,12 +72,17 @@ impl Registry {
         Ok(())
     }
 
+    /// Deletes everything of `id`: its rows (record, lineage, settings, history), its
+    /// kept versions and the renamed file. Also what recovery runs after a crash.
     fn finish_removal(&self, root: &Path, id: &ModelId) -> Result<(), RegistryError> {
         self.write(|tx| {
-            tx.execute("DELETE FROM lineage WHERE id = ?1", [id.as_str()])?;
-            tx.execute("DELETE FROM settings WHERE id = ?1", [id.as_str()])?;
-            tx.execute("DELETE FROM models WHERE id = ?1", [id.as_str()])
+            for table in ["lineage", "settings", "history", "models"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id.as_str()])?;
+            }
+            Ok(())
         })?;
+        let versions = super::versions::versions_dir(root, id);
+        remove_any(&versions).map_err(io(&versions))?;
         let trash = root.join(format!("{PREFIX}{id}"));
         remove_any(&trash).map_err(io(&trash))
     }
@@ -143,8 +147,11 @@ mod tests {
     fn a_removal_cut_off_after_its_rename_is_finished_by_recovery() {
         let (_home, store, registry) = setup();
         let id = ModelId::new("tiny").unwrap();
-        // What a kill -9 right after step 1 leaves: the renamed file and the row.
+        // What a kill -9 right after step 1 leaves: the renamed file, the row, a kept version.
         std::fs::rename(store.root().join("tiny.gguf"), store.root().join(".remove-tiny")).unwrap();
+        let kept = crate::registry::versions::versions_dir(store.root(), &id);
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("00.gguf"), b"GGUF").unwrap();
         assert!(
             store.list().unwrap().is_empty(),
             "the store stops listing it at the rename"
@@ -153,5 +160,6 @@ mod tests {
         registry.recover_imports(&store).unwrap();
         assert!(registry.record(&id).unwrap().is_none());
         assert!(!store.root().join(".remove-tiny").exists());
+        assert!(!kept.exists(), "its kept versions go too");
     }
 }

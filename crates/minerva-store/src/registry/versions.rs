@@ -8,8 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::params;
-
 use super::{ImportMode, ImportOptions, ModelRecord, Registry, RegistryError, UnixMillis};
 use crate::{ModelFormat, ModelId, ModelStore};
 
@@ -117,18 +115,14 @@ impl Registry {
             .and_then(|()| std::fs::hard_link(&entry.path, &kept))
             .map_err(|source| RegistryError::Io { path: kept, source })
     }
+}
 
-    /// Drops model `id`'s kept versions (when the name is removed).
-    pub(super) fn drop_versions(&self, store: &ModelStore, id: &ModelId) {
-        let _ = std::fs::remove_dir_all(store.root().join(VERSIONS).join(id.as_str()));
-        let _ = self.write(|tx| tx.execute("DELETE FROM history WHERE id = ?1", params![id.as_str()]));
-    }
+/// Where model `id`'s kept versions live in the models directory `root`.
+pub(super) fn versions_dir(root: &Path, id: &ModelId) -> PathBuf {
+    root.join(VERSIONS).join(id.as_str())
 }
 
 fn version_path(store: &ModelStore, id: &ModelId, sha256: &str) -> PathBuf {
     let sha: String = sha256.chars().filter(char::is_ascii_hexdigit).collect();
-    Path::new(store.root())
-        .join(VERSIONS)
-        .join(id.as_str())
-        .join(format!("{sha}.gguf"))
+    versions_dir(store.root(), id).join(format!("{sha}.gguf"))
 }

@@ -127,7 +127,6 @@ pub async fn chat(
     let mut options = req.options.generate_options(&state)?;
     let lease = generation::language_model(&state, id.as_str(), req.keep_alive).await?;
     generation::apply_settings(&lease, req.options.given(), &mut options);
-    generation::apply_system(&lease, &mut messages);
     clock.model_ready();
     if messages.is_empty() {
         // Ollama's way to load a model: a chat without messages.
@@ -137,6 +136,8 @@ pub async fn chat(
         });
         return Ok(axum::Json(reply).into_response());
     }
+    // The model's own system prompt first, so that offering tools does not hide it.
+    generation::apply_system(&lease, &mut messages);
     if let Some(tools) = &tools {
         tools.offer(&mut messages);
     }

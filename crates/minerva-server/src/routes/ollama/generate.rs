@@ -79,7 +79,9 @@ pub async fn generate(
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }
     let context = req.context.unwrap_or_default();
-    let prompt = prompt_tokens(lease.model(), &req.prompt, req.system.as_deref(), req.raw, &context)?;
+    // The request's system prompt, else the model's own (`minerva config`, a Modelfile).
+    let system = req.system.as_deref().or(lease.settings().system.as_deref());
+    let prompt = prompt_tokens(lease.model(), &req.prompt, system, req.raw, &context)?;
     let prepared = Prepared { lease, prompt, options };
     generation::check_context(&prepared, "prompt")?;
     generation::check_sampling(&prepared)?;
