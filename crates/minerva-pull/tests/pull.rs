@@ -146,7 +146,11 @@ fn a_partial_file_left_by_an_interrupted_pull_is_resumed_with_a_range() {
     let home = Home::new();
     std::fs::create_dir_all(home.store.root()).unwrap();
     // What a pull killed after 5 MiB leaves behind.
-    std::fs::write(home.store.root().join(format!(".pull-{}.partial", file.sha256)), &file.bytes[..5 << 20]).unwrap();
+    std::fs::write(
+        home.store.root().join(format!(".pull-{}.partial", file.sha256)),
+        &file.bytes[..5 << 20],
+    )
+    .unwrap();
     let mut options = options(&hub);
     options.name = Some(ModelId::new("smollm2").unwrap());
     let pulled = home.pull_with(&format!("hf.co/{REPO}/{FILE}"), &options).unwrap();
