@@ -113,14 +113,19 @@ fn a_hub_pull_resumes_after_a_dropped_connection_and_registers_the_verified_file
     assert_eq!(pulled.record.sha256, file.sha256);
     let len = file.bytes.len() as u64;
     assert_eq!(last_progress, (len, Some(len)));
-    // The first GET stopped after 10 MiB; the second asked for the rest only.
+    // The first GET was cut after 10 MiB (the client may have received a little less
+    // before the connection dropped); the second asked for the rest only.
     let downloads = hub.downloads();
     assert_eq!(downloads.len(), 2, "{downloads:?}");
     assert_eq!(downloads[0].1, None);
-    assert_eq!(
-        downloads[1].1.as_deref(),
-        Some(format!("bytes={}-", 10u64 << 20).as_str())
-    );
+    let resumed_at: u64 = downloads[1]
+        .1
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no range in {downloads:?}"));
+    assert!(resumed_at > 0 && resumed_at <= 10 << 20, "{downloads:?}");
     let entry = home.store.resolve(&pulled.record.id).unwrap();
     assert!(same_bytes(
         &entry.path,
