@@ -273,7 +273,7 @@ def main():
     print(f"| cosine min vs sentence-transformers | 1 | {mv['cosine_min']:.6f} | |")
     s = mv["stats"]
     print(f"\nMinerva batching: {s['batches']} forward passes, {s['merged_batches']} merged several requests, "
-          f"padding {100 * (s['padded_tokens'] / max(1, s['tokens']) - 1):.1f} %, token budget {s['token_budget']}, "
+          f"{s['tokens']} tokens (padding-free), token budget {s['token_budget']}, "
           f"strategy {s['strategy']}")
 
     print(f"\n### Repeated texts: {len(zipf)} single-text requests, Zipf(s=1.1) over the 1000 sentences "

@@ -84,6 +84,9 @@ struct BenchArgs {
 enum BenchCommand {
     /// Replay a timed request trace against the model pool, once per eviction policy.
     Pool(commands::bench_pool::Args),
+    /// An embedding model's throughput and latency beside the machine's matrix-product
+    /// rate on the model's shapes.
+    Embed(commands::bench_embed::Args),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,10 @@ fn main() -> ExitCode {
             what: Some(BenchCommand::Pool(args)),
             ..
         }) => commands::bench_pool::run(&store, args),
+        Command::Bench(BenchArgs {
+            what: Some(BenchCommand::Embed(args)),
+            ..
+        }) => commands::bench_embed::run(&store, args),
         Command::Bench(BenchArgs { what: None, speed }) => commands::bench::run(&store, speed),
         Command::Models(args) => commands::models::run(&store, args),
         Command::Import(args) => commands::import::run(&store, args),

@@ -44,10 +44,6 @@ pub enum EngineError {
     /// Tokenizing or detokenizing failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-
-    /// A tensor operation in Candle failed.
-    #[error("embedding forward pass: {0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 impl EngineError {

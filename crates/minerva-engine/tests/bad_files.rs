@@ -1,5 +1,5 @@
 //! Malformed model files are typed errors naming the file and the reason: never a panic,
-//! never a crash inside llama.cpp or Candle.
+//! never a crash inside llama.cpp or the encoder.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! all-MiniLM-L6-v2 through Candle agrees with sentence-transformers.
+//! all-MiniLM-L6-v2 through Minerva's encoder agrees with sentence-transformers.
 //!
 //! Fixture: `tests/fixtures/embeddings/all-minilm-l6-v2.json`, made by
 //! `scripts/reference/make-embedding-fixtures.py` with the real sentence-transformers

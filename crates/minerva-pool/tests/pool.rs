@@ -443,7 +443,7 @@ async fn a_failed_load_leaves_nothing_behind() {
 async fn unloading_returns_the_memory() {
     let _serial = SERIAL.lock().await;
     let dir = three_models();
-    // An embedding model (Candle, weights copied into memory) and a language model
+    // An embedding model (weights copied into memory) and a language model
     // (llama.cpp, weights mapped and repacked, KV cache).
     for (models, name) in [(dir.path().to_owned(), "a"), (models_dir(), "gemma-3-270m")] {
         let pool = ModelPool::new(ModelStore::new(models), one_slot_config(EvictionPolicy::Lru, 4 << 30));

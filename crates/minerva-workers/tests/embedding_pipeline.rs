@@ -71,10 +71,10 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// Padding changes only the length of the attention's softmax and weighted sums (the
-/// padded terms are exact zeros, but the SIMD reductions group the additions by length),
-/// so a vector in a padded batch may differ from its lone self in the last bits: we
-/// require cosine ≥ 0.99999, far inside the 0.9999 fidelity to sentence-transformers.
+/// The forward pass is padding-free and attention stays within each sequence, but the
+/// matrix products may split a larger batch's rows into other blocks and threads, so a
+/// vector in a batch may differ from its lone self in the last bits: we require cosine
+/// ≥ 0.99999, far inside the 0.9999 fidelity to sentence-transformers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vector_does_not_depend_on_its_batch_mates() {
     let service = service(10);
@@ -142,7 +142,6 @@ async fn the_streaming_strategy_embeds_a_list_larger_than_one_batch_allows() {
         "the request exceeds one streaming batch"
     );
     assert_eq!(stats.batches, 40, "{stats:?}");
-    assert_eq!(stats.padded_tokens, stats.tokens, "one input per batch: no padding");
     let engine = minerva_engine::embed::load(&model_dir()).unwrap();
     for (i, text) in inputs.iter().enumerate() {
         let alone = engine.embed(&[text], EmbedOptions::default()).unwrap();

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_embed;
 pub mod bench_pool;
 pub mod client;
 pub mod create;

@@ -2,16 +2,15 @@
 //! pooling and normalization as the model's configuration declares.
 //!
 //! [`EmbeddingModel`] is what the rest of Minerva programs against; [`load`] picks the
-//! backend for a directory and hands back the trait object. The only backend today is
-//! Candle's BERT ([`candle_bert`]); a second one is a new module here and a line in
-//! [`load`]. What every backend shares (the tokenizer, the directory's configuration,
-//! input checks, batching by length) lives here.
+//! backend for a directory and hands back the trait object. The backend today is
+//! Minerva's own BERT forward pass ([`bert`]); a second one is a new module here and a
+//! line in [`load`]. What every backend shares (the tokenizer, the directory's
+//! configuration, input checks, batching) lives here.
 //!
-//! Inputs are sorted by length and batched so padding stays small; padded positions are
-//! masked out of attention and pooling, so a sentence's vector does not depend on its
-//! batch mates.
+//! A batch is padding-free: its sequences' tokens are stacked, and attention and pooling
+//! stay within each sequence, so a sentence's vector does not depend on its batch mates.
 
-mod candle_bert;
+pub(crate) mod bert;
 mod config;
 mod tokenizer;
 
@@ -22,8 +21,10 @@ use crate::{EngineError, Result};
 
 pub use tokenizer::EncoderTokenizer;
 
-/// Sequences per forward pass of [`EmbeddingModel::embed_tokens`].
-const BATCH_SIZE: usize = 32;
+/// Tokens per forward pass of [`EmbeddingModel::embed_tokens`]: enough rows for the
+/// matrix products to run at full rate, few enough that the activations stay in cache
+/// (about 2 MiB per hidden-size-384 buffer).
+const BATCH_TOKENS: usize = 2048;
 
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -63,7 +64,7 @@ pub fn load(dir: &Path) -> Result<Arc<dyn EmbeddingModel>> {
             reason: "not a model directory (expected config.json, model.safetensors and tokenizer.json)".into(),
         });
     }
-    Ok(Arc::new(candle_bert::CandleBert::load(dir)?))
+    Ok(Arc::new(bert::Bert::load(dir)?))
 }
 
 /// A loaded sentence-embedding model: immutable, shareable across threads.
@@ -81,10 +82,20 @@ pub trait EmbeddingModel: Send + Sync {
     fn normalizes(&self) -> bool;
 
     /// One forward pass over `rows` (each checked by [`Self::check_input`]): the pooled,
-    /// unnormalized vector of each row, in order. Padded positions (rows are padded to the
-    /// longest) are masked out of attention and pooling. Runs inside
-    /// [`crate::compute::exclusive`].
+    /// unnormalized vector of each row, in order. Rows are not padded: each attends to and
+    /// pools over its own tokens only. Runs inside [`crate::compute::exclusive`].
     fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>>;
+
+    /// Floating-point operations of one forward pass over sequences of these lengths
+    /// (matrix products and attention; the element-wise passes are not counted).
+    fn flops(&self, lengths: &[usize]) -> f64;
+
+    /// The matrix products of one layer, as `(inputs, outputs)` per token row: what the
+    /// machine's matrix-product rate is measured on ([`gemm_rate`]).
+    fn matmul_shapes(&self) -> Vec<(usize, usize)>;
+
+    /// The kernels the forward pass runs on this CPU, for logs and reports.
+    fn kernels(&self) -> String;
 
     /// Number of entries in the vocabulary (token ids are below this).
     fn vocab_size(&self) -> usize {
@@ -114,11 +125,17 @@ pub trait EmbeddingModel: Send + Sync {
         for (index, ids) in inputs.iter().enumerate() {
             self.check_input(index, ids)?;
         }
-        // Length-sorted batches keep padding small.
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| inputs[i].len());
         let mut out = vec![Vec::new(); inputs.len()];
-        for batch in order.chunks(BATCH_SIZE) {
+        let mut start = 0;
+        while start < inputs.len() {
+            let mut end = start + 1;
+            let mut tokens = inputs[start].len();
+            while end < inputs.len() && tokens + inputs[end].len() <= BATCH_TOKENS {
+                tokens += inputs[end].len();
+                end += 1;
+            }
+            let batch: Vec<usize> = (start..end).collect();
+            start = end;
             let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
             for (&i, mut vector) in batch.iter().zip(self.forward_batch(&rows)?) {
                 if normalize {
@@ -139,6 +156,14 @@ pub trait EmbeddingModel: Send + Sync {
             .collect::<Result<Vec<_>>>()?;
         self.embed_tokens(&inputs, options.normalize.unwrap_or(self.normalizes()))
     }
+}
+
+/// The machine's f32 matrix-product rate in FLOP/s on `shapes` (`(inputs, outputs)`,
+/// each multiplied by a `rows`-row activation matrix), with the kernels and threads the
+/// encoder uses: the ceiling an encoder's throughput is measured against. Runs the set of
+/// products repeatedly for about `duration` and reports the median of the rounds.
+pub fn gemm_rate(rows: usize, shapes: &[(usize, usize)], duration: std::time::Duration) -> f64 {
+    bert::kernels::gemm_rate(rows, shapes, duration)
 }
 
 /// Scales `vector` to unit L2 length (as sentence-transformers' `Normalize` module does;

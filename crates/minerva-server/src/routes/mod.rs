@@ -69,8 +69,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             let s = service.stats();
             let model = lease.id.to_string();
             metrics::counter!("minerva_embedding_batches_total", "model" => model.clone()).absolute(s.batches);
-            metrics::counter!("minerva_embedding_padded_tokens_total", "model" => model.clone())
-                .absolute(s.padded_tokens);
+            metrics::counter!("minerva_embedding_tokens_total", "model" => model.clone()).absolute(s.tokens);
             metrics::gauge!("minerva_embedding_token_budget", "model" => model).set(s.token_budget as f64);
         }
     }

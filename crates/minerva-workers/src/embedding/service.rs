@@ -1,6 +1,8 @@
 //! [`EmbeddingService`]: the thread that owns an embedding model, and its handle.
 //!
-//! Requests arrive over a channel, are tokenized on the worker and queued input by input;
+//! Requests are tokenized by their callers (on a blocking thread when large), so the
+//! worker's thread only runs forward passes; they arrive over a channel, queued input by
+//! input;
 //! the worker cuts batches from the queue (see [`super::batcher`]) within the budget the
 //! optimizer and the memory strategy allow, runs them, and answers each request when its
 //! last input is done. A request whose caller went away is dropped from the queue.
@@ -28,6 +30,9 @@ use crate::worker_thread::JoinOnDrop;
 const START_BUDGET: usize = 4096;
 /// Largest token budget any strategy allows.
 const MAX_BUDGET: usize = 16384;
+/// Requests with more inputs than this are tokenized on a blocking thread, not on the
+/// async caller's.
+const INLINE_TOKENIZE: usize = 8;
 /// How often the worker reads system memory.
 const MEMORY_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -122,8 +127,6 @@ pub struct ServiceStats {
     pub merged_batches: u64,
     /// Tokens of the inputs.
     pub tokens: u64,
-    /// Tokens computed including padding.
-    pub padded_tokens: u64,
     /// Token budget of the next batch.
     pub token_budget: usize,
     /// Strategy of the last batch.
@@ -148,7 +151,8 @@ struct ModelInfo {
 type Computed = (Vec<Arc<[f32]>>, Vec<u32>);
 
 struct Job {
-    inputs: Vec<(usize, EmbeddingInput)>,
+    /// Token ids of each input, in the request's order.
+    inputs: Vec<Vec<u32>>,
     settings: EmbedSettings,
     reply: oneshot::Sender<Result<Computed, EmbeddingError>>,
 }
@@ -157,6 +161,8 @@ struct Job {
 /// empty.
 pub struct EmbeddingService {
     jobs: mpsc::Sender<Job>,
+    /// Shared with the worker: callers tokenize with it.
+    model: Arc<dyn EmbeddingModel>,
     info: ModelInfo,
     stats: Arc<Mutex<ServiceStats>>,
     queued: Arc<AtomicUsize>,
@@ -216,7 +222,7 @@ impl EmbeddingService {
         let max_queued = config.max_queued_inputs;
         let worker = Worker {
             optimizer: BatchOptimizer::new(model.max_tokens(), MAX_BUDGET, START_BUDGET),
-            model,
+            model: Arc::clone(&model),
             config,
             batcher: Batcher::default(),
             active: HashMap::new(),
@@ -236,6 +242,7 @@ impl EmbeddingService {
             .ok();
         Self {
             jobs,
+            model,
             info,
             stats,
             queued,
@@ -361,6 +368,27 @@ impl EmbeddingService {
                 limit: self.max_queued,
             });
         }
+        let model = Arc::clone(&self.model);
+        let forbid = settings.forbid_truncation;
+        let tokenize = move || tokenize(&*model, inputs, forbid);
+        let tokenized = if count > INLINE_TOKENIZE {
+            tokio::task::spawn_blocking(tokenize)
+                .await
+                .map_err(|_| EmbeddingError::Stopped)
+        } else {
+            Ok(tokenize())
+        };
+        let inputs = match tokenized {
+            Ok(Ok(inputs)) => inputs,
+            Ok(Err(e)) => {
+                self.queued.fetch_sub(count, Ordering::SeqCst);
+                return Err(EmbeddingError::Input(e));
+            }
+            Err(e) => {
+                self.queued.fetch_sub(count, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let sent = self.jobs.send(Job {
             inputs,
@@ -373,6 +401,22 @@ impl EmbeddingService {
         }
         answer.await.map_err(|_| EmbeddingError::Stopped)?
     }
+}
+
+/// The token ids of each input (`index` names it in errors); an invalid input fails the
+/// whole request.
+fn tokenize(
+    model: &dyn EmbeddingModel,
+    inputs: Vec<(usize, EmbeddingInput)>,
+    forbid_truncation: bool,
+) -> Result<Vec<Vec<u32>>, EngineError> {
+    inputs
+        .into_iter()
+        .map(|(index, input)| match input {
+            EmbeddingInput::Text(text) => model.tokenize(index, &text, forbid_truncation).map(|t| t.ids),
+            EmbeddingInput::Tokens(ids) => model.check_input(index, &ids).map(|()| ids),
+        })
+        .collect()
 }
 
 /// A request being worked on.
@@ -418,28 +462,10 @@ impl Worker {
         }
     }
 
-    /// Tokenizes a request and queues its inputs; an invalid input fails the request.
+    /// Queues a request's inputs.
     fn admit(&mut self, job: Job) {
         let count = job.inputs.len();
-        let tokenized: Result<Vec<Vec<u32>>, EngineError> = job
-            .inputs
-            .into_iter()
-            .map(|(index, input)| match input {
-                EmbeddingInput::Text(text) => self
-                    .model
-                    .tokenize(index, &text, job.settings.forbid_truncation)
-                    .map(|t| t.ids),
-                EmbeddingInput::Tokens(ids) => self.model.check_input(index, &ids).map(|()| ids),
-            })
-            .collect();
-        let ids = match tokenized {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.queued.fetch_sub(count, Ordering::SeqCst);
-                let _ = job.reply.send(Err(EmbeddingError::Input(e)));
-                return;
-            }
-        };
+        let ids = job.inputs;
         let id = self.next_job;
         self.next_job += 1;
         let tokens = ids.iter().map(|i| i.len() as u32).collect();
@@ -511,7 +537,6 @@ impl Worker {
             }
             stats.inputs += batch.items.len() as u64;
             stats.tokens += tokens as u64;
-            stats.padded_tokens += batch.padded_tokens() as u64;
             stats.token_budget = self.optimizer.budget(usize::MAX);
             stats.strategy = Some(strategy);
             if batch.full && !elapsed.is_zero() {

@@ -47,7 +47,7 @@ impl Default for MemoryThresholds {
 /// What one forward pass may hold under a strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Most padded tokens (rows × longest row) in one forward pass.
+    /// Most tokens in one forward pass.
     pub max_tokens: usize,
     /// Most inputs in one forward pass.
     pub max_rows: usize,

@@ -1,0 +1,339 @@
+//! BERT-family encoders through Minerva's own forward pass, in f32.
+//!
+//! The pass is shaped for the CPU rather than for a tensor library:
+//! - **Padding-free.** The tokens of every sequence in a batch are stacked into one
+//!   `tokens × hidden` matrix, so the projections and the feed-forward are a few large
+//!   matrix products over real tokens only (no row is padding). Only attention is per
+//!   sequence: one small product pair per sequence and head, spread over the threads.
+//! - **Fused.** Query, key and value are one product against a fused matrix; a bias and
+//!   the activation are one pass; the residual and the output bias are written into the
+//!   destination first and the product accumulates onto them, so the layer norm is the
+//!   only pass after it.
+//! - **One arena.** The activations live in buffers kept between passes and grown only
+//!   when a larger batch arrives.
+//!
+//! The matrix products are the `gemm` crate's (see [`kernels`]); they take most of the
+//! time, so the pass runs near the machine's matrix-product rate (`minerva bench embed`
+//! measures both).
+
+pub(crate) mod kernels;
+mod weights;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use self::kernels::{View, add, bias_activation, for_rows, gemm_strided, layer_norm, matmul, softmax};
+use self::weights::{BertConfig, Weights};
+use super::config::{SentenceTransformerConfig, read_json};
+use super::{EmbeddingModel, EncoderTokenizer, Pooling};
+use crate::{EngineError, Result};
+
+/// A BERT encoder with its tokenizer and pooling.
+pub(super) struct Bert {
+    weights: Weights,
+    tokenizer: EncoderTokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    arena: Mutex<Arena>,
+}
+
+/// The activations of one pass, kept between passes.
+#[derive(Default)]
+struct Arena {
+    /// Layer input and output, `tokens × hidden`.
+    x: Vec<f32>,
+    /// Attention block output, `tokens × hidden`.
+    y: Vec<f32>,
+    /// Fused query/key/value, `tokens × 3·hidden`.
+    qkv: Vec<f32>,
+    /// Attention context before the output projection, `tokens × hidden`.
+    context: Vec<f32>,
+    /// Feed-forward inner activations, `tokens × intermediate`.
+    inner: Vec<f32>,
+}
+
+/// The first `len` elements of `buffer`, grown (never shrunk) to hold them.
+fn take(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+/// A pointer handed to the attention tasks, which write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: the tasks that share it write disjoint elements (one head of one sequence
+// each) and the buffer outlives them (they are joined before it is touched again).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl Bert {
+    /// Loads the model directory `dir` (checked to be a directory).
+    pub(super) fn load(dir: &Path) -> Result<Self> {
+        let config: BertConfig = read_json(&dir.join("config.json"))?;
+        let weights = Weights::load(dir, &config, false)?;
+        let st = SentenceTransformerConfig::read(dir)?;
+        let max_tokens = st
+            .max_seq_length
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        let tokenizer = EncoderTokenizer::load(dir, max_tokens)?;
+        if tokenizer.vocab_size() > weights.vocab {
+            return Err(EngineError::InvalidEmbeddingModel {
+                path: dir.to_owned(),
+                reason: format!(
+                    "the tokenizer has {} entries, the embedding matrix {} rows",
+                    tokenizer.vocab_size(),
+                    weights.vocab
+                ),
+            });
+        }
+        tracing::info!(
+            path = %dir.display(),
+            pooling = ?st.pooling,
+            normalize = st.normalize,
+            max_tokens,
+            weights_bytes = weights.bytes(),
+            kernels = kernels_name(),
+            "loaded embedding model"
+        );
+        Ok(Self {
+            weights,
+            tokenizer,
+            pooling: st.pooling,
+            normalize: st.normalize,
+            arena: Mutex::new(Arena::default()),
+        })
+    }
+
+    /// The last layer's output for every token of `rows` (stacked, in order) into
+    /// `arena.x`, and where each row starts in it.
+    fn encode(&self, rows: &[&[u32]], arena: &mut Arena) -> Vec<usize> {
+        let w = &self.weights;
+        let h = w.hidden;
+        let threads = rayon::current_num_threads();
+        let mut starts = Vec::with_capacity(rows.len() + 1);
+        let mut total = 0;
+        for row in rows {
+            starts.push(total);
+            total += row.len();
+        }
+        starts.push(total);
+        let tokens: Vec<(u32, usize)> = rows
+            .iter()
+            .flat_map(|row| row.iter().enumerate().map(|(p, &id)| (id, p)))
+            .collect();
+        let Arena {
+            x,
+            y,
+            qkv,
+            context,
+            inner,
+        } = arena;
+        let x = take(x, total * h);
+        // Embeddings: word + position + token type 0, then the embedding layer norm.
+        x.par_chunks_mut(h)
+            .zip(&tokens)
+            .with_min_len(8)
+            .for_each(|(row, &(id, pos))| {
+                let word = &w.word[id as usize * h..][..h];
+                let position = &w.position[pos * h..][..h];
+                for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(&w.token_type) {
+                    *v = a + b + c;
+                }
+                layer_norm(row, &w.embedding_norm.gamma, &w.embedding_norm.beta, w.eps);
+            });
+        for layer in &w.layers {
+            let q = take(qkv, total * 3 * h);
+            matmul(q, x, &layer.qkv.weight, total, h, 3 * h, false, threads);
+            for_rows(q, 3 * h, |row| add(row, &layer.qkv.bias));
+            let context = take(context, total * h);
+            self.attention(q, context, &starts);
+            // y = x + b_o + context · W_o, then the attention layer norm.
+            let y = take(y, total * h);
+            y.par_chunks_mut(h)
+                .zip(x.par_chunks(h))
+                .with_min_len(8)
+                .for_each(|(dst, src)| {
+                    dst.copy_from_slice(src);
+                    add(dst, &layer.attention_out.bias);
+                });
+            matmul(y, context, &layer.attention_out.weight, total, h, h, true, threads);
+            let norm = &layer.attention_norm;
+            for_rows(y, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
+            // x = y + b_down + act(y · W_up + b_up) · W_down, then the output layer norm.
+            let n_inner = layer.up.outputs;
+            let inner = take(inner, total * n_inner);
+            matmul(inner, y, &layer.up.weight, total, h, n_inner, false, threads);
+            for_rows(inner, n_inner, |row| bias_activation(row, &layer.up.bias, w.activation));
+            x.par_chunks_mut(h)
+                .zip(y.par_chunks(h))
+                .with_min_len(8)
+                .for_each(|(dst, src)| {
+                    dst.copy_from_slice(src);
+                    add(dst, &layer.down.bias);
+                });
+            matmul(x, inner, &layer.down.weight, total, n_inner, h, true, threads);
+            let norm = &layer.output_norm;
+            for_rows(x, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
+        }
+        starts
+    }
+
+    /// Scaled dot-product attention of every sequence (rows `starts[i]..starts[i+1]`),
+    /// each head on its own: `context = softmax(Q·Kᵀ/√d)·V`.
+    fn attention(&self, qkv: &[f32], context: &mut [f32], starts: &[usize]) {
+        let h = self.weights.hidden;
+        let heads = self.weights.heads;
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut tasks: Vec<(usize, usize, usize)> = starts
+            .windows(2)
+            .flat_map(|s| (0..heads).map(move |head| (s[0], s[1] - s[0], head)))
+            .collect();
+        // Longest first, so the last tasks to run are short ones.
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.1));
+        assert!(context.len() >= starts.last().copied().unwrap_or(0) * h);
+        assert!(qkv.len() >= starts.last().copied().unwrap_or(0) * 3 * h);
+        let out = SharedMut(context.as_mut_ptr());
+        let qkv_ptr = qkv.as_ptr() as usize;
+        tasks
+            .par_iter()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, len, head)| {
+                let out = out;
+                let scores = take(scores, len * len);
+                let base = qkv_ptr as *const f32;
+                // SAFETY: rows start..start+len of qkv (3·h wide) and of context (h wide)
+                // exist (asserted above); the head's columns lie inside them; each task
+                // writes only its own sequence's rows in its own head's columns.
+                unsafe {
+                    let row0 = base.add(start * 3 * h + head * d);
+                    gemm_strided(
+                        len,
+                        len,
+                        d,
+                        scores.as_mut_ptr(),
+                        len as isize,
+                        false,
+                        View {
+                            ptr: row0,
+                            row_stride: 3 * h as isize,
+                            col_stride: 1,
+                        },
+                        View {
+                            ptr: row0.add(h),
+                            row_stride: 1,
+                            col_stride: 3 * h as isize,
+                        },
+                        scale,
+                        1,
+                    );
+                    for row in scores.chunks_mut(len) {
+                        softmax(row);
+                    }
+                    gemm_strided(
+                        len,
+                        d,
+                        len,
+                        out.0.add(start * h + head * d),
+                        h as isize,
+                        false,
+                        View::dense(scores, len),
+                        View {
+                            ptr: row0.add(2 * h),
+                            row_stride: 3 * h as isize,
+                            col_stride: 1,
+                        },
+                        1.0,
+                        1,
+                    );
+                }
+            });
+    }
+}
+
+/// The matrix-product kernels the `gemm` crate picks on this CPU.
+pub(crate) fn kernels_name() -> &'static str {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        "gemm f32 avx512f"
+    } else if std::arch::is_x86_feature_detected!("fma") {
+        "gemm f32 avx2+fma"
+    } else {
+        "gemm f32 scalar/sse"
+    }
+}
+
+impl EmbeddingModel for Bert {
+    fn tokenizer(&self) -> &EncoderTokenizer {
+        &self.tokenizer
+    }
+
+    fn dimensions(&self) -> usize {
+        self.weights.hidden
+    }
+
+    fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    fn flops(&self, lengths: &[usize]) -> f64 {
+        let w = &self.weights;
+        let per_token: usize = self.matmul_shapes().iter().map(|(k, n)| k * n).sum();
+        let tokens: usize = lengths.iter().sum();
+        let attention: usize = lengths.iter().map(|l| 2 * l * l * w.hidden).sum();
+        2.0 * w.layers.len() as f64 * (tokens * per_token + attention) as f64
+    }
+
+    fn matmul_shapes(&self) -> Vec<(usize, usize)> {
+        let l = &self.weights.layers[0];
+        [&l.qkv, &l.attention_out, &l.up, &l.down]
+            .iter()
+            .map(|m| (m.inputs, m.outputs))
+            .collect()
+    }
+
+    fn kernels(&self) -> String {
+        kernels_name().to_owned()
+    }
+
+    fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        for (index, row) in rows.iter().enumerate() {
+            self.check_input(index, row)?;
+            if row.len() > self.weights.max_positions {
+                return Err(EngineError::InputTooLong {
+                    index,
+                    tokens: row.len(),
+                    max: self.weights.max_positions,
+                });
+            }
+        }
+        let h = self.weights.hidden;
+        crate::compute::exclusive(|| {
+            let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
+            let starts = self.encode(rows, &mut arena);
+            let x = &arena.x;
+            Ok(starts
+                .windows(2)
+                .map(|s| match self.pooling {
+                    Pooling::Cls => x[s[0] * h..][..h].to_vec(),
+                    Pooling::Mean => {
+                        let mut mean = vec![0f32; h];
+                        for row in x[s[0] * h..s[1] * h].chunks_exact(h) {
+                            add(&mut mean, row);
+                        }
+                        let inv = 1.0 / (s[1] - s[0]).max(1) as f32;
+                        mean.iter_mut().for_each(|v| *v *= inv);
+                        mean
+                    }
+                })
+                .collect())
+        })
+    }
+}
