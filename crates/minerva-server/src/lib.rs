@@ -74,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .route("/completions", post(routes::completions::completions))
         .route("/embeddings", post(routes::embeddings::embeddings))
         .route("/embeddings/stats", get(routes::embeddings::stats))
+        .route("/rerank", post(routes::rerank::rerank))
         .route("/models", get(routes::models::list))
         .route("/models/stats", get(routes::models::stats))
         .route("/models/loaded", get(routes::models::loaded))
@@ -88,6 +89,8 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .nest("/v1", v1)
         .merge(routes::ollama::router())
+        // text-embeddings-inference's path.
+        .route("/rerank", post(routes::rerank::rerank))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

@@ -24,7 +24,7 @@ pub use tokenizer::EncoderTokenizer;
 /// Tokens per forward pass of [`EmbeddingModel::embed_tokens`]: enough rows for the
 /// matrix products to run at full rate, few enough that the activations stay in cache
 /// (about 2 MiB per hidden-size-384 buffer).
-const BATCH_TOKENS: usize = 2048;
+pub(crate) const BATCH_TOKENS: usize = 2048;
 
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -96,6 +96,21 @@ pub trait EmbeddingModel: Send + Sync {
 
     /// The kernels the forward pass runs on this CPU, for logs and reports.
     fn kernels(&self) -> String;
+
+    /// Whether the model is a cross-encoder (a reranker): it scores text pairs through
+    /// [`Self::rerank`] and embeds nothing.
+    fn is_reranker(&self) -> bool {
+        false
+    }
+
+    /// The relevance of each document to `query`: the cross-encoder's logit through the
+    /// model's activation (sigmoid for one label, as sentence-transformers'
+    /// `CrossEncoder.predict`), or the logit itself when `raw`. Documents are scored in
+    /// batches; the order of the scores is the documents'.
+    fn rerank(&self, query: &str, documents: &[&str], raw: bool) -> Result<Vec<f32>> {
+        let _ = (query, documents, raw);
+        Err(EngineError::invalid("model", "not a reranker (cross-encoder) model"))
+    }
 
     /// Number of entries in the vocabulary (token ids are below this).
     fn vocab_size(&self) -> usize {

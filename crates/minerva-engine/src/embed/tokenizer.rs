@@ -11,6 +11,9 @@ use crate::{EngineError, Result};
 /// The tokenizer every embedding backend shares.
 pub struct EncoderTokenizer {
     tokenizer: Tokenizer,
+    /// The same tokenizer truncating text pairs longest-first to the maximum, as
+    /// cross-encoders are fed.
+    pair_tokenizer: Tokenizer,
     max_tokens: usize,
     special_tokens: usize,
 }
@@ -37,8 +40,18 @@ impl EncoderTokenizer {
                 reason: format!("max_seq_length {max_tokens} leaves no room for text"),
             });
         }
+        let mut pair_tokenizer = tokenizer.clone();
+        pair_tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                strategy: tokenizers::TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(Self {
             tokenizer,
+            pair_tokenizer,
             max_tokens,
             special_tokens,
         })
@@ -81,6 +94,17 @@ impl EncoderTokenizer {
             ids: encoding.get_ids().to_vec(),
             truncated,
         })
+    }
+
+    /// Tokenizes a text pair as a cross-encoder reads it (`[CLS] a [SEP] b [SEP]` for
+    /// BERT), the longer text truncated first to fit: the token ids and their segment
+    /// (token type) ids.
+    pub fn tokenize_pair(&self, a: &str, b: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let encoding = self
+            .pair_tokenizer
+            .encode((a, b), true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_type_ids().to_vec()))
     }
 
     /// Checks that `ids` is a valid input: not empty, at most [`Self::max_tokens`] long,

@@ -178,6 +178,12 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
             format!("{id} is not an embedding model; use /v1/chat/completions"),
         )
     })?;
+    if service.is_reranker() {
+        return Err(ApiError::invalid(
+            "model",
+            format!("{id} is a reranker (cross-encoder); use /v1/rerank"),
+        ));
+    }
     if let Some(d) = request.dimensions
         && d != service.dimensions()
     {

@@ -7,6 +7,7 @@ mod generation;
 pub mod models;
 pub mod ollama;
 pub mod pull;
+pub mod rerank;
 mod stream;
 mod structured;
 pub mod tokenize;

@@ -261,6 +261,26 @@ impl EmbeddingService {
         self.info.normalizes
     }
 
+    /// Whether the model is a cross-encoder: it reranks ([`Self::rerank`]) and embeds
+    /// nothing.
+    pub fn is_reranker(&self) -> bool {
+        self.model.is_reranker()
+    }
+
+    /// The relevance of each document to `query` (see
+    /// [`EmbeddingModel::rerank`]), computed on a blocking thread; the pass takes its turn
+    /// on the cores like every other (`compute::exclusive`).
+    pub async fn rerank(&self, query: String, documents: Vec<String>, raw: bool) -> Result<Vec<f32>, EmbeddingError> {
+        let model = Arc::clone(&self.model);
+        tokio::task::spawn_blocking(move || {
+            let documents: Vec<&str> = documents.iter().map(String::as_str).collect();
+            model.rerank(&query, &documents, raw)
+        })
+        .await
+        .map_err(|_| EmbeddingError::Stopped)?
+        .map_err(EmbeddingError::Input)
+    }
+
     /// SHA-256 over the model's files.
     pub fn fingerprint(&self) -> &[u8; 32] {
         &self.info.fingerprint

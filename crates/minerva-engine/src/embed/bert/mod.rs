@@ -33,10 +33,43 @@ use crate::{EngineError, Result};
 /// A BERT encoder with its tokenizer and pooling.
 pub(super) struct Bert {
     weights: Weights,
+    /// A cross-encoder's score activation; `None` for a sentence embedder.
+    reranker: Option<ScoreActivation>,
     tokenizer: EncoderTokenizer,
     pooling: Pooling,
     normalize: bool,
     arena: Mutex<Arena>,
+}
+
+/// What a cross-encoder applies to its logit (sentence-transformers' `activation_fn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScoreActivation {
+    Sigmoid,
+    Identity,
+}
+
+impl ScoreActivation {
+    /// The activation `config.json` names, or sigmoid (the default for one label).
+    fn from_config(config: &BertConfig) -> Self {
+        let named = config
+            .sentence_transformers
+            .as_ref()
+            .and_then(|st| st.get("activation_fn"))
+            .and_then(|f| f.as_str())
+            .unwrap_or("torch.nn.modules.activation.Sigmoid");
+        if named.ends_with(".Identity") {
+            Self::Identity
+        } else {
+            Self::Sigmoid
+        }
+    }
+
+    fn apply(self, logit: f32) -> f32 {
+        match self {
+            Self::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            Self::Identity => logit,
+        }
+    }
 }
 
 /// The activations of one pass, kept between passes.
@@ -74,7 +107,24 @@ impl Bert {
     /// Loads the model directory `dir` (checked to be a directory).
     pub(super) fn load(dir: &Path) -> Result<Self> {
         let config: BertConfig = read_json(&dir.join("config.json"))?;
-        let weights = Weights::load(dir, &config, false)?;
+        let cross_encoder = config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"));
+        let weights = Weights::load(dir, &config, cross_encoder)?;
+        let reranker = match &weights.head {
+            Some(head) if head.classifier.outputs != 1 => {
+                return Err(EngineError::InvalidEmbeddingModel {
+                    path: dir.to_owned(),
+                    reason: format!(
+                        "a classifier with {} labels is not a reranker (one relevance logit expected)",
+                        head.classifier.outputs
+                    ),
+                });
+            }
+            Some(_) => Some(ScoreActivation::from_config(&config)),
+            None => None,
+        };
         let st = SentenceTransformerConfig::read(dir)?;
         let max_tokens = st
             .max_seq_length
@@ -102,6 +152,7 @@ impl Bert {
         );
         Ok(Self {
             weights,
+            reranker,
             tokenizer,
             pooling: st.pooling,
             normalize: st.normalize,
@@ -110,8 +161,9 @@ impl Bert {
     }
 
     /// The last layer's output for every token of `rows` (stacked, in order) into
-    /// `arena.x`, and where each row starts in it.
-    fn encode(&self, rows: &[&[u32]], arena: &mut Arena) -> Vec<usize> {
+    /// `arena.x`, and where each row starts in it. `segments` gives each token's segment
+    /// (token type); without it every token is in segment 0.
+    fn encode(&self, rows: &[&[u32]], segments: Option<&[&[u32]]>, arena: &mut Arena) -> Vec<usize> {
         let w = &self.weights;
         let h = w.hidden;
         let threads = rayon::current_num_threads();
@@ -122,9 +174,16 @@ impl Bert {
             total += row.len();
         }
         starts.push(total);
-        let tokens: Vec<(u32, usize)> = rows
+        let types = w.token_types.len() / h;
+        let tokens: Vec<(u32, usize, usize)> = rows
             .iter()
-            .flat_map(|row| row.iter().enumerate().map(|(p, &id)| (id, p)))
+            .enumerate()
+            .flat_map(|(r, row)| {
+                row.iter().enumerate().map(move |(p, &id)| {
+                    let segment = segments.and_then(|s| s[r].get(p)).map_or(0, |&t| t as usize);
+                    (id, p, segment.min(types - 1))
+                })
+            })
             .collect();
         let Arena {
             x,
@@ -134,14 +193,15 @@ impl Bert {
             inner,
         } = arena;
         let x = take(x, total * h);
-        // Embeddings: word + position + token type 0, then the embedding layer norm.
+        // Embeddings: word + position + segment, then the embedding layer norm.
         x.par_chunks_mut(h)
             .zip(&tokens)
             .with_min_len(8)
-            .for_each(|(row, &(id, pos))| {
+            .for_each(|(row, &(id, pos, segment))| {
                 let word = &w.word[id as usize * h..][..h];
                 let position = &w.position[pos * h..][..h];
-                for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(&w.token_type) {
+                let token_type = &w.token_types[segment * h..][..h];
+                for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(token_type) {
                     *v = a + b + c;
                 }
                 layer_norm(row, &w.embedding_norm.gamma, &w.embedding_norm.beta, w.eps);
@@ -255,6 +315,17 @@ impl Bert {
     }
 }
 
+/// `v · W + b` for one vector (a head's small product; W is `inputs × outputs`).
+fn linear_vector(layer: &weights::Linear, v: &[f32]) -> Vec<f32> {
+    let mut out = layer.bias.clone();
+    for (x, row) in v.iter().zip(layer.weight.chunks_exact(layer.outputs)) {
+        for (o, w) in out.iter_mut().zip(row) {
+            *o = x.mul_add(*w, *o);
+        }
+    }
+    out
+}
+
 /// The matrix-product kernels the `gemm` crate picks on this CPU.
 pub(crate) fn kernels_name() -> &'static str {
     if std::arch::is_x86_feature_detected!("avx512f") {
@@ -303,7 +374,59 @@ impl EmbeddingModel for Bert {
         kernels_name().to_owned()
     }
 
+    fn is_reranker(&self) -> bool {
+        self.reranker.is_some()
+    }
+
+    fn rerank(&self, query: &str, documents: &[&str], raw: bool) -> Result<Vec<f32>> {
+        let (Some(activation), Some(head)) = (self.reranker, self.weights.head.as_ref()) else {
+            return Err(EngineError::invalid("model", "not a reranker (cross-encoder) model"));
+        };
+        let pairs = documents
+            .iter()
+            .map(|d| self.tokenizer.tokenize_pair(query, d))
+            .collect::<Result<Vec<_>>>()?;
+        let h = self.weights.hidden;
+        let mut scores = Vec::with_capacity(pairs.len());
+        let mut start = 0;
+        while start < pairs.len() {
+            let mut end = start + 1;
+            let mut tokens = pairs[start].0.len();
+            while end < pairs.len() && tokens + pairs[end].0.len() <= super::BATCH_TOKENS {
+                tokens += pairs[end].0.len();
+                end += 1;
+            }
+            let rows: Vec<&[u32]> = pairs[start..end].iter().map(|p| p.0.as_slice()).collect();
+            let segments: Vec<&[u32]> = pairs[start..end].iter().map(|p| p.1.as_slice()).collect();
+            for (index, row) in rows.iter().enumerate() {
+                self.check_input(start + index, row)?;
+            }
+            start = end;
+            crate::compute::exclusive(|| {
+                let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
+                let starts = self.encode(&rows, Some(&segments), &mut arena);
+                for s in starts.windows(2) {
+                    // BERT's pooler (dense + tanh over [CLS]), then the classifier.
+                    let cls = &arena.x[s[0] * h..][..h];
+                    let pooled: Vec<f32> = match &head.pooler {
+                        Some(p) => linear_vector(p, cls).into_iter().map(f32::tanh).collect(),
+                        None => cls.to_vec(),
+                    };
+                    let logit = linear_vector(&head.classifier, &pooled)[0];
+                    scores.push(if raw { logit } else { activation.apply(logit) });
+                }
+            });
+        }
+        Ok(scores)
+    }
+
     fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if self.reranker.is_some() {
+            return Err(EngineError::invalid(
+                "model",
+                "a reranker (cross-encoder) scores query/document pairs through /v1/rerank; it does not embed",
+            ));
+        }
         for (index, row) in rows.iter().enumerate() {
             self.check_input(index, row)?;
             if row.len() > self.weights.max_positions {
@@ -317,7 +440,7 @@ impl EmbeddingModel for Bert {
         let h = self.weights.hidden;
         crate::compute::exclusive(|| {
             let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
-            let starts = self.encode(rows, &mut arena);
+            let starts = self.encode(rows, None, &mut arena);
             let x = &arena.x;
             Ok(starts
                 .windows(2)

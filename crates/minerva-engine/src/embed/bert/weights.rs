@@ -26,6 +26,12 @@ pub(super) struct BertConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// `BertForSequenceClassification` marks a cross-encoder.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// sentence-transformers' own settings (a cross-encoder's `activation_fn`).
+    #[serde(default)]
+    pub sentence_transformers: Option<serde_json::Value>,
 }
 
 fn default_type_vocab_size() -> usize {
@@ -82,8 +88,9 @@ pub(super) struct Weights {
     pub word: Vec<f32>,
     /// `max_positions × hidden`.
     pub position: Vec<f32>,
-    /// Token type 0's vector (every input is one segment).
-    pub token_type: Vec<f32>,
+    /// `type_vocab × hidden`: the segment vectors (0 for a single text, 0 and 1 for a
+    /// cross-encoder's pair).
+    pub token_types: Vec<f32>,
     pub embedding_norm: Norm,
     pub layers: Vec<Layer>,
     pub head: Option<ClassifierHead>,
@@ -188,7 +195,7 @@ impl Weights {
             vocab,
             word: word.0,
             position: position.0,
-            token_type: token_types.0[..h].to_vec(),
+            token_types: token_types.0,
             embedding_norm,
             layers,
             head,
@@ -211,7 +218,15 @@ impl Weights {
                     + norm(&l.output_norm)
             })
             .sum();
-        4 * (self.word.len() + self.position.len() + self.token_type.len() + norm(&self.embedding_norm) + layers)
+        let head = self.head.as_ref().map_or(0, |h| {
+            h.pooler.as_ref().map_or(0, |p| linear(p)) + linear(&h.classifier)
+        });
+        4 * (head
+            + self.word.len()
+            + self.position.len()
+            + self.token_types.len()
+            + norm(&self.embedding_norm)
+            + layers)
     }
 }
 
