@@ -28,7 +28,8 @@
 //!   `cached_tokens` tokens of KV in host memory. [`Footprint::prefix_cache`] says how far
 //!   they can grow; it is not part of [`Footprint::total`], the reservation.
 //!
-//! A sentence-transformers model (Candle): the safetensors weights and the base.
+//! A sentence-transformers model: its weights as the encoder keeps them (f32), the
+//! activation arena of its largest pass, and the base.
 
 use std::path::Path;
 
@@ -42,9 +43,9 @@ use minerva_store::{ModelEntry, ModelFormat};
 /// buffer.
 const LLM_BASE: u64 = 12 << 20;
 
-/// Resident memory a loaded embedding model adds besides its weights: the tokenizer and
-/// Candle's buffers for a batch (all-MiniLM-L6-v2 measures 20 to 29 MiB over its weights).
-const EMBEDDING_BASE: u64 = 26 << 20;
+/// Resident memory a loaded embedding model adds besides its weights and its activation
+/// arena: the tokenizer, the worker thread, the matrix products' packing buffers.
+const EMBEDDING_BASE: u64 = 16 << 20;
 
 /// Resident bytes of llama.cpp's vocabulary tables per token (token text, scores and
 /// attributes, the text-to-id map, the token-to-piece cache).
@@ -232,16 +233,14 @@ fn repacked(tensor: &GgufTensor) -> bool {
 }
 
 fn estimate_sentence_transformers(dir: &Path) -> Result<Footprint, EstimateError> {
-    let weights = std::fs::metadata(dir.join("model.safetensors"))
-        .map_err(|e| EstimateError {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .len();
+    let memory = minerva_engine::embed::memory(dir).map_err(|e| EstimateError {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(Footprint {
-        weights,
+        weights: memory.weights,
         kv_cache: 0,
-        scratch: EMBEDDING_BASE,
+        scratch: EMBEDDING_BASE + memory.activations,
         prefix_cache: 0,
         shape: None,
     })

@@ -91,8 +91,15 @@ async fn estimates_of_the_default_models_are_within_ten_percent_of_their_residen
             }
             Err(lease) => {
                 let embedding = lease.into_embedding().ok().expect("an embedding model");
+                // Inputs at the model's maximum, more tokens than one pass holds: the
+                // activation arena grows to its largest, which the estimate reserves.
                 let inputs = (0..16)
-                    .map(|i| EmbeddingInput::Text(format!("sentence {i}: the quick brown fox jumps over the lazy dog")))
+                    .map(|i| {
+                        EmbeddingInput::Text(format!(
+                            "sentence {i}: {}",
+                            "the quick brown fox jumps over the lazy dog ".repeat(40)
+                        ))
+                    })
                     .collect();
                 let settings = EmbedSettings {
                     normalize: true,

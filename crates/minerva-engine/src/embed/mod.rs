@@ -173,6 +173,21 @@ pub trait EmbeddingModel: Send + Sync {
     }
 }
 
+/// What a loaded encoder holds in memory, in bytes: its weights as the pass keeps them
+/// (f32, so an f16 or bf16 file doubles) and the activation arena of its largest pass
+/// ([`BATCH_TOKENS`] tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderMemory {
+    pub weights: u64,
+    pub activations: u64,
+}
+
+/// [`EncoderMemory`] of the model directory `dir`, from `config.json` and the
+/// safetensors header (the weights are not read).
+pub fn memory(dir: &Path) -> Result<EncoderMemory> {
+    bert::memory(dir)
+}
+
 /// The machine's f32 matrix-product rate in FLOP/s on `shapes` (`(inputs, outputs)`,
 /// each multiplied by a `rows`-row activation matrix), with the kernels and threads the
 /// encoder uses: the ceiling an encoder's throughput is measured against. Runs the set of

@@ -315,6 +315,20 @@ impl Bert {
     }
 }
 
+/// See [`super::memory`].
+pub(super) fn memory(dir: &Path) -> Result<super::EncoderMemory> {
+    let config: BertConfig = read_json(&dir.join("config.json"))?;
+    let weights = weights::f32_bytes(&dir.join("model.safetensors"))?;
+    let (h, inner) = (config.hidden_size as u64, config.intermediate_size as u64);
+    // x, y, context (h each), qkv (3h), inner; and per thread one sequence's scores.
+    let per_token = 4 * (6 * h + inner);
+    let scores = 4 * (config.max_position_embeddings as u64).pow(2) * rayon::current_num_threads() as u64;
+    Ok(super::EncoderMemory {
+        weights,
+        activations: super::BATCH_TOKENS as u64 * per_token + scores,
+    })
+}
+
 /// `v · W + b` for one vector (a head's small product; W is `inputs × outputs`).
 fn linear_vector(layer: &weights::Linear, v: &[f32]) -> Vec<f32> {
     let mut out = layer.bias.clone();
@@ -437,12 +451,33 @@ impl EmbeddingModel for Bert {
                 });
             }
         }
+        // Passes of at most BATCH_TOKENS tokens keep the arena (and the memory estimate)
+        // bounded whatever batch the caller cuts; the products are at full rate by then.
+        let mut out = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start + 1;
+            let mut tokens = rows[start].len();
+            while end < rows.len() && tokens + rows[end].len() <= super::BATCH_TOKENS {
+                tokens += rows[end].len();
+                end += 1;
+            }
+            out.extend(self.pool_pass(&rows[start..end]));
+            start = end;
+        }
+        Ok(out)
+    }
+}
+
+impl Bert {
+    /// One pass over `rows` and the pooled vector of each.
+    fn pool_pass(&self, rows: &[&[u32]]) -> Vec<Vec<f32>> {
         let h = self.weights.hidden;
         crate::compute::exclusive(|| {
             let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
             let starts = self.encode(rows, None, &mut arena);
             let x = &arena.x;
-            Ok(starts
+            starts
                 .windows(2)
                 .map(|s| match self.pooling {
                     Pooling::Cls => x[s[0] * h..][..h].to_vec(),
@@ -456,7 +491,7 @@ impl EmbeddingModel for Bert {
                         mean
                     }
                 })
-                .collect())
+                .collect()
         })
     }
 }

@@ -230,6 +230,36 @@ impl Weights {
     }
 }
 
+/// The bytes the tensors of the safetensors file at `path` take as f32, from its header.
+pub(super) fn f32_bytes(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let invalid = |reason: String| EngineError::InvalidEmbeddingModel {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| invalid(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(invalid(format!("safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| invalid(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| invalid(format!("invalid safetensors header: {e}")))?;
+    Ok(header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, t)| {
+            t.get("shape")?
+                .as_array()
+                .map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>())
+        })
+        .sum::<u64>()
+        * 4)
+}
+
 /// Concatenates the outputs of linear layers with the same inputs.
 fn fuse(parts: &[Linear]) -> Linear {
     let inputs = parts[0].inputs;
