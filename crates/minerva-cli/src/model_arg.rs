@@ -86,6 +86,15 @@ pub fn load_llm(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dyn mine
 
 /// Loads a sentence-embedding model, with a spinner on a terminal.
 pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dyn EmbeddingModel>> {
+    load_embedding_with(store, arg, minerva_engine::embed::EmbeddingDtype::F32)
+}
+
+/// [`load_embedding`] with the encoder's products in `dtype`.
+pub fn load_embedding_with(
+    store: &ModelStore,
+    arg: &str,
+    dtype: minerva_engine::embed::EmbeddingDtype,
+) -> Result<std::sync::Arc<dyn EmbeddingModel>> {
     let location = locate(store, arg)?;
     if location.format != ModelFormat::SentenceTransformers {
         bail!(
@@ -94,7 +103,7 @@ pub fn load_embedding(store: &ModelStore, arg: &str) -> Result<std::sync::Arc<dy
         );
     }
     let spinner = progress::spinner(format!("loading {}", location.name));
-    let model = minerva_engine::embed::load(&location.path).with_context(|| format!("loading {}", location.name));
+    let model = minerva_engine::embed::load_with(&location.path, dtype).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
     model
 }

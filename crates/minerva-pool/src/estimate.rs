@@ -235,7 +235,7 @@ fn repacked(tensor: &GgufTensor) -> bool {
 }
 
 fn estimate_sentence_transformers(dir: &Path) -> Result<Footprint, EstimateError> {
-    let memory = minerva_engine::embed::memory(dir).map_err(|e| EstimateError {
+    let memory = minerva_engine::embed::memory(dir, minerva_engine::embed::EmbeddingDtype::F32).map_err(|e| EstimateError {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;

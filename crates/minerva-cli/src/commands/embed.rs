@@ -27,6 +27,9 @@ pub struct Args {
     /// Fail on inputs longer than the model's maximum instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
+    /// Precision of the encoder's matrix products: f32 or bf16 (AVX512-BF16).
+    #[arg(long, default_value = "f32")]
+    dtype: minerva_engine::embed::EmbeddingDtype,
     /// Print JSON (one vector per input).
     #[arg(long)]
     json: bool,
@@ -41,7 +44,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         }
         None => args.text.clone(),
     };
-    let model = model_arg::load_embedding(store, &args.model)?;
+    let model = model_arg::load_embedding_with(store, &args.model, args.dtype)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let options = EmbedOptions {
         normalize: args.no_normalize.then_some(false),

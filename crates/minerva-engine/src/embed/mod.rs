@@ -54,17 +54,55 @@ pub struct EmbeddingInput {
     pub truncated: bool,
 }
 
+/// The precision of an encoder's matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingDtype {
+    /// f32 throughout: the vectors sentence-transformers computes (cosine ≥ 0.9999).
+    #[default]
+    F32,
+    /// Weights and activations rounded to bf16 for the products, accumulated in f32
+    /// (AVX512-BF16): about twice the products' speed, lowest cosine ≥ 0.999.
+    Bf16,
+}
+
+impl std::str::FromStr for EmbeddingDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown embedding dtype {other:?} (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for EmbeddingDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
 /// Loads the embedding model in `dir` (a sentence-transformers directory: `config.json`,
 /// `model.safetensors`, `tokenizer.json`, optionally `modules.json`,
 /// `1_Pooling/config.json` and `sentence_bert_config.json`) with the backend for it.
 pub fn load(dir: &Path) -> Result<Arc<dyn EmbeddingModel>> {
+    load_with(dir, EmbeddingDtype::F32)
+}
+
+/// [`load`] with the products in `dtype`; bf16 on a CPU without AVX512-BF16 is an error.
+pub fn load_with(dir: &Path, dtype: EmbeddingDtype) -> Result<Arc<dyn EmbeddingModel>> {
     if !dir.is_dir() {
         return Err(EngineError::InvalidEmbeddingModel {
             path: dir.to_owned(),
             reason: "not a model directory (expected config.json, model.safetensors and tokenizer.json)".into(),
         });
     }
-    Ok(Arc::new(bert::Bert::load(dir)?))
+    Ok(Arc::new(bert::Bert::load(dir, dtype)?))
 }
 
 /// A loaded sentence-embedding model: immutable, shareable across threads.
@@ -184,8 +222,8 @@ pub struct EncoderMemory {
 
 /// [`EncoderMemory`] of the model directory `dir`, from `config.json` and the
 /// safetensors header (the weights are not read).
-pub fn memory(dir: &Path) -> Result<EncoderMemory> {
-    bert::memory(dir)
+pub fn memory(dir: &Path, dtype: EmbeddingDtype) -> Result<EncoderMemory> {
+    bert::memory(dir, dtype)
 }
 
 /// The machine's f32 matrix-product rate in FLOP/s on `shapes` (`(inputs, outputs)`,

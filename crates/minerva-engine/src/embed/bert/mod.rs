@@ -16,6 +16,7 @@
 //! time, so the pass runs near the machine's matrix-product rate (`minerva bench embed`
 //! measures both).
 
+pub(crate) mod bf16;
 pub(crate) mod kernels;
 mod weights;
 
@@ -27,12 +28,13 @@ use rayon::prelude::*;
 use self::kernels::{View, add, bias_activation, for_rows, gemm_strided, layer_norm, matmul, softmax};
 use self::weights::{BertConfig, Weights};
 use super::config::{SentenceTransformerConfig, read_json};
-use super::{EmbeddingModel, EncoderTokenizer, Pooling};
+use super::{EmbeddingDtype, EmbeddingModel, EncoderTokenizer, Pooling};
 use crate::{EngineError, Result};
 
 /// A BERT encoder with its tokenizer and pooling.
 pub(super) struct Bert {
     weights: Weights,
+    dtype: EmbeddingDtype,
     /// A cross-encoder's score activation; `None` for a sentence embedder.
     reranker: Option<ScoreActivation>,
     tokenizer: EncoderTokenizer,
@@ -85,6 +87,8 @@ struct Arena {
     context: Vec<f32>,
     /// Feed-forward inner activations, `tokens × intermediate`.
     inner: Vec<f32>,
+    /// A product's left operand rounded to bf16 (bf16 mode).
+    rounded: Vec<u16>,
 }
 
 /// The first `len` elements of `buffer`, grown (never shrunk) to hold them.
@@ -105,13 +109,22 @@ unsafe impl Sync for SharedMut {}
 
 impl Bert {
     /// Loads the model directory `dir` (checked to be a directory).
-    pub(super) fn load(dir: &Path) -> Result<Self> {
+    pub(super) fn load(dir: &Path, dtype: EmbeddingDtype) -> Result<Self> {
         let config: BertConfig = read_json(&dir.join("config.json"))?;
+        if dtype == EmbeddingDtype::Bf16 && !bf16::available() {
+            return Err(EngineError::invalid(
+                "embedding_dtype",
+                "bf16 needs a CPU with AVX512-BF16 (this one lacks it); use f32",
+            ));
+        }
         let cross_encoder = config
             .architectures
             .iter()
             .any(|a| a.ends_with("ForSequenceClassification"));
-        let weights = Weights::load(dir, &config, cross_encoder)?;
+        let mut weights = Weights::load(dir, &config, cross_encoder)?;
+        if dtype == EmbeddingDtype::Bf16 {
+            weights.to_bf16();
+        }
         let reranker = match &weights.head {
             Some(head) if head.classifier.outputs != 1 => {
                 return Err(EngineError::InvalidEmbeddingModel {
@@ -147,11 +160,12 @@ impl Bert {
             normalize = st.normalize,
             max_tokens,
             weights_bytes = weights.bytes(),
-            kernels = kernels_name(),
+            kernels = kernels_name(dtype),
             "loaded embedding model"
         );
         Ok(Self {
             weights,
+            dtype,
             reranker,
             tokenizer,
             pooling: st.pooling,
@@ -191,7 +205,14 @@ impl Bert {
             qkv,
             context,
             inner,
+            rounded,
         } = arena;
+        let project = |dst: &mut [f32], a: &[f32], linear: &weights::Linear, accumulate: bool, rounded: &mut Vec<u16>| {
+            match &linear.packed {
+                Some(packed) => bf16::matmul(dst, a, packed, total, accumulate, rounded),
+                None => matmul(dst, a, &linear.weight, total, linear.inputs, linear.outputs, accumulate, threads),
+            }
+        };
         let x = take(x, total * h);
         // Embeddings: word + position + segment, then the embedding layer norm.
         x.par_chunks_mut(h)
@@ -208,7 +229,7 @@ impl Bert {
             });
         for layer in &w.layers {
             let q = take(qkv, total * 3 * h);
-            matmul(q, x, &layer.qkv.weight, total, h, 3 * h, false, threads);
+            project(q, x, &layer.qkv, false, rounded);
             for_rows(q, 3 * h, |row| add(row, &layer.qkv.bias));
             let context = take(context, total * h);
             self.attention(q, context, &starts);
@@ -221,13 +242,13 @@ impl Bert {
                     dst.copy_from_slice(src);
                     add(dst, &layer.attention_out.bias);
                 });
-            matmul(y, context, &layer.attention_out.weight, total, h, h, true, threads);
+            project(y, context, &layer.attention_out, true, rounded);
             let norm = &layer.attention_norm;
             for_rows(y, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
             // x = y + b_down + act(y · W_up + b_up) · W_down, then the output layer norm.
             let n_inner = layer.up.outputs;
             let inner = take(inner, total * n_inner);
-            matmul(inner, y, &layer.up.weight, total, h, n_inner, false, threads);
+            project(inner, y, &layer.up, false, rounded);
             for_rows(inner, n_inner, |row| bias_activation(row, &layer.up.bias, w.activation));
             x.par_chunks_mut(h)
                 .zip(y.par_chunks(h))
@@ -236,7 +257,7 @@ impl Bert {
                     dst.copy_from_slice(src);
                     add(dst, &layer.down.bias);
                 });
-            matmul(x, inner, &layer.down.weight, total, n_inner, h, true, threads);
+            project(x, inner, &layer.down, true, rounded);
             let norm = &layer.output_norm;
             for_rows(x, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
         }
@@ -316,12 +337,22 @@ impl Bert {
 }
 
 /// See [`super::memory`].
-pub(super) fn memory(dir: &Path) -> Result<super::EncoderMemory> {
+pub(super) fn memory(dir: &Path, dtype: EmbeddingDtype) -> Result<super::EncoderMemory> {
     let config: BertConfig = read_json(&dir.join("config.json"))?;
-    let weights = weights::f32_bytes(&dir.join("model.safetensors"))?;
+    let mut weights = weights::f32_bytes(&dir.join("model.safetensors"))?;
+    if dtype == EmbeddingDtype::Bf16 {
+        // The layers' matrices (all but the embedding tables and norms) at 2 bytes.
+        let (h, inner, layers) = (
+            config.hidden_size as u64,
+            config.intermediate_size as u64,
+            config.num_hidden_layers as u64,
+        );
+        weights -= layers * (4 * h * h + 2 * h * inner) * 2;
+    }
     let (h, inner) = (config.hidden_size as u64, config.intermediate_size as u64);
     // x, y, context (h each), qkv (3h), inner; and per thread one sequence's scores.
-    let per_token = 4 * (6 * h + inner);
+    // x, y, context (h each), qkv (3h), inner; bf16 adds the rounded operand.
+    let per_token = 4 * (6 * h + inner) + 2 * h.max(inner);
     let scores = 4 * (config.max_position_embeddings as u64).pow(2) * rayon::current_num_threads() as u64;
     Ok(super::EncoderMemory {
         weights,
@@ -340,9 +371,11 @@ fn linear_vector(layer: &weights::Linear, v: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The matrix-product kernels the `gemm` crate picks on this CPU.
-pub(crate) fn kernels_name() -> &'static str {
-    if std::arch::is_x86_feature_detected!("avx512f") {
+/// The matrix-product kernels the pass runs on this CPU with `dtype`.
+pub(crate) fn kernels_name(dtype: EmbeddingDtype) -> &'static str {
+    if dtype == EmbeddingDtype::Bf16 {
+        "bf16 avx512_bf16 (vdpbf16ps), f32 accumulation"
+    } else if std::arch::is_x86_feature_detected!("avx512f") {
         "gemm f32 avx512f"
     } else if std::arch::is_x86_feature_detected!("fma") {
         "gemm f32 avx2+fma"
@@ -385,7 +418,7 @@ impl EmbeddingModel for Bert {
     }
 
     fn kernels(&self) -> String {
-        kernels_name().to_owned()
+        kernels_name(self.dtype).to_owned()
     }
 
     fn is_reranker(&self) -> bool {

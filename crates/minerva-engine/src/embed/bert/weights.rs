@@ -44,9 +44,11 @@ fn default_act() -> String {
     "gelu".into()
 }
 
-/// A linear layer: `weight` is `inputs × outputs` row-major.
+/// A linear layer: `weight` is `inputs × outputs` row-major (emptied when the layer
+/// runs in bf16: `packed` holds it then).
 pub(super) struct Linear {
     pub weight: Vec<f32>,
+    pub packed: Option<super::bf16::PackedB>,
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
@@ -202,9 +204,20 @@ impl Weights {
         })
     }
 
+    /// Rounds the layers' matrices to bf16 and packs them for the bf16 kernels (the f32
+    /// copies are freed).
+    pub(super) fn to_bf16(&mut self) {
+        for layer in &mut self.layers {
+            for linear in [&mut layer.qkv, &mut layer.attention_out, &mut layer.up, &mut layer.down] {
+                linear.packed = Some(super::bf16::PackedB::pack(&linear.weight, linear.inputs, linear.outputs));
+                linear.weight = Vec::new();
+            }
+        }
+    }
+
     /// The bytes the weights take in memory.
     pub(super) fn bytes(&self) -> usize {
-        let linear = |l: &Linear| l.weight.len() + l.bias.len();
+        let linear = |l: &Linear| l.weight.len() + l.bias.len() + l.packed.as_ref().map_or(0, |p| p.bytes() / 4);
         let norm = |n: &Norm| n.gamma.len() + n.beta.len();
         let layers: usize = self
             .layers
@@ -272,6 +285,7 @@ fn fuse(parts: &[Linear]) -> Linear {
     }
     Linear {
         weight,
+        packed: None,
         bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
         inputs,
         outputs,
@@ -369,6 +383,7 @@ impl<F: Fn(String) -> EngineError> Reader<'_, F> {
         }
         Ok(Linear {
             weight,
+            packed: None,
             bias,
             inputs,
             outputs,
