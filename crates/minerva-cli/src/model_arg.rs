@@ -103,7 +103,8 @@ pub fn load_embedding_with(
         );
     }
     let spinner = progress::spinner(format!("loading {}", location.name));
-    let model = minerva_engine::embed::load_with(&location.path, dtype).with_context(|| format!("loading {}", location.name));
+    let model =
+        minerva_engine::embed::load_with(&location.path, dtype).with_context(|| format!("loading {}", location.name));
     spinner.finish_and_clear();
     model
 }

@@ -235,10 +235,11 @@ fn repacked(tensor: &GgufTensor) -> bool {
 }
 
 fn estimate_sentence_transformers(dir: &Path) -> Result<Footprint, EstimateError> {
-    let memory = minerva_engine::embed::memory(dir, minerva_engine::embed::EmbeddingDtype::F32).map_err(|e| EstimateError {
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let memory =
+        minerva_engine::embed::memory(dir, minerva_engine::embed::EmbeddingDtype::F32).map_err(|e| EstimateError {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(Footprint {
         weights: memory.weights,
         kv_cache: 0,

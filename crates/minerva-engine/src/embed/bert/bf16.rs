@@ -62,14 +62,18 @@ impl PackedB {
 /// length with zeros; returns the row stride.
 fn convert_rows(a: &[f32], m: usize, k: usize, out: &mut Vec<u16>) -> usize {
     let stride = k.div_ceil(2) * 2;
-    out.clear();
-    out.resize(m * stride, 0);
-    out.par_chunks_mut(stride)
+    if out.len() < m * stride {
+        out.resize(m * stride, 0);
+    }
+    out[..m * stride]
+        .par_chunks_mut(stride)
         .zip(a.par_chunks(k))
         .with_min_len(16)
         .for_each(|(dst, src)| {
             // SAFETY: `available()` was checked before any product (see `matmul`).
             unsafe { convert_row(src, &mut dst[..k]) }
+            // An odd row's padding pairs with the zero row of the packed weights.
+            dst[k..].fill(0);
         });
     stride
 }
@@ -212,9 +216,15 @@ mod tests {
             matmul(&mut dst, &a, &packed, m, true, &mut scratch);
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 = 0.5 + (0..k).map(|l| f64::from(round(a[i * k + l])) * f64::from(round(b[l * n + j]))).sum::<f64>();
+                    let want: f64 = 0.5
+                        + (0..k)
+                            .map(|l| f64::from(round(a[i * k + l])) * f64::from(round(b[l * n + j])))
+                            .sum::<f64>();
                     let got = f64::from(dst[i * n + j]);
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{k}x{n} at ({i},{j}): {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{m}x{k}x{n} at ({i},{j}): {got} vs {want}"
+                    );
                 }
             }
         }

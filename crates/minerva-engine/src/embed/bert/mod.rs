@@ -207,12 +207,22 @@ impl Bert {
             inner,
             rounded,
         } = arena;
-        let project = |dst: &mut [f32], a: &[f32], linear: &weights::Linear, accumulate: bool, rounded: &mut Vec<u16>| {
-            match &linear.packed {
-                Some(packed) => bf16::matmul(dst, a, packed, total, accumulate, rounded),
-                None => matmul(dst, a, &linear.weight, total, linear.inputs, linear.outputs, accumulate, threads),
-            }
-        };
+        let project =
+            |dst: &mut [f32], a: &[f32], linear: &weights::Linear, accumulate: bool, rounded: &mut Vec<u16>| {
+                match &linear.packed {
+                    Some(packed) => bf16::matmul(dst, a, packed, total, accumulate, rounded),
+                    None => matmul(
+                        dst,
+                        a,
+                        &linear.weight,
+                        total,
+                        linear.inputs,
+                        linear.outputs,
+                        accumulate,
+                        threads,
+                    ),
+                }
+            };
         let x = take(x, total * h);
         // Embeddings: word + position + segment, then the embedding layer norm.
         x.par_chunks_mut(h)

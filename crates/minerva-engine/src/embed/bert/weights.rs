@@ -209,7 +209,11 @@ impl Weights {
     pub(super) fn to_bf16(&mut self) {
         for layer in &mut self.layers {
             for linear in [&mut layer.qkv, &mut layer.attention_out, &mut layer.up, &mut layer.down] {
-                linear.packed = Some(super::bf16::PackedB::pack(&linear.weight, linear.inputs, linear.outputs));
+                linear.packed = Some(super::bf16::PackedB::pack(
+                    &linear.weight,
+                    linear.inputs,
+                    linear.outputs,
+                ));
                 linear.weight = Vec::new();
             }
         }
