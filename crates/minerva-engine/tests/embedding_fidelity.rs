@@ -147,3 +147,32 @@ fn forbidding_truncation_rejects_long_inputs_by_index() {
         other => panic!("expected InputTooLong, got {other}"),
     }
 }
+
+/// The bf16 path (AVX512-BF16) rounds weights and activations to 8 bits of mantissa for
+/// the products: its vectors stay within cosine 0.999 of sentence-transformers' on every
+/// sentence, and are not the f32 path's (the bf16 kernels really ran).
+#[test]
+fn bf16_embeddings_stay_within_cosine_0_999_of_sentence_transformers() {
+    use minerva_engine::embed::EmbeddingDtype;
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 path refuses to load; tested below)");
+        let err = minerva_engine::embed::load_with(&common::model_path("all-minilm-l6-v2"), EmbeddingDtype::Bf16);
+        assert!(err.is_err());
+        return;
+    }
+    let model =
+        minerva_engine::embed::load_with(&common::model_path("all-minilm-l6-v2"), EmbeddingDtype::Bf16).unwrap();
+    assert!(model.kernels().contains("bf16"), "{}", model.kernels());
+    let cases = cases();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let got = model.embed(&texts, EmbedOptions::default()).unwrap();
+    let f32_vectors = common::minilm().embed(&texts, EmbedOptions::default()).unwrap();
+    let mut lowest = 1.0f64;
+    for ((case, g), f) in cases.iter().zip(&got).zip(&f32_vectors) {
+        let c = cosine(g, &case.normalized);
+        lowest = lowest.min(c);
+        assert!(c >= 0.999, "{}: cosine {c}", case.id);
+        assert_ne!(g, f, "{}: the bf16 vector is the f32 one", case.id);
+    }
+    eprintln!("bf16: lowest cosine to sentence-transformers {lowest:.6}");
+}

@@ -34,6 +34,7 @@
 use std::path::Path;
 
 use minerva_engine::KvType;
+use minerva_engine::embed::EmbeddingDtype;
 use minerva_gguf::{self as gguf, GgufTensor};
 
 use minerva_store::{ModelEntry, ModelFormat};
@@ -73,6 +74,8 @@ pub struct SessionShape {
     pub n_seq_max: u32,
     /// Element type of the KV cache.
     pub kv_type: KvType,
+    /// Precision of an encoder's products (its weights' size in memory).
+    pub embedding_dtype: EmbeddingDtype,
 }
 
 /// A model's estimated footprint, in bytes, by part.
@@ -89,6 +92,9 @@ pub struct Footprint {
     /// The session it was estimated for (a language model's; `None` for an encoder).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<SessionShape>,
+    /// The precision it was estimated for (an encoder's; `None` for a language model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_dtype: Option<EmbeddingDtype>,
 }
 
 impl Footprint {
@@ -111,7 +117,7 @@ pub struct EstimateError {
 pub fn estimate(entry: &ModelEntry, shape: SessionShape) -> Result<Footprint, EstimateError> {
     match entry.format {
         ModelFormat::Gguf => estimate_gguf(&entry.path, shape),
-        ModelFormat::SentenceTransformers => estimate_sentence_transformers(&entry.path),
+        ModelFormat::SentenceTransformers => estimate_sentence_transformers(&entry.path, shape.embedding_dtype),
     }
 }
 
@@ -191,6 +197,7 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
         scratch,
         prefix_cache: u64::from(shape.cached_tokens).saturating_mul(kv_per_token),
         shape: Some(shape),
+        embedding_dtype: None,
     })
 }
 
@@ -234,17 +241,17 @@ fn repacked(tensor: &GgufTensor) -> bool {
     }
 }
 
-fn estimate_sentence_transformers(dir: &Path) -> Result<Footprint, EstimateError> {
-    let memory =
-        minerva_engine::embed::memory(dir, minerva_engine::embed::EmbeddingDtype::F32).map_err(|e| EstimateError {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+fn estimate_sentence_transformers(dir: &Path, dtype: EmbeddingDtype) -> Result<Footprint, EstimateError> {
+    let memory = minerva_engine::embed::memory(dir, dtype).map_err(|e| EstimateError {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(Footprint {
         weights: memory.weights,
         kv_cache: 0,
         scratch: EMBEDDING_BASE + memory.activations,
         prefix_cache: 0,
         shape: None,
+        embedding_dtype: Some(dtype),
     })
 }

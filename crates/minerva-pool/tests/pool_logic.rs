@@ -105,6 +105,7 @@ impl Loader for FakeLoader {
             scratch: 0,
             prefix_cache: 0,
             shape: None,
+            embedding_dtype: None,
         })
     }
 

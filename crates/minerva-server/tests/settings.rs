@@ -79,3 +79,68 @@ async fn a_system_prompt_and_a_context_size_set_for_a_model_apply_from_its_next_
     let served = server.ok("/v1/chat/completions", &user_only(&longer)).await;
     assert!(usage(&served).0 > 600, "{served}");
 }
+
+/// An embedding model's `embedding_dtype` setting picks its precision on its next load:
+/// bf16 vectors (AVX512-BF16) are close to the f32 ones but not the same; reset, the next
+/// load is f32 again, bit for bit what the engine computes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
+    use common::EMBED;
+    use minerva_engine::embed::{EmbedOptions, cosine_similarity};
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(home.path().join("models"));
+    let dir = store.root().join(EMBED);
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ] {
+        std::fs::hard_link(common::models_dir().join(EMBED).join(file), dir.join(file)).unwrap();
+    }
+    let registry = Arc::new(Registry::open(&home.path().join("registry.sqlite")).unwrap());
+    let id = ModelId::new(EMBED).unwrap();
+    registry.register(&store, &id, &mut |_, _| {}).unwrap();
+    let mut settings = registry.settings(&id).unwrap();
+    assert!(settings.set("embedding_dtype", Some("int3")).is_err());
+    settings.set("embedding_dtype", Some("bf16")).unwrap();
+    registry.set_settings(&id, &settings).unwrap();
+    let server = TestServer::start_on_pool(
+        ServerConfig::default(),
+        ModelPool::with_registry(store, pool(), Arc::clone(&registry)),
+    )
+    .await;
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let embed = || async {
+        let body = server
+            .ok("/v1/embeddings", &json!({ "model": EMBED, "input": text }))
+            .await;
+        body["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect::<Vec<f32>>()
+    };
+    let reference = minerva_engine::embed::load(&dir)
+        .unwrap()
+        .embed(&[text], EmbedOptions::default())
+        .unwrap()
+        .remove(0);
+    let bf16 = embed().await;
+    let c = cosine_similarity(&bf16, &reference);
+    assert!(c >= 0.999 && bf16 != reference, "bf16 cosine {c}");
+
+    let mut settings = registry.settings(&id).unwrap();
+    settings.set("embedding_dtype", None).unwrap();
+    registry.set_settings(&id, &settings).unwrap();
+    server.delete(&format!("/v1/models/{EMBED}")).await;
+    assert_eq!(embed().await, reference, "f32 again after the reset and a reload");
+}

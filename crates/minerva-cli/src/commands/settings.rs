@@ -15,7 +15,7 @@ pub struct ConfigArgs {
     /// The model.
     name: ModelId,
     /// `key=value` to set, `key=` to go back to the server's default; none to list. Keys:
-    /// num_ctx, parallel, kv_type, system, temperature, top_p, top_k.
+    /// num_ctx, parallel, kv_type, system, temperature, top_p, top_k, embedding_dtype.
     settings: Vec<String>,
 }
 

@@ -135,6 +135,11 @@ pub trait EmbeddingModel: Send + Sync {
     /// The kernels the forward pass runs on this CPU, for logs and reports.
     fn kernels(&self) -> String;
 
+    /// The precision of the products.
+    fn dtype(&self) -> EmbeddingDtype {
+        EmbeddingDtype::F32
+    }
+
     /// Whether the model is a cross-encoder (a reranker): it scores text pairs through
     /// [`Self::rerank`] and embeds nothing.
     fn is_reranker(&self) -> bool {

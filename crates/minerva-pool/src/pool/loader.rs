@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use super::{PoolConfig, PoolError};
 use crate::estimate::{Footprint, SessionShape, estimate};
+use minerva_engine::embed::EmbeddingDtype;
 use minerva_store::Registry;
 use minerva_store::{ModelFormat, ModelId, ModelSettings, ModelStore};
 use minerva_workers::embedding::{EmbeddingService, EmbeddingServiceConfig};
@@ -116,8 +117,19 @@ impl ModelLoader {
     /// context size, parallel sequences and KV type where its settings give them.
     fn worker_for(&self, id: &ModelId) -> (LlmWorkerConfig, SessionShape) {
         let settings = self.settings(id);
+        let embedding_dtype = settings
+            .embedding_dtype
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.shape.embedding_dtype);
         if settings.num_ctx.is_none() && settings.parallel.is_none() && settings.kv_type.is_none() {
-            return (self.worker, self.shape);
+            return (
+                self.worker,
+                SessionShape {
+                    embedding_dtype,
+                    ..self.shape
+                },
+            );
         }
         let worker = LlmWorkerConfig {
             n_ctx: settings.num_ctx.unwrap_or(self.worker.n_ctx),
@@ -131,6 +143,7 @@ impl ModelLoader {
         };
         let shape = SessionShape {
             cached_tokens: self.shape.cached_tokens,
+            embedding_dtype,
             ..session_shape(&worker)
         };
         (worker, shape)
@@ -199,7 +212,10 @@ impl Loader for ModelLoader {
             ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
                 &entry.path,
                 id.as_str(),
-                EmbeddingServiceConfig::default(),
+                EmbeddingServiceConfig {
+                    dtype: footprint.embedding_dtype.unwrap_or_default(),
+                    ..EmbeddingServiceConfig::default()
+                },
                 digest.as_deref(),
             )?)),
         };
@@ -243,6 +259,7 @@ pub(super) fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
         n_batch: params.n_batch,
         n_seq_max: params.n_seq_max,
         kv_type: params.kv_type,
+        embedding_dtype: EmbeddingDtype::F32,
     }
 }
 

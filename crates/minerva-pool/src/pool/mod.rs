@@ -78,6 +78,8 @@ pub struct PoolConfig {
     pub prefix_cache_tokens: usize,
     /// Element type of every language model's KV cache.
     pub kv_type: minerva_engine::KvType,
+    /// Precision of every encoder's products unless its settings say otherwise.
+    pub embedding_dtype: minerva_engine::embed::EmbeddingDtype,
     /// The byte budget.
     pub budget: Budget,
     /// How often system memory is re-read (dynamic budget, pressure).
@@ -112,6 +114,7 @@ impl PoolConfig {
             parallel: Self::DEFAULT_PARALLEL,
             prefix_cache_tokens: Self::DEFAULT_PREFIX_CACHE_TOKENS,
             kv_type: minerva_engine::KvType::F16,
+            embedding_dtype: minerva_engine::embed::EmbeddingDtype::F32,
             budget: Budget::Dynamic {
                 strategy: BudgetStrategy::Balanced,
                 min: 256 << 20,
@@ -131,6 +134,7 @@ impl PoolConfig {
     pub fn session_shape(&self) -> SessionShape {
         SessionShape {
             cached_tokens: u32::try_from(self.prefix_cache_tokens).unwrap_or(u32::MAX),
+            embedding_dtype: self.embedding_dtype,
             ..loader::session_shape(&loader::worker_config(self))
         }
     }

@@ -17,6 +17,10 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
     ("temperature", "sampling temperature when a request gives none"),
     ("top_p", "nucleus sampling threshold when a request gives none"),
     ("top_k", "top-k sampling when a request gives none (0: off)"),
+    (
+        "embedding_dtype",
+        "an embedding model's precision: f32, or bf16 (AVX512-BF16, about twice as fast)",
+    ),
 ];
 
 /// A model's settings; `None` means the server's default.
@@ -29,6 +33,7 @@ pub struct ModelSettings {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<usize>,
+    pub embedding_dtype: Option<String>,
 }
 
 impl ModelSettings {
@@ -86,6 +91,12 @@ impl ModelSettings {
                 self.top_p = p;
             }
             "top_k" => self.top_k = parse(value).map_err(invalid)?,
+            "embedding_dtype" => {
+                if value.is_some_and(|v| !matches!(v, "f32" | "bf16")) {
+                    return Err(invalid("must be f32 or bf16".into()));
+                }
+                self.embedding_dtype = value.map(str::to_owned);
+            }
             _ => {
                 let known: Vec<&str> = SETTING_KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(invalid(format!(
@@ -112,6 +123,7 @@ impl ModelSettings {
         push("temperature", self.temperature.map(|v| v.to_string()));
         push("top_p", self.top_p.map(|v| v.to_string()));
         push("top_k", self.top_k.map(|v| v.to_string()));
+        push("embedding_dtype", self.embedding_dtype.clone());
         pairs
     }
 }

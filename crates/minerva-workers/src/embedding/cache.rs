@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::EmbeddingInput;
-use minerva_engine::embed::Pooling;
+use minerva_engine::embed::{EmbeddingDtype, Pooling};
 
 /// Bytes of bookkeeping per entry besides key and vector (moka's node, the `Arc`).
 const ENTRY_OVERHEAD: usize = 96;
@@ -64,6 +64,8 @@ pub struct KeyContext<'a> {
     pub forbid_truncation: bool,
     /// Tokens per input after truncation.
     pub max_tokens: usize,
+    /// The precision of the products (bf16 vectors differ from f32 ones).
+    pub dtype: EmbeddingDtype,
 }
 
 /// SHA-256 of a vector's context and input.
@@ -85,6 +87,11 @@ impl CacheKey {
             u8::from(context.forbid_truncation),
         ]);
         h.update((context.max_tokens as u64).to_le_bytes());
+        // Nothing for f32, so the keys of caches saved before there were other dtypes hold.
+        match context.dtype {
+            EmbeddingDtype::F32 => {}
+            EmbeddingDtype::Bf16 => h.update(b"dtype=bf16\0"),
+        }
         match input {
             EmbeddingInput::Text(text) => {
                 h.update([0]);
@@ -385,6 +392,7 @@ mod tests {
             normalize,
             forbid_truncation: false,
             max_tokens: 256,
+            dtype: EmbeddingDtype::F32,
         }
     }
 
@@ -400,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_differ_by_text_options_model_and_input_kind() {
+    fn keys_differ_by_text_options_model_dtype_and_input_kind() {
         let text = EmbeddingInput::Text("a".into());
         let base = CacheKey::new(&context(true), &text);
         assert_ne!(base, key("b"));
@@ -410,6 +418,11 @@ mod tests {
             ..context(true)
         };
         assert_ne!(base, CacheKey::new(&other_model, &text));
+        let bf16 = KeyContext {
+            dtype: EmbeddingDtype::Bf16,
+            ..context(true)
+        };
+        assert_ne!(base, CacheKey::new(&bf16, &text), "bf16 vectors are not f32 ones");
         assert_ne!(base, CacheKey::new(&context(true), &EmbeddingInput::Tokens(vec![97])));
         assert_eq!(base, key("a"));
     }

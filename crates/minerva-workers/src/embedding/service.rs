@@ -45,6 +45,8 @@ pub struct EmbeddingServiceConfig {
     pub thresholds: MemoryThresholds,
     /// Most inputs waiting at once; beyond, requests are refused as overloaded.
     pub max_queued_inputs: usize,
+    /// Precision of the encoder's products.
+    pub dtype: minerva_engine::embed::EmbeddingDtype,
 }
 
 impl Default for EmbeddingServiceConfig {
@@ -53,6 +55,7 @@ impl Default for EmbeddingServiceConfig {
             memory: Arc::new(ProcMemory::default()),
             thresholds: MemoryThresholds::default(),
             max_queued_inputs: 1 << 16,
+            dtype: minerva_engine::embed::EmbeddingDtype::F32,
         }
     }
 }
@@ -140,6 +143,7 @@ pub struct ServiceStats {
 /// What is fixed about the model (read by callers without asking the worker).
 #[derive(Debug, Clone)]
 struct ModelInfo {
+    dtype: minerva_engine::embed::EmbeddingDtype,
     dimensions: usize,
     max_tokens: usize,
     pooling: Pooling,
@@ -187,7 +191,7 @@ impl EmbeddingService {
         config: EmbeddingServiceConfig,
         digest: Option<&str>,
     ) -> Result<Self, EngineError> {
-        let model = minerva_engine::embed::load(dir)?;
+        let model = minerva_engine::embed::load_with(dir, config.dtype)?;
         let invalid = |reason: String| EngineError::InvalidEmbeddingModel {
             path: dir.to_owned(),
             reason,
@@ -210,6 +214,7 @@ impl EmbeddingService {
         config: EmbeddingServiceConfig,
     ) -> Self {
         let info = ModelInfo {
+            dtype: model.dtype(),
             dimensions: model.dimensions(),
             max_tokens: model.max_tokens(),
             pooling: model.pooling(),
@@ -319,6 +324,7 @@ impl EmbeddingService {
             normalize: settings.normalize,
             forbid_truncation: settings.forbid_truncation,
             max_tokens: self.info.max_tokens,
+            dtype: self.info.dtype,
         };
         let mut found: Vec<Option<Cached>> = vec![None; inputs.len()];
         let mut missing = Vec::new();

@@ -435,6 +435,10 @@ impl EmbeddingModel for Bert {
         self.reranker.is_some()
     }
 
+    fn dtype(&self) -> EmbeddingDtype {
+        self.dtype
+    }
+
     fn rerank(&self, query: &str, documents: &[&str], raw: bool) -> Result<Vec<f32>> {
         let (Some(activation), Some(head)) = (self.reranker, self.weights.head.as_ref()) else {
             return Err(EngineError::invalid("model", "not a reranker (cross-encoder) model"));
