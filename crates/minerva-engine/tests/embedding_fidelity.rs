@@ -176,3 +176,37 @@ fn bf16_embeddings_stay_within_cosine_0_999_of_sentence_transformers() {
     }
     eprintln!("bf16: lowest cosine to sentence-transformers {lowest:.6}");
 }
+
+/// A text longer than the model reads becomes overlapping windows that each fit, cover
+/// every token of the text in order, and overlap by a quarter window.
+#[test]
+fn long_texts_become_overlapping_windows_that_cover_the_text() {
+    let model = common::minilm();
+    let tokenizer = model.tokenizer();
+    let long = cases().into_iter().find(|c| c.truncated).unwrap();
+    let windows = tokenizer.windows(&long.text).unwrap();
+    assert!(windows.len() >= 2, "{} windows", windows.len());
+    let plain = tokenizer.windows("a short text").unwrap();
+    assert_eq!(plain, [model.tokenize(0, "a short text", false).unwrap().ids]);
+    let room = 254;
+    let mut text_tokens: Vec<u32> = Vec::new();
+    for (i, w) in windows.iter().enumerate() {
+        assert!(w.len() <= 256, "window {i} has {} tokens", w.len());
+        assert_eq!((w[0], *w.last().unwrap()), (101, 102), "window {i} has [CLS] ... [SEP]");
+        let body = &w[1..w.len() - 1];
+        if i == 0 {
+            assert_eq!(body.len(), room);
+            text_tokens.extend_from_slice(body);
+        } else {
+            let overlap = room / 4;
+            assert_eq!(
+                &body[..overlap],
+                &text_tokens[text_tokens.len() - overlap..],
+                "window {i} overlaps the one before"
+            );
+            text_tokens.extend_from_slice(&body[overlap..]);
+        }
+    }
+    let untruncated = model.tokenize(0, &long.text, false).unwrap();
+    assert_eq!(&text_tokens[..254], &untruncated.ids[1..255]);
+}

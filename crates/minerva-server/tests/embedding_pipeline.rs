@@ -150,3 +150,74 @@ async fn the_cache_file_keeps_vectors_across_a_restart() {
 async fn server_vectors(server: &TestServer, request: &Value) -> Vec<f32> {
     vectors(&server.ok("/v1/embeddings", request).await).remove(0)
 }
+
+/// `long_input: "chunk"` embeds a text longer than the model reads as overlapping windows
+/// and returns their token-weighted mean (normalized, as the model normalizes), counting
+/// every window's tokens; `truncate: false` alone refuses the text with its token count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_inputs_are_chunked_and_averaged_or_refused_with_their_count() {
+    let server = TestServer::start(config(NO_CACHE)).await;
+    let long = "Local inference keeps latency predictable: there is no network round trip, no queue on a \
+                shared cluster, and no surprise bill at the end of the month. "
+        .repeat(20);
+    let engine = minerva_engine::embed::load(&models_dir().join(EMBED)).unwrap();
+    let windows = engine.tokenizer().windows(&long).unwrap();
+    assert!(windows.len() >= 3, "{} windows", windows.len());
+    let raw = engine.embed_tokens(&windows, false).unwrap();
+    let total: usize = windows.iter().map(Vec::len).sum();
+    let mut expected = vec![0f32; 384];
+    for (w, v) in windows.iter().zip(&raw) {
+        for (e, x) in expected.iter_mut().zip(v) {
+            *e += x * w.len() as f32 / total as f32;
+        }
+    }
+    minerva_engine::embed::l2_normalize(&mut expected);
+
+    let body = server
+        .ok(
+            "/v1/embeddings",
+            &json!({"model": EMBED, "input": [long.clone(), "short"], "long_input": "chunk"}),
+        )
+        .await;
+    let got = vectors(&body);
+    let c = cosine(&got[0], &expected);
+    assert!(c >= 0.99999, "chunked vector: cosine {c} to the windows' weighted mean");
+    let norm: f32 = got[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    let short = server
+        .ok("/v1/embeddings", &json!({"model": EMBED, "input": "short"}))
+        .await;
+    assert!(
+        cosine(&got[1], &vectors(&short)[0]) >= 0.99999,
+        "a short input is its one window"
+    );
+    let short_tokens = short["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        total as u64 + short_tokens
+    );
+
+    let truncated = server
+        .ok("/v1/embeddings", &json!({"model": EMBED, "input": long.clone()}))
+        .await;
+    assert!(
+        cosine(&vectors(&truncated)[0], &got[0]) < 0.9999,
+        "truncation reads only the first window"
+    );
+
+    let refused = server
+        .post(
+            "/v1/embeddings",
+            &json!({"model": EMBED, "input": long.clone(), "truncate": false}),
+        )
+        .await;
+    let error = common::expect_error(refused, reqwest::StatusCode::BAD_REQUEST, None).await;
+    assert!(error["message"].as_str().unwrap().contains("tokens"), "{error}");
+    let contradiction = server
+        .post(
+            "/v1/embeddings",
+            &json!({"model": EMBED, "input": "x", "truncate": false, "long_input": "truncate"}),
+        )
+        .await;
+    common::expect_error(contradiction, reqwest::StatusCode::BAD_REQUEST, Some("long_input")).await;
+}

@@ -96,6 +96,28 @@ impl EncoderTokenizer {
         })
     }
 
+    /// `text` as overlapping windows the model can read, each with its special tokens: one
+    /// window when the text fits; otherwise windows of the most text tokens an input
+    /// holds, each starting a quarter window before the previous one ended (so every
+    /// token is read with some context on both sides).
+    pub fn windows(&self, text: &str) -> Result<Vec<Vec<u32>>> {
+        let mut encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let room = self.max_tokens - self.special_tokens;
+        if encoding.len() > room {
+            encoding.truncate(room, room / 4, TruncationDirection::Right);
+        }
+        let encoding = self
+            .tokenizer
+            .post_process(encoding, None, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let mut windows = vec![encoding.get_ids().to_vec()];
+        windows.extend(encoding.get_overflowing().iter().map(|e| e.get_ids().to_vec()));
+        Ok(windows)
+    }
+
     /// Tokenizes a text pair as a cross-encoder reads it (`[CLS] a [SEP] b [SEP]` for
     /// BERT), the longer text truncated first to fit: the token ids and their segment
     /// (token type) ids.

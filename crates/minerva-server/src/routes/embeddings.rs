@@ -27,8 +27,26 @@ pub struct EmbeddingRequest {
     /// Minerva extension: fail instead of truncating inputs longer than the model accepts.
     #[serde(default)]
     truncate: Option<bool>,
+    /// Minerva extension: what an input longer than the model reads gets: `truncate`
+    /// (the default unless `truncate: false`), `error` (a 400 with its token count), or
+    /// `chunk` (overlapping windows embedded and averaged).
+    long_input: Option<LongInput>,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
+}
+
+/// What an input longer than the model reads gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongInput {
+    /// Its beginning is embedded.
+    Truncate,
+    /// A 400 naming the input and its token count.
+    Error,
+    /// Overlapping windows (each the most the model reads, a quarter window of overlap)
+    /// are embedded and their vectors averaged, weighted by their token counts, then
+    /// normalized if the model normalizes.
+    Chunk,
 }
 
 /// `input`: a string, strings, token ids, or lists of token ids.
@@ -111,10 +129,21 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     check_input_size(&state, &req.input)?;
+    let long_input = match (req.long_input, req.truncate) {
+        (Some(LongInput::Truncate), Some(false)) => {
+            return Err(ApiError::invalid(
+                "long_input",
+                "\"truncate\" contradicts truncate: false",
+            ));
+        }
+        (Some(l), _) => l,
+        (None, Some(false)) => LongInput::Error,
+        (None, _) => LongInput::Truncate,
+    };
     let request = EmbedRequest {
         model: &req.model,
         inputs: req.input.into_inputs(),
-        truncate: req.truncate,
+        long_input,
         dimensions: req.dimensions,
         keep_alive: req.keep_alive,
     };
@@ -152,8 +181,8 @@ pub async fn embeddings(
 pub struct EmbedRequest<'a> {
     pub model: &'a str,
     pub inputs: Vec<EmbeddingInput>,
-    /// `Some(false)`: fail instead of truncating inputs longer than the model accepts.
-    pub truncate: Option<bool>,
+    /// What inputs longer than the model reads get.
+    pub long_input: LongInput,
     /// The dimensions asked for (the model's own only).
     pub dimensions: Option<usize>,
     pub keep_alive: Option<KeepAlive>,
@@ -195,12 +224,21 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
             ),
         ));
     }
+    // Chunked: each text becomes its windows (token inputs), embedded unnormalized and
+    // combined below; `groups` maps each input to its windows.
+    let (inputs, groups) = match request.long_input {
+        LongInput::Chunk => {
+            let (inputs, groups) = windows(&service, request.inputs).await?;
+            (inputs, Some(groups))
+        }
+        _ => (request.inputs, None),
+    };
     let settings = EmbedSettings {
-        normalize: service.normalizes(),
-        forbid_truncation: request.truncate == Some(false),
+        normalize: service.normalizes() && groups.is_none(),
+        forbid_truncation: request.long_input == LongInput::Error,
     };
     let cache = Some(state.embedding_cache.as_ref());
-    let lookup = service.lookup(request.inputs, settings, cache);
+    let lookup = service.lookup(inputs, settings, cache);
     // Only work for the model takes an admission slot; the slot is held until the
     // vectors are back, and batch mates come from the requests holding slots.
     let _slot = match lookup.misses() {
@@ -209,7 +247,70 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
     };
     let embedded = service.compute(lookup, cache).await?;
     metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(count as u64);
-    Ok(embedded)
+    Ok(match groups {
+        Some(groups) => combine(embedded, &groups, service.normalizes()),
+        None => embedded,
+    })
+}
+
+/// The windows of each text input (token inputs pass as they are), and for each input the
+/// range of its windows.
+async fn windows(
+    service: &minerva_workers::embedding::EmbeddingService,
+    inputs: Vec<EmbeddingInput>,
+) -> Result<(Vec<EmbeddingInput>, Vec<std::ops::Range<usize>>), ApiError> {
+    let texts: Vec<String> = inputs
+        .iter()
+        .filter_map(|i| match i {
+            EmbeddingInput::Text(t) => Some(t.clone()),
+            EmbeddingInput::Tokens(_) => None,
+        })
+        .collect();
+    let mut windows = service.windows(texts).await?.into_iter();
+    let mut out = Vec::new();
+    let mut groups = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let start = out.len();
+        match input {
+            EmbeddingInput::Text(_) => out.extend(
+                windows
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(EmbeddingInput::Tokens),
+            ),
+            tokens => out.push(tokens),
+        }
+        groups.push(start..out.len());
+    }
+    Ok((out, groups))
+}
+
+/// Each input's vector from its windows': their mean weighted by token counts, then
+/// L2-normalized when the model normalizes; its tokens are the windows' sum.
+fn combine(embedded: Embedded, groups: &[std::ops::Range<usize>], normalize: bool) -> Embedded {
+    let mut vectors = Vec::with_capacity(groups.len());
+    let mut tokens = Vec::with_capacity(groups.len());
+    for group in groups {
+        let total: u32 = embedded.tokens[group.clone()].iter().sum();
+        let mut mean = vec![0f32; embedded.vectors.get(group.start).map_or(0, |v| v.len())];
+        for i in group.clone() {
+            let weight = embedded.tokens[i] as f32 / total.max(1) as f32;
+            for (m, v) in mean.iter_mut().zip(embedded.vectors[i].iter()) {
+                *m += weight * v;
+            }
+        }
+        if normalize {
+            minerva_engine::embed::l2_normalize(&mut mean);
+        }
+        vectors.push(mean.into());
+        tokens.push(total);
+    }
+    Embedded {
+        vectors,
+        tokens,
+        cached: embedded.cached,
+    }
 }
 
 /// Refuses an empty input and one beyond the server's limits on inputs and characters.

@@ -272,6 +272,22 @@ impl EmbeddingService {
         self.model.is_reranker()
     }
 
+    /// Each text as the overlapping windows of token ids the model reads (see
+    /// [`minerva_engine::embed::EncoderTokenizer::windows`]), tokenized on a blocking
+    /// thread.
+    pub async fn windows(&self, texts: Vec<String>) -> Result<Vec<Vec<Vec<u32>>>, EmbeddingError> {
+        let model = Arc::clone(&self.model);
+        tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|t| model.tokenizer().windows(t))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|_| EmbeddingError::Stopped)?
+        .map_err(EmbeddingError::Input)
+    }
+
     /// The relevance of each document to `query` (see
     /// [`EmbeddingModel::rerank`]), computed on a blocking thread; the pass takes its turn
     /// on the cores like every other (`compute::exclusive`).

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{Clock, merge};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
-use crate::routes::embeddings::{EmbedRequest, check_input_counts, embed_inputs};
+use crate::routes::embeddings::{EmbedRequest, LongInput, check_input_counts, embed_inputs};
 use crate::state::AppState;
 
 /// `input`: one string or several.
@@ -54,7 +54,11 @@ pub async fn embed(
     let request = EmbedRequest {
         model: model.as_str(),
         inputs: texts.into_iter().map(EmbeddingInput::Text).collect(),
-        truncate: Some(req.truncate.unwrap_or(true)),
+        long_input: if req.truncate == Some(false) {
+            LongInput::Error
+        } else {
+            LongInput::Truncate
+        },
         dimensions: req.dimensions,
         keep_alive: req.keep_alive,
     };
@@ -81,7 +85,7 @@ pub async fn embeddings(
     let request = EmbedRequest {
         model: model.as_str(),
         inputs: vec![EmbeddingInput::Text(req.prompt)],
-        truncate: Some(true),
+        long_input: LongInput::Truncate,
         dimensions: None,
         keep_alive: req.keep_alive,
     };
