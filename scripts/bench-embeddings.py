@@ -128,8 +128,8 @@ def run_st(args, texts, latency_texts, zipf):
     }
 
 
-def run_minerva(args, texts, latency_texts, st_vectors):
-    c = Client(args.port, args.model)
+def run_minerva(args, texts, latency_texts, st_vectors, port, dtype):
+    c = Client(port, args.model)
     c.embed(texts[:64])  # loads the model, warms up
     big, conc, lat, cos = [], [], [], []
     for _ in range(args.runs):
@@ -143,7 +143,7 @@ def run_minerva(args, texts, latency_texts, st_vectors):
 
         def worker(chunk):
             try:
-                client = Client(args.port, args.model)
+                client = Client(port, args.model)
                 for text in chunk:
                     client.embed(text)
             except Exception as e:  # reported below
@@ -168,7 +168,7 @@ def run_minerva(args, texts, latency_texts, st_vectors):
     cli = []
     for _ in range(args.runs):
         t = time.perf_counter()
-        subprocess.run([args.minerva, "embed", "-m", args.model, "--file", args.sentences_file, "--json"],
+        subprocess.run([args.minerva, "embed", "-m", args.model, "--dtype", dtype, "--file", args.sentences_file, "--json"],
                        check=True, stdout=subprocess.DEVNULL)
         cli.append(len(texts) / (time.perf_counter() - t))
     stats = c.get("/v1/embeddings/stats")["models"][args.model]
@@ -235,6 +235,7 @@ def main():
     p.add_argument("--minerva", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cache-port", type=int, required=True)
+    p.add_argument("--bf16-port", type=int, help="a server started with --embedding-dtype bf16")
     p.add_argument("--sentences-file", required=True)
     p.add_argument("--text", default="/usr/share/common-licenses/GPL-3")
     p.add_argument("--runs", type=int, default=3)
@@ -251,26 +252,41 @@ def main():
     print("[bench] sentence-transformers", file=sys.stderr)
     st = run_st(args, texts, latency_texts, zipf)
     print("[bench] minerva", file=sys.stderr)
-    mv = run_minerva(args, texts, latency_texts, st["vectors"])
+    mv = run_minerva(args, texts, latency_texts, st["vectors"], args.port, "f32")
+    mb = None
+    if args.bf16_port:
+        print("[bench] minerva, bf16", file=sys.stderr)
+        mb = run_minerva(args, texts, latency_texts, st["vectors"], args.bf16_port, "bf16")
     print("[bench] minerva, repeated texts (Zipf) with the cache", file=sys.stderr)
     zp = run_zipf(args, zipf)
 
     words = [len(t.split()) for t in texts]
     print(f"\n### Embeddings: 1000 sentences of {min(words)}-{max(words)} words (mean {statistics.mean(words):.0f}), "
           f"all-MiniLM-L6-v2, medians of {args.runs} runs\n")
-    print("| measure | sentence-transformers | Minerva | ratio |")
-    print("|---|---|---|---|")
+    head = "| measure | sentence-transformers | Minerva f32 | ratio |"
+    rule = "|---|---|---|---|"
+    if mb:
+        head += " Minerva bf16 | ratio |"
+        rule += "---|---|"
+    print(head)
+    print(rule)
     best = st["throughput"]
     bb = ", ".join(f"b{k} {v:.0f}" for k, v in sorted(st["by_batch"].items()))
-    print(f"| throughput, one request of 1000 (sentences/s) | {best:.1f} (best: batch {st['best_batch']}; {bb}) "
-          f"| {mv['big']:.1f} | {mv['big'] / best:.2f}x |")
-    print(f"| throughput, {args.clients} concurrent clients, 1 sentence per request (sentences/s) | {best:.1f} "
-          f"| {mv['concurrent']:.1f} | {mv['concurrent'] / best:.2f}x |")
-    print(f"| throughput, `minerva embed --file` incl. model load (sentences/s) | {best:.1f} "
-          f"| {mv['cli']:.1f} | {mv['cli'] / best:.2f}x |")
-    print(f"| single-sentence latency p50 (ms, HTTP for Minerva) | {st['latency_p50_ms']:.2f} "
-          f"| {mv['latency_p50_ms']:.2f} | {mv['latency_p50_ms'] / st['latency_p50_ms']:.2f}x |")
-    print(f"| cosine min vs sentence-transformers | 1 | {mv['cosine_min']:.6f} | |")
+
+    def row(label, reference, key, fmt=".1f"):
+        line = f"| {label} | {reference} | {mv[key]:{fmt}} | {mv[key] / float(reference.split()[0]):.2f}x |"
+        if mb:
+            line += f" {mb[key]:{fmt}} | {mb[key] / float(reference.split()[0]):.2f}x |"
+        print(line)
+
+    row("throughput, one request of 1000 (sentences/s)", f"{best:.1f} (best: batch {st['best_batch']}; {bb})", "big")
+    row(f"throughput, {args.clients} concurrent clients, 1 sentence per request (sentences/s)", f"{best:.1f}", "concurrent")
+    row("throughput, `minerva embed --file` incl. model load (sentences/s)", f"{best:.1f}", "cli")
+    row("single-sentence latency p50 (ms, HTTP for Minerva)", f"{st['latency_p50_ms']:.2f}", "latency_p50_ms", ".2f")
+    line = f"| cosine min vs sentence-transformers | 1 | {mv['cosine_min']:.6f} | |"
+    if mb:
+        line += f" {mb['cosine_min']:.6f} | |"
+    print(line)
     s = mv["stats"]
     print(f"\nMinerva batching: {s['batches']} forward passes, {s['merged_batches']} merged several requests, "
           f"{s['tokens']} tokens (padding-free), token budget {s['token_budget']}, "

@@ -18,7 +18,9 @@ cargo build --release --locked --bin minerva >&2
 out="$(mktemp -d)"
 server_pid=""
 cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  for pid in "$server_pid" "${bf16_pid:-}"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  done
   rm -rf "$out"
 }
 trap cleanup EXIT
@@ -27,8 +29,32 @@ trap cleanup EXIT
 # workload starts its own servers with the default cache.
 target/release/minerva serve --addr "127.0.0.1:$PORT" --embedding-cache-bytes 0 2>"$out/server.log" &
 server_pid=$!
+# The reduced-precision path beside it, where the CPU has AVX512-BF16.
+bf16_args=()
+bf16_pid=""
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  target/release/minerva serve --addr "127.0.0.1:$((PORT + 10))" --embedding-cache-bytes 0 \
+    --embedding-dtype bf16 2>"$out/server-bf16.log" &
+  bf16_pid=$!
+  bf16_args=(--bf16-port "$((PORT + 10))")
+fi
 
 "$VENV/bin/python" scripts/bench-embeddings.py \
   --model-dir "$MODELS_DIR/$MODEL" --model "$MODEL" --minerva target/release/minerva \
   --port "$PORT" --cache-port "$((PORT + 1))" --sentences-file "$out/sentences.json" \
-  --runs "$RUNS" --clients "$CLIENTS"
+  --runs "$RUNS" --clients "$CLIENTS" "${bf16_args[@]}"
+
+# How far from the machine's limit: the encoder's rate beside the f32 matrix-product rate
+# on the model's own shapes, and each dtype's cosine to sentence-transformers.
+echo
+echo "### The encoder against the machine's matrix-product rate (\`minerva bench embed\`)"
+echo
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) threads;" \
+  "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_tile)$' | tr '\n' ' ')"
+echo
+for dtype in f32 bf16; do
+  if [ "$dtype" = bf16 ] && [ -z "$bf16_pid" ]; then continue; fi
+  target/release/minerva bench embed -m "$MODEL" --dtype "$dtype" \
+    --reference crates/minerva-engine/tests/fixtures/embeddings/all-minilm-l6-v2.json
+  echo
+done
