@@ -184,16 +184,9 @@ pub trait EmbeddingModel: Send + Sync {
             self.check_input(index, ids)?;
         }
         let mut out = vec![Vec::new(); inputs.len()];
-        let mut start = 0;
-        while start < inputs.len() {
-            let mut end = start + 1;
-            let mut tokens = inputs[start].len();
-            while end < inputs.len() && tokens + inputs[end].len() <= BATCH_TOKENS {
-                tokens += inputs[end].len();
-                end += 1;
-            }
-            let batch: Vec<usize> = (start..end).collect();
-            start = end;
+        let lengths: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        for range in token_batches(&lengths, BATCH_TOKENS) {
+            let batch: Vec<usize> = range.collect();
             let rows: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
             for (&i, mut vector) in batch.iter().zip(self.forward_batch(&rows)?) {
                 if normalize {
@@ -237,6 +230,24 @@ pub fn memory(dir: &Path, dtype: EmbeddingDtype) -> Result<EncoderMemory> {
 /// products repeatedly for about `duration` and reports the median of the rounds.
 pub fn gemm_rate(rows: usize, shapes: &[(usize, usize)], duration: std::time::Duration) -> f64 {
     bert::kernels::gemm_rate(rows, shapes, duration)
+}
+
+/// Consecutive runs of items whose `lengths` add up to at most `budget` (an item longer
+/// than the budget on its own runs alone), in order: the passes a batch is cut into.
+pub(crate) fn token_batches(lengths: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let mut end = start + 1;
+        let mut tokens = lengths[start];
+        while end < lengths.len() && tokens + lengths[end] <= budget {
+            tokens += lengths[end];
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
 }
 
 /// Scales `vector` to unit L2 length (as sentence-transformers' `Normalize` module does;

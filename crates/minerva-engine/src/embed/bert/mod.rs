@@ -449,20 +449,13 @@ impl EmbeddingModel for Bert {
             .collect::<Result<Vec<_>>>()?;
         let h = self.weights.hidden;
         let mut scores = Vec::with_capacity(pairs.len());
-        let mut start = 0;
-        while start < pairs.len() {
-            let mut end = start + 1;
-            let mut tokens = pairs[start].0.len();
-            while end < pairs.len() && tokens + pairs[end].0.len() <= super::BATCH_TOKENS {
-                tokens += pairs[end].0.len();
-                end += 1;
-            }
-            let rows: Vec<&[u32]> = pairs[start..end].iter().map(|p| p.0.as_slice()).collect();
-            let segments: Vec<&[u32]> = pairs[start..end].iter().map(|p| p.1.as_slice()).collect();
+        let lengths: Vec<usize> = pairs.iter().map(|p| p.0.len()).collect();
+        for range in super::token_batches(&lengths, super::BATCH_TOKENS) {
+            let rows: Vec<&[u32]> = pairs[range.clone()].iter().map(|p| p.0.as_slice()).collect();
+            let segments: Vec<&[u32]> = pairs[range.clone()].iter().map(|p| p.1.as_slice()).collect();
             for (index, row) in rows.iter().enumerate() {
-                self.check_input(start + index, row)?;
+                self.check_input(range.start + index, row)?;
             }
-            start = end;
             crate::compute::exclusive(|| {
                 let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
                 let starts = self.encode(&rows, Some(&segments), &mut arena);
@@ -501,16 +494,9 @@ impl EmbeddingModel for Bert {
         // Passes of at most BATCH_TOKENS tokens keep the arena (and the memory estimate)
         // bounded whatever batch the caller cuts; the products are at full rate by then.
         let mut out = Vec::with_capacity(rows.len());
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start + 1;
-            let mut tokens = rows[start].len();
-            while end < rows.len() && tokens + rows[end].len() <= super::BATCH_TOKENS {
-                tokens += rows[end].len();
-                end += 1;
-            }
-            out.extend(self.pool_pass(&rows[start..end]));
-            start = end;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        for range in super::token_batches(&lengths, super::BATCH_TOKENS) {
+            out.extend(self.pool_pass(&rows[range]));
         }
         Ok(out)
     }
