@@ -95,13 +95,6 @@ unsafe fn convert_row(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// A pointer the tasks share; they write disjoint tiles of the destination.
-#[derive(Clone, Copy)]
-struct Dst(*mut f32);
-// SAFETY: see `matmul`: every task writes its own rows × columns.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
-
 /// `dst[m × n] = (accumulate ? dst : 0) + a[m × k] · b`, with `a` rounded to bf16 in
 /// `scratch`. Panics unless [`available`].
 pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool, scratch: &mut Vec<u16>) {
@@ -112,7 +105,8 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
     let a16: &[u16] = scratch;
     let panels = n.div_ceil(NR);
     let blocks = m.div_ceil(MB);
-    let out = Dst(dst.as_mut_ptr());
+    // Every task writes its own rows × columns.
+    let out = super::kernels::SharedMut(dst.as_mut_ptr());
     (0..blocks * panels).into_par_iter().for_each(|task| {
         let out = out;
         let (block, panel) = (task / panels, task % panels);

@@ -25,7 +25,9 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use self::kernels::{View, add, bias_activation, for_rows, gemm_strided, layer_norm, matmul, softmax};
+use self::kernels::{
+    SharedMut, View, add, bias_activation, for_rows, gemm_strided, layer_norm, matmul, residual_with_bias, softmax,
+};
 use self::weights::{BertConfig, Weights};
 use super::config::{SentenceTransformerConfig, read_json};
 use super::{EmbeddingDtype, EmbeddingModel, EncoderTokenizer, Pooling};
@@ -98,14 +100,6 @@ fn take(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     }
     &mut buffer[..len]
 }
-
-/// A pointer handed to the attention tasks, which write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: the tasks that share it write disjoint elements (one head of one sequence
-// each) and the buffer outlives them (they are joined before it is touched again).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 impl Bert {
     /// Loads the model directory `dir` (checked to be a directory).
@@ -245,13 +239,7 @@ impl Bert {
             self.attention(q, context, &starts);
             // y = x + b_o + context · W_o, then the attention layer norm.
             let y = take(y, total * h);
-            y.par_chunks_mut(h)
-                .zip(x.par_chunks(h))
-                .with_min_len(8)
-                .for_each(|(dst, src)| {
-                    dst.copy_from_slice(src);
-                    add(dst, &layer.attention_out.bias);
-                });
+            residual_with_bias(y, x, &layer.attention_out.bias, h);
             project(y, context, &layer.attention_out, true, rounded);
             let norm = &layer.attention_norm;
             for_rows(y, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
@@ -260,13 +248,7 @@ impl Bert {
             let inner = take(inner, total * n_inner);
             project(inner, y, &layer.up, false, rounded);
             for_rows(inner, n_inner, |row| bias_activation(row, &layer.up.bias, w.activation));
-            x.par_chunks_mut(h)
-                .zip(y.par_chunks(h))
-                .with_min_len(8)
-                .for_each(|(dst, src)| {
-                    dst.copy_from_slice(src);
-                    add(dst, &layer.down.bias);
-                });
+            residual_with_bias(x, y, &layer.down.bias, h);
             project(x, inner, &layer.down, true, rounded);
             let norm = &layer.output_norm;
             for_rows(x, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
