@@ -10,12 +10,18 @@ one JSON line per measurement:
   burst       8 requests at once sharing a ~400-token system prompt, first with a system
               prompt no server has seen (cold, a fresh nonce per run), then again with new
               questions (warm): mean and p95 time to first token.
+  copy        one client, copy-heavy requests one after the other (repeat a ~300-token
+              text word for word, reformat a list, quote sentences of a given document;
+              256 tokens, temperature 0): single-stream decode tok/s (tokens after the
+              first over the time after the first), and a digest of the answers' text so
+              that runs can be checked to give the same tokens.
 
 Bounded: every request has a timeout, the host must be a loopback address, and the work
 per run is fixed.
 """
 
 import argparse
+import hashlib
 import http.client
 import json
 import random
@@ -76,7 +82,8 @@ def system_prompt(nonce):
 
 
 def stream_chat(host, port, model, messages, max_tokens, timeout):
-    """One streaming chat request: (ttft seconds, latency seconds, generated tokens)."""
+    """One streaming chat request: (ttft seconds, latency seconds, generated tokens, text,
+    the server's own `timings` of its last chunk or None)."""
     body = json.dumps(
         {
             "model": model,
@@ -95,7 +102,9 @@ def stream_chat(host, port, model, messages, max_tokens, timeout):
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
     ttft = None
     chunks = 0
+    text = []
     usage_tokens = None
+    timings = None
     for raw in response:
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
@@ -106,14 +115,50 @@ def stream_chat(host, port, model, messages, max_tokens, timeout):
         event = json.loads(data)
         if event.get("usage"):
             usage_tokens = event["usage"].get("completion_tokens")
+        if event.get("timings"):
+            timings = event["timings"]
         for choice in event.get("choices", []):
             if choice.get("delta", {}).get("content"):
+                text.append(choice["delta"]["content"])
                 chunks += 1
                 if ttft is None:
                     ttft = time.perf_counter() - start
     latency = time.perf_counter() - start
     conn.close()
-    return (ttft if ttft is not None else latency), latency, (usage_tokens if usage_tokens is not None else chunks)
+    tokens = usage_tokens if usage_tokens is not None else chunks
+    return (ttft if ttft is not None else latency), latency, tokens, "".join(text), timings
+
+
+COPY_TOKENS = 256
+
+COPY_TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a "
+    "lantern, a logbook and a flask of tea. From the top he could see the fishing boats "
+    "returning to the harbour, the gulls circling the cliffs, and the lights of the town "
+    "coming on one by one along the bay. He wrote the weather in the logbook, the wind's "
+    "direction and strength, the height of the waves and the names of the boats that came "
+    "home. On stormy nights he stayed awake until the last boat was safe, watching the beam "
+    "sweep across the black water. In the morning he walked down to the village for bread "
+    "and news, and the fishermen thanked him with a share of their catch. Years later, when "
+    "the light was automated, the keeper kept the logbooks in a wooden chest, and children "
+    "from the school came to read about the storms, the wrecks and the rescues of the old "
+    "days, when a man with a lantern kept the sailors of the bay alive."
+)
+
+COPY_LIST = (
+    "apples - 3 kg, bread - 2 loaves, milk - 4 litres, eggs - 12, butter - 250 g, "
+    "cheese - 500 g, tomatoes - 1 kg, onions - 2 kg, rice - 1 kg, olive oil - 1 bottle, "
+    "coffee - 500 g, tea - 100 bags"
+)
+
+
+def copy_requests():
+    """Copy-heavy chats: the answer repeats, reformats or quotes text of the prompt."""
+    return [
+        user(f"Repeat the following text word for word, without any change:\n\n{COPY_TEXT}"),
+        user(f"Rewrite this shopping list as a numbered list, one item per line, keeping every quantity:\n\n{COPY_LIST}"),
+        user(f"Here is a document:\n\n{COPY_TEXT}\n\nQuote, word for word, the three sentences of the document that mention the logbook."),
+    ]
 
 
 def run_concurrent(args, jobs):
@@ -161,6 +206,13 @@ def summary(results, wall):
         "ttft_mean": statistics.mean(ttfts),
         "ttft_p95": p95(ttfts),
         "latency_mean": statistics.mean(r[1] for r in results),
+        # Where the server says the time went (Minerva's and llama-server's final chunks
+        # carry `timings`; Minerva's add the model, prepare and queue stages), mean ms.
+        "server_stages_ms": {
+            key: statistics.mean(r[4][key] for r in results if r[4] and key in r[4])
+            for key in ("model_ms", "prepare_ms", "queue_ms", "prompt_ms", "predicted_ms")
+            if any(r[4] and key in r[4] for r in results)
+        },
     }
 
 
@@ -177,6 +229,7 @@ def main():
     parser.add_argument("--label", required=True)
     parser.add_argument("--clients", type=int, nargs="*", default=[])
     parser.add_argument("--burst", action="store_true", help="run the shared-prefix cold and warm bursts")
+    parser.add_argument("--copy", action="store_true", help="run the copy-heavy single-stream workload")
     parser.add_argument("--rounds", type=int, default=2, help="questions per client")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -217,6 +270,16 @@ def main():
                 jobs = [[user(QUESTIONS[offset + i], system)] for i in range(8)]
                 results, wall = run_concurrent(args, jobs)
                 print(json.dumps({"label": args.label, "scenario": phase, "rep": rep, **summary(results, wall)}), flush=True)
+        if args.copy:
+            results = []
+            started = time.perf_counter()
+            for messages in copy_requests():
+                results.append(stream_chat(args.host, args.port, args.model, messages, COPY_TOKENS, args.timeout))
+            wall = time.perf_counter() - started
+            decode = sum(r[2] - 1 for r in results) / sum(r[1] - r[0] for r in results)
+            digest = hashlib.sha256("\x00".join(r[3] for r in results).encode()).hexdigest()[:16]
+            row = {"label": args.label, "scenario": "copy N=1", "rep": rep, **summary(results, wall)}
+            print(json.dumps({**row, "decode_tok_s": decode, "text_digest": digest}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI and Ollama Python clients, unmodified, against `minerva serve`:
+# Runs the official OpenAI and Ollama Python clients, unmodified, against `minerva serve`,
+# and the dashboard in headless Chromium (screenshots in target/test-artifacts/):
 # a virtualenv at target/openai-venv with the pinned packages of
 # tests/openai/requirements.txt (from PyPI), then pytest on tests/openai/.
 # MINERVA_BIN names the binary under test (default target/release/minerva; build it with
@@ -17,6 +18,15 @@ MINERVA_BIN="$(realpath "$MINERVA_BIN")"
 if [[ ! -x "$MINERVA_BIN" ]]; then
   say "no executable minerva binary at $MINERVA_BIN (cargo build --release --bin minerva)"
   exit 1
+fi
+
+# The dashboard's browser test drives Debian's Chromium through Debian's ChromeDriver
+# (the same version, so nothing is fetched from the network).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  say "installing chromium and chromium-driver (Debian packages)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then

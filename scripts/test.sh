@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh checkout: set-up (packages, models, build), then
 # formatting, dependency policy (cargo deny), every unit and end-to-end test on the real
 # models in release mode, the runtime's tests again in the debug profile, and the official
-# OpenAI and Ollama clients against the server.
+# OpenAI and Ollama clients, the dashboard in headless Chromium, and a one-minute soak
+# against the server; then a minute of fuzzing per parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,14 @@ cargo test --locked -p minerva-store -p minerva-workers -p minerva-pool
 
 say "the official OpenAI and Ollama Python clients against minerva serve"
 scripts/test-openai-client.sh
+
+# A short soak (the long one: scripts/soak.sh 300 64): mixed load on three models under a
+# budget that holds two, clients leaving mid-stream; no error but the designed 429/503,
+# no descriptor left open.
+say "soak: 60 s, 32 clients"
+scripts/soak.sh 60 32
+
+# Fuzz smoke runs (long ones: scripts/fuzz.sh 3600): the GGUF reader, the safetensors
+# header reader, the Modelfile parser and model ids, 60 s each.
+say "fuzz: 60 s per target"
+scripts/fuzz.sh 60

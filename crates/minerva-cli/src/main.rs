@@ -69,6 +69,16 @@ enum Command {
     Ps(commands::client::ServerArgs),
     /// Unload a model from a running server.
     Stop(commands::client::StopArgs),
+    /// Status, promote and rollback of an A/B experiment of a running server.
+    Experiment(commands::client::ExperimentArgs),
+    /// A running server's models, memory, load and latency, refreshed like `top`.
+    Top(commands::top::Args),
+    /// Administrative actions recorded in the registry: who loaded, unloaded, imported,
+    /// pulled, removed or reconfigured what, and when.
+    Audit(commands::audit::Args),
+    /// Find the threads, parallel sequences, KV type and speculative drafts under which a
+    /// model serves fastest on this machine, and store them as its settings.
+    Tune(commands::tune::Args),
 }
 
 #[derive(clap::Args)]
@@ -89,17 +99,62 @@ enum BenchCommand {
     Embed(commands::bench_embed::Args),
 }
 
+/// Logs to stderr (`MINERVA_LOG`), and for `serve --otlp-endpoint` the request spans to
+/// a collector as well (all of them: the log filter does not apply to the export).
+fn init_tracing(cli: &Cli) -> anyhow::Result<Option<minerva_server::otlp::Exporter>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MINERVA_LOG").unwrap_or_else(|_| "warn,llama-cpp-2=error".into());
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let endpoint = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    match endpoint {
+        None => {
+            tracing_subscriber::registry().with(log).init();
+            Ok(None)
+        }
+        Some(endpoint) => {
+            let (export, exporter) = minerva_server::otlp::layer(&endpoint, "minerva")?;
+            // Minerva's own spans only (not every dependency's).
+            let export = export.with_filter(
+                tracing_subscriber::filter::Targets::new().with_target("minerva_server", tracing::Level::INFO),
+            );
+            tracing_subscriber::registry().with(log).with(export).init();
+            Ok(Some(exporter))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     minerva_pull::install_crypto_provider();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MINERVA_LOG")
-                .unwrap_or_else(|_| "warn,llama-cpp-2=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let exporter = match init_tracing(&cli) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let store = model_arg::store(cli.home);
+    // Commands that change the store go to the audit log, however they end.
+    let audited = match &cli.command {
+        Command::Import(_) => Some(("import", "import")),
+        Command::Pull(_) => Some(("pull", "pull")),
+        Command::Rm(_) => Some(("rm", "remove")),
+        Command::Quantize(_) => Some(("quantize", "quantize")),
+        Command::Create(_) => Some(("create", "create")),
+        Command::Config(args) if args.changes() => Some(("config", "config")),
+        Command::Tag(_) => Some(("tag", "tag")),
+        Command::Rollback(_) => Some(("rollback", "rollback")),
+        Command::Tune(_) => Some(("tune", "tune")),
+        _ => None,
+    };
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(&store, args),
         Command::Tokenize(args) => commands::tokenize::run(&store, args),
@@ -126,11 +181,21 @@ fn main() -> ExitCode {
         Command::Tag(args) => commands::settings::tag(&store, args),
         Command::History(args) => commands::settings::history(&store, args),
         Command::Rollback(args) => commands::settings::rollback(&store, args),
-        Command::Serve(args) => commands::serve::run(store, args),
+        Command::Tune(args) => commands::tune::run(&store, args),
+        Command::Serve(args) => commands::serve::run(store.clone(), args),
         Command::Run(args) => commands::client::run(args),
         Command::Ps(args) => commands::client::ps(args),
         Command::Stop(args) => commands::client::stop(args),
+        Command::Experiment(args) => commands::client::experiment(args),
+        Command::Top(args) => commands::top::run(args),
+        Command::Audit(args) => commands::audit::run(&store, args),
     };
+    if let Some((command, action)) = audited {
+        commands::audit::record(&store, command, action, &result);
+    }
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

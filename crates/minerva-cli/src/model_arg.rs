@@ -42,7 +42,7 @@ pub struct ModelLocation {
 /// Resolves `arg` as a model id in the store, or else as a path on disk.
 pub fn locate(store: &ModelStore, arg: &str) -> Result<ModelLocation> {
     if let Ok(id) = ModelId::new(arg) {
-        match store.resolve(&id) {
+        match store.resolve(&store.canonical(&id)) {
             Ok(entry) => {
                 return Ok(ModelLocation {
                     path: entry.path,

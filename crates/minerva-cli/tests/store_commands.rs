@@ -4,16 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::minerva_command;
+use common::run_in as run;
 use serde_json::Value;
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    let mut command = minerva_command(args);
-    command.env("MINERVA_HOME", home);
-    command.output().expect("minerva runs")
-}
 
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = run(home, args);
@@ -27,13 +20,8 @@ fn ok(home: &Path, args: &[&str]) -> String {
 
 #[test]
 fn a_modelfile_makes_a_model_with_settings_and_tags_keep_a_history_to_roll_back() {
-    let home = tempfile::tempdir().unwrap();
+    let home = common::home_with(&["smollm2-135m-instruct.gguf", "gemma-3-270m.gguf"]);
     let models = home.path().join("models");
-    std::fs::create_dir(&models).unwrap();
-    let defaults = Path::new(&std::env::var_os("HOME").unwrap()).join(".local/share/minerva/models");
-    for file in ["smollm2-135m-instruct.gguf", "gemma-3-270m.gguf"] {
-        std::fs::hard_link(defaults.join(file), models.join(file)).unwrap();
-    }
     let modelfile = home.path().join("Modelfile");
     std::fs::write(
         &modelfile,
@@ -54,6 +42,20 @@ fn a_modelfile_makes_a_model_with_settings_and_tags_keep_a_history_to_roll_back(
     assert!(String::from_utf8_lossy(&refused.stderr).contains("line 2"));
     assert!(!models.join("other.gguf").exists());
 
+    // A template setting must be a Jinja chat template: Ollama's Go syntax is refused.
+    let go = run(home.path(), &["config", "terse", "template={{ .Prompt }}"]);
+    assert!(!go.status.success());
+    assert!(String::from_utf8_lossy(&go.stderr).contains("Jinja"), "{go:?}");
+    ok(
+        home.path(),
+        &[
+            "config",
+            "terse",
+            "template={% for m in messages %}{{ m.content }}{% endfor %}",
+        ],
+    );
+    ok(home.path(), &["config", "terse", "template="]);
+
     // config changes one key and keeps the others.
     ok(home.path(), &["config", "terse", "temperature=", "top_k=20"]);
     let shown: Value = serde_json::from_str(&ok(home.path(), &["show", "terse", "--json"])).unwrap();
@@ -71,4 +73,46 @@ fn a_modelfile_makes_a_model_with_settings_and_tags_keep_a_history_to_roll_back(
     let shown: Value = serde_json::from_str(&ok(home.path(), &["show", "terse", "--json"])).unwrap();
     assert_eq!(shown["model"]["sha256"], smol_sha.as_str());
     assert_eq!(shown["history"].as_array().unwrap().len(), 3);
+
+    // NAME:latest is NAME, in every command: show it, then remove it by that spelling.
+    let latest: Value = serde_json::from_str(&ok(home.path(), &["show", "terse:latest", "--json"])).unwrap();
+    assert_eq!(latest["model"]["sha256"], smol_sha.as_str());
+    ok(home.path(), &["rm", "terse:latest"]);
+    assert!(!models.join("terse.gguf").exists());
+    assert!(models.join("smollm2-135m-instruct.gguf").exists());
+}
+
+#[test]
+fn commands_that_change_the_store_are_audited_and_minerva_audit_lists_them() {
+    let home = common::home_with(&["smollm2-135m-instruct.gguf"]);
+    ok(home.path(), &["config", "smollm2-135m-instruct", "temperature=0.5"]);
+    // Listing settings changes nothing: not audited.
+    ok(home.path(), &["config", "smollm2-135m-instruct"]);
+    let failed = run(home.path(), &["rm", "no-such-model"]);
+    assert!(!failed.status.success());
+
+    let log: Value = serde_json::from_str(&ok(home.path(), &["audit", "--json"])).unwrap();
+    let rows: Vec<(&str, &str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{log:#}");
+    // The setting's key, not its value.
+    assert_eq!(rows[0], ("config", "smollm2-135m-instruct temperature=…", "ok"));
+    assert_eq!(rows[1].0, "remove");
+    assert!(rows[1].2.starts_with("error: "), "{:?}", rows[1]);
+    assert!(log[0]["actor"].as_str().unwrap().starts_with("cli:"));
+
+    let table = ok(home.path(), &["audit", "--since", "1h"]);
+    assert!(table.lines().count() == 3 && table.contains("config"), "{table}");
+    let none = ok(home.path(), &["audit", "--since", "2099-01-01T00:00:00Z"]);
+    assert_eq!(none.lines().count(), 1, "only the header: {none}");
 }

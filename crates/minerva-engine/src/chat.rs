@@ -72,8 +72,13 @@ impl ChatTemplate {
 
     /// The template of `model`, or an error when the file has none.
     pub fn for_model(model: &dyn LanguageModel) -> Result<Self> {
+        Self::for_model_with(model, None)
+    }
+
+    /// `own` (a template the model's settings give) for `model`, else the model file's.
+    pub fn for_model_with(model: &dyn LanguageModel, own: Option<&str>) -> Result<Self> {
         let meta = model.metadata();
-        let source = meta.chat_template.as_deref().ok_or_else(|| {
+        let source = own.or(meta.chat_template.as_deref()).ok_or_else(|| {
             EngineError::ChatTemplate("the model file has no chat template (tokenizer.chat_template)".into())
         })?;
         let text = |token: Option<TokenId>| {

@@ -20,6 +20,38 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// A grammar the output must match (structured outputs), as compiled for the model.
     pub constraint: Option<Constraint>,
+    /// What happens when prompt and reply fill the context: `None` ends the generation
+    /// (`length`); a [`ContextShift`] makes room and goes on.
+    pub context_shift: Option<ContextShift>,
+    /// A smaller context for this request than the session gives (Ollama's `num_ctx`).
+    pub n_ctx: Option<u32>,
+}
+
+impl GenerateOptions {
+    /// The context of this request in a session that gives `n_ctx` per request.
+    pub fn context(&self, n_ctx: u32) -> u32 {
+        self.n_ctx.map_or(n_ctx, |own| own.min(n_ctx))
+    }
+}
+
+/// Context shift (llama.cpp's `--context-shift`): when a generation fills its context,
+/// the first `n_keep` tokens stay, half of the rest (the oldest) is dropped, and the
+/// generation goes on with what is left. The model forgets what was dropped; the reply's
+/// text is whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextShift {
+    /// Tokens at the start that are never dropped (the system prompt, say). Capped at half
+    /// the context, so that a shift always frees room.
+    pub n_keep: usize,
+}
+
+impl ContextShift {
+    /// For a sequence of `len` tokens in a context of `n_ctx`: how many stay at the start
+    /// and how many after them are dropped.
+    pub fn plan(self, len: usize, n_ctx: usize) -> (usize, usize) {
+        let n_keep = self.n_keep.min(n_ctx / 2).min(len);
+        (n_keep, (len - n_keep) / 2)
+    }
 }
 
 /// Receives generated text as it becomes final, and can stop the generation.
@@ -106,6 +138,8 @@ pub struct SequenceGenerator {
     stops: StopMatcher,
     max_tokens: usize,
     n_ctx: usize,
+    /// The context does not end the generation: the caller shifts it.
+    shifts: bool,
     prompt_len: usize,
     tokens: Vec<TokenId>,
     logprobs: Vec<SampledToken>,
@@ -120,6 +154,7 @@ impl SequenceGenerator {
     /// sequence, and starts the clock.
     pub fn new(model: &dyn LanguageModel, prompt: &[TokenId], options: &GenerateOptions, n_ctx: u32) -> Result<Self> {
         options.sampling.validate(model.metadata().n_vocab)?;
+        let n_ctx = options.context(n_ctx);
         if options.max_tokens == 0 {
             return Err(EngineError::invalid("max_tokens", "must be at least 1"));
         }
@@ -145,6 +180,7 @@ impl SequenceGenerator {
             stops: StopMatcher::new(options.stop.clone()),
             max_tokens: options.max_tokens,
             n_ctx: n_ctx as usize,
+            shifts: options.context_shift.is_some(),
             prompt_len: prompt.len(),
             tokens: Vec::new(),
             logprobs: Vec::new(),
@@ -200,10 +236,16 @@ impl SequenceGenerator {
                 return Step::Finished(FinishReason::Stop);
             }
         }
-        if self.tokens.len() >= self.max_tokens || self.prompt_len + self.tokens.len() >= self.n_ctx {
+        let context_full = !self.shifts && self.prompt_len + self.tokens.len() >= self.n_ctx;
+        if self.tokens.len() >= self.max_tokens || context_full {
             return Step::Finished(FinishReason::Length);
         }
         Step::Continue(token)
+    }
+
+    /// Tokens it may still generate.
+    pub fn remaining(&self) -> usize {
+        self.max_tokens.saturating_sub(self.tokens.len())
     }
 
     /// Tokens generated so far.
@@ -263,6 +305,7 @@ pub fn generate(
     let first = prefill(session, seq, prompt)?;
     let mut step = generator.accept(model, &first, sink);
     let mut pos = prompt.len();
+    let n_ctx = options.context(session.params().n_ctx) as usize;
     let reason = loop {
         let token = match step {
             Step::Finished(reason) => break reason,
@@ -270,6 +313,13 @@ pub fn generate(
         };
         if sink.cancelled() {
             break FinishReason::Cancelled;
+        }
+        if let Some(shift) = options.context_shift
+            && pos >= n_ctx
+        {
+            let (n_keep, n_discard) = shift.plan(pos, n_ctx);
+            session.shift_sequence(seq, n_keep as u32, n_discard as u32)?;
+            pos -= n_discard;
         }
         let input = SequenceInput {
             seq,

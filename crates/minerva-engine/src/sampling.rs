@@ -137,7 +137,8 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn is_greedy(&self) -> bool {
+    /// Whether the most likely token is always taken (temperature 0).
+    pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
 

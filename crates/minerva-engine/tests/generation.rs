@@ -23,6 +23,8 @@ fn sampled(seed: u64, max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams {
             temperature: 0.9,
@@ -55,6 +57,8 @@ fn max_tokens_ends_with_length_and_streamed_text_equals_the_result() {
         let options = GenerateOptions {
             max_tokens: 12,
             constraint: None,
+            context_shift: None,
+            n_ctx: None,
             stop: vec![],
             sampling: SamplingParams {
                 top_logprobs: Some(0),
@@ -76,6 +80,8 @@ fn stop_sequence_cuts_the_text_exactly_before_it() {
     let greedy = GenerateOptions {
         max_tokens: 40,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -108,6 +114,8 @@ fn top_logprobs_lists_the_chosen_greedy_token_first() {
     let options = GenerateOptions {
         max_tokens: 4,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams {
             top_logprobs: Some(5),
@@ -166,6 +174,8 @@ fn chat_reply_is_real_text() {
     let options = GenerateOptions {
         max_tokens: 48,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -206,6 +216,8 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
         let options = GenerateOptions {
             max_tokens: 4,
             constraint: None,
+            context_shift: None,
+            n_ctx: None,
             stop: vec![],
             sampling,
         };
@@ -216,6 +228,8 @@ fn invalid_parameters_and_oversized_prompts_are_typed_errors() {
     let options = GenerateOptions {
         max_tokens: 4,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -231,6 +245,8 @@ fn multibyte_output_streams_as_whole_characters() {
     let options = GenerateOptions {
         max_tokens: 40,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };
@@ -241,4 +257,53 @@ fn multibyte_output_streams_as_whole_characters() {
     );
     assert_eq!(chunks.concat(), g.text);
     assert!(!g.text.contains('\u{fffd}'), "{:?}", g.text);
+}
+
+/// A generation that fills its context ends there (`length`) unless it shifts: then it
+/// goes on to `max_tokens` on both models (SmolLM2's llama positions, Gemma 3's sliding
+/// window layers), keeping its start, and its text stays the same up to the shift.
+#[test]
+fn context_shift_lets_a_generation_run_past_the_context() {
+    use minerva_engine::generate::ContextShift;
+    for id in common::LLM_IDS {
+        let model = common::llm(id);
+        let prompt = model
+            .tokenize("Count from 1 to 1000: 1, 2, 3, 4, 5,", true, false)
+            .unwrap();
+        // Every end-of-generation token banned, so that only the limits end it.
+        let banned: Vec<(i32, f32)> = (0..model.metadata().n_vocab as i32)
+            .filter(|&t| model.is_end_of_generation(t))
+            .map(|t| (t, -100.0))
+            .collect();
+        let options = |shift: Option<ContextShift>| GenerateOptions {
+            max_tokens: 200,
+            constraint: None,
+            context_shift: shift,
+            n_ctx: None,
+            stop: vec![],
+            sampling: SamplingParams {
+                temperature: 0.0,
+                logit_bias: banned.clone(),
+                ..Default::default()
+            },
+        };
+        let run = |shift| {
+            let mut session = common::session(model, 96);
+            generate(
+                model,
+                session.as_mut(),
+                SeqId(0),
+                &prompt,
+                &options(shift),
+                &mut |_: &str| {},
+            )
+            .unwrap()
+        };
+        let plain = run(None);
+        assert_eq!(plain.finish_reason, FinishReason::Length, "{id}");
+        assert_eq!(prompt.len() + plain.tokens.len(), 96, "{id}");
+        let shifted = run(Some(ContextShift { n_keep: prompt.len() }));
+        assert_eq!(shifted.tokens.len(), 200, "{id}");
+        assert_eq!(shifted.tokens[..plain.tokens.len()], plain.tokens[..], "{id}");
+    }
 }

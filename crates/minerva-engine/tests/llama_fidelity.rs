@@ -131,6 +131,8 @@ fn greedy_generation_equals_llama_cpp_output() {
             let options = GenerateOptions {
                 max_tokens: 32,
                 constraint: None,
+                context_shift: None,
+                n_ctx: None,
                 stop: vec![],
                 sampling: SamplingParams::default(),
             };

@@ -290,6 +290,15 @@ fn inspect_file(path: &Path) -> Result<GgufInfo, GgufErrorKind> {
     summarize(header, meta.len())
 }
 
+/// Validates a GGUF file held in memory (the whole file: the tensor table is checked
+/// against its length). The fuzzer's entry point, and a way to check a header that
+/// arrives over the network before any of it touches the disk.
+pub fn inspect_bytes(bytes: &[u8]) -> Result<GgufInfo, GgufErrorKind> {
+    let mut reader = Reader::new(io::Cursor::new(bytes), bytes.len() as u64);
+    let header = read_header(&mut reader)?;
+    summarize(header, bytes.len() as u64)
+}
+
 fn open_error(e: io::Error) -> GgufErrorKind {
     match e.kind() {
         io::ErrorKind::NotFound => GgufErrorKind::NotFound,

@@ -33,6 +33,7 @@
 
 use std::path::Path;
 
+use crate::keep_alive::KeepAlive;
 use minerva_engine::KvType;
 use minerva_engine::embed::EmbeddingDtype;
 use minerva_gguf::{self as gguf, GgufTensor};
@@ -95,6 +96,13 @@ pub struct Footprint {
     /// The precision it was estimated for (an encoder's; `None` for a language model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding_dtype: Option<EmbeddingDtype>,
+    /// How long the model stays after its last request, when its settings say (read
+    /// with the rest of its settings when it is sized for a load).
+    #[serde(skip)]
+    pub keep_alive: Option<KeepAlive>,
+    /// Whether its settings pin it (never evicted, as `--pin`).
+    #[serde(skip)]
+    pub pinned: bool,
 }
 
 impl Footprint {
@@ -198,6 +206,8 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
         prefix_cache: u64::from(shape.cached_tokens).saturating_mul(kv_per_token),
         shape: Some(shape),
         embedding_dtype: None,
+        keep_alive: None,
+        pinned: false,
     })
 }
 
@@ -253,5 +263,7 @@ fn estimate_sentence_transformers(dir: &Path, dtype: EmbeddingDtype) -> Result<F
         prefix_cache: 0,
         shape: None,
         embedding_dtype: Some(dtype),
+        keep_alive: None,
+        pinned: false,
     })
 }

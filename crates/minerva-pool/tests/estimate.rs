@@ -11,7 +11,7 @@
 //! One test, the three models loaded one after another into one pool and kept: the RSS of
 //! a process is shared by everything in it, so the models are measured one at a time.
 
-use std::path::PathBuf;
+mod common;
 
 use minerva_engine::generate::GenerateOptions;
 use minerva_engine::sampling::SamplingParams;
@@ -29,25 +29,11 @@ const SERVE_CTX: u32 = 4096;
 
 const MODELS: [&str; 3] = ["smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2"];
 
-fn models_dir() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share/minerva"));
-    let dir = home.join("models");
-    for model in MODELS {
-        assert!(
-            dir.join(model).is_dir() || dir.join(format!("{model}.gguf")).is_file(),
-            "{model} is missing: run scripts/fetch-models.sh first"
-        );
-    }
-    dir
-}
-
 const MIB: f64 = (1 << 20) as f64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn estimates_of_the_default_models_are_within_ten_percent_of_their_resident_memory() {
-    let store = ModelStore::new(models_dir());
+    let store = ModelStore::new(common::models_dir(&MODELS));
     // `minerva serve`'s pool, with room for all three and nothing expiring meanwhile.
     let config = PoolConfig {
         budget: Budget::Fixed(u64::MAX / 2),
@@ -74,6 +60,8 @@ async fn estimates_of_the_default_models_are_within_ten_percent_of_their_residen
                 let options = GenerateOptions {
                     max_tokens: 4,
                     constraint: None,
+                    context_shift: None,
+                    n_ctx: None,
                     stop: vec![],
                     sampling: SamplingParams::default(),
                 };

@@ -4,7 +4,7 @@
 //! memory the model takes once it has served a request. (A session that kept f16 would
 //! measure some 90 MiB more and fail.) A process of its own: RSS is per process.
 
-use std::path::PathBuf;
+mod common;
 
 use minerva_engine::KvType;
 use minerva_engine::generate::GenerateOptions;
@@ -16,21 +16,9 @@ use minerva_workers::{GenerationEvent, resident_bytes};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
-fn models_dir() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share/minerva"));
-    let dir = home.join("models");
-    assert!(
-        dir.join(format!("{MODEL}.gguf")).is_file(),
-        "{MODEL} is missing: run scripts/fetch-models.sh first"
-    );
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_q8_0_kv_cache_halves_the_kv_and_the_estimate_follows_it() {
-    let store = ModelStore::new(models_dir());
+    let store = ModelStore::new(common::models_dir(&[MODEL]));
     let config = |kv_type| PoolConfig {
         budget: Budget::Fixed(u64::MAX / 2),
         keep_alive: KeepAlive::Forever,
@@ -62,6 +50,8 @@ async fn a_q8_0_kv_cache_halves_the_kv_and_the_estimate_follows_it() {
     let options = GenerateOptions {
         max_tokens: 4,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     };

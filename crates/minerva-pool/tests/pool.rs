@@ -1,13 +1,16 @@
 //! The memory-budgeted pool on real models: eviction order of each policy (and the
 //! cost-aware policy's choice between models of different sizes), leases that block
 //! eviction, two models taking turns under a one-model budget, single-flight loads,
-//! preloads that displace only what they may, a budget too small, memory really returned
-//! after an unload, keep-alive on virtual time, and memory pressure from a simulated system.
+//! preloads that displace only what they may, a budget too small, keep-alive on virtual
+//! time, and memory pressure from a simulated system. (Memory returned after an unload is
+//! `unload_memory.rs`, a process of its own.)
 //!
 //! Three copies of all-MiniLM-L6-v2 (hard links of the real files under the ids a, b, c)
 //! make three models of the same size, so a budget of two estimates holds two of them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,22 +19,12 @@ use minerva_pool::{
 };
 use minerva_store::{ModelId, ModelStore};
 use minerva_workers::pressure::{MemorySource, SystemMemory};
-use minerva_workers::resident_bytes;
 
 const EMBED: &str = "all-minilm-l6-v2";
 
 /// The pool measures a load as the growth of the process's resident memory, so the tests
 /// of this binary run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn models_dir() -> PathBuf {
-    let home = std::env::var_os("MINERVA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share/minerva"));
-    let dir = home.join("models");
-    assert!(dir.join(EMBED).is_dir(), "run scripts/fetch-models.sh first");
-    dir
-}
 
 /// Links (or copies) `from` into `to`, recursively.
 fn link_tree(from: &Path, to: &Path) {
@@ -51,7 +44,7 @@ fn link_tree(from: &Path, to: &Path) {
 fn three_models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for id in ["a", "b", "c"] {
-        link_tree(&models_dir().join(EMBED), &dir.path().join(id));
+        link_tree(&common::models_dir(&[EMBED]).join(EMBED), &dir.path().join(id));
     }
     dir
 }
@@ -198,11 +191,20 @@ async fn cost_aware_evicts_one_big_model_where_lru_evicts_a_small_one_with_it() 
     // A small embedding model and two copies of a bigger language model; the budget holds
     // the small one and one big one.
     let dir = tempfile::tempdir().unwrap();
-    link_tree(&models_dir().join(EMBED), &dir.path().join("small"));
+    link_tree(&common::models_dir(&[EMBED]).join(EMBED), &dir.path().join("small"));
     for big in ["big1.gguf", "big2.gguf"] {
-        std::fs::hard_link(models_dir().join("gemma-3-270m.gguf"), dir.path().join(big))
-            .or_else(|_| std::fs::copy(models_dir().join("gemma-3-270m.gguf"), dir.path().join(big)).map(drop))
-            .unwrap();
+        std::fs::hard_link(
+            common::models_dir(&[EMBED]).join("gemma-3-270m.gguf"),
+            dir.path().join(big),
+        )
+        .or_else(|_| {
+            std::fs::copy(
+                common::models_dir(&[EMBED]).join("gemma-3-270m.gguf"),
+                dir.path().join(big),
+            )
+            .map(drop)
+        })
+        .unwrap();
     }
     let budget = estimated(dir.path(), "small") + estimated(dir.path(), "big1") + (1 << 20);
     let mut kept = Vec::new();
@@ -346,7 +348,7 @@ async fn concurrent_requests_share_one_load() {
 async fn a_tight_budget_shrinks_a_language_models_kv_cache_and_only_a_model_that_cannot_fit_is_refused() {
     let _serial = SERIAL.lock().await;
     const SMOL: &str = "smollm2-135m-instruct";
-    let store = ModelStore::new(models_dir());
+    let store = ModelStore::new(common::models_dir(&[EMBED]));
     let serving = PoolConfig::new(1, 4096);
     let entry = store.resolve(&id(SMOL)).unwrap();
     let full = minerva_pool::estimate::estimate(&entry, serving.session_shape()).unwrap();
@@ -354,7 +356,7 @@ async fn a_tight_budget_shrinks_a_language_models_kv_cache_and_only_a_model_that
     // 60 MiB short of the serving session: the model loads with fewer KV cells and slots.
     let budget = full.total() - (60 << 20);
     let pool = ModelPool::new(
-        ModelStore::new(models_dir()),
+        ModelStore::new(common::models_dir(&[EMBED])),
         PoolConfig {
             budget: Budget::Fixed(budget),
             ..serving.clone()
@@ -376,6 +378,8 @@ async fn a_tight_budget_shrinks_a_language_models_kv_cache_and_only_a_model_that
     let options = minerva_engine::generate::GenerateOptions {
         max_tokens: 8,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: minerva_engine::sampling::SamplingParams::default(),
     };
@@ -393,7 +397,7 @@ async fn a_tight_budget_shrinks_a_language_models_kv_cache_and_only_a_model_that
     // smallest session needs (far less than the serving one).
     let tiny = full.weights + (4 << 20);
     let pool = ModelPool::new(
-        ModelStore::new(models_dir()),
+        ModelStore::new(common::models_dir(&[EMBED])),
         PoolConfig {
             budget: Budget::Fixed(tiny),
             ..serving
@@ -439,36 +443,6 @@ async fn a_failed_load_leaves_nothing_behind() {
     assert_eq!(pool.totals().bytes_in_use, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unloading_returns_the_memory() {
-    let _serial = SERIAL.lock().await;
-    let dir = three_models();
-    // An embedding model (weights copied into memory) and a language model
-    // (llama.cpp, weights mapped and repacked, KV cache).
-    for (models, name) in [(dir.path().to_owned(), "a"), (models_dir(), "gemma-3-270m")] {
-        let pool = ModelPool::new(ModelStore::new(models), one_slot_config(EvictionPolicy::Lru, 4 << 30));
-        let before = resident_bytes();
-        let lease = pool.acquire(&id(name)).await.unwrap();
-        // What the pool counts for the model: the measured growth, never below the
-        // weights and KV it must hold (memory a previous test frees meanwhile can hide
-        // part of the growth, never inflate it).
-        let held = lease.bytes;
-        drop(lease);
-        let loaded_rss = resident_bytes();
-        assert!(pool.unload(&id(name)).await);
-        let after = resident_bytes();
-        let returned = loaded_rss.saturating_sub(after);
-        eprintln!(
-            "{name}: RSS before load {before}, loaded {loaded_rss}, after unload {after} (-{returned}; model {held})"
-        );
-        assert!(held > 50 << 20, "{name}: the model holds only {held} bytes");
-        assert!(
-            returned >= held * 8 / 10,
-            "{name}: unloading returned {returned} of {held} bytes"
-        );
-    }
-}
-
 #[tokio::test]
 async fn keep_alive_unloads_idle_models_on_virtual_time() {
     let _serial = SERIAL.lock().await;
@@ -487,6 +461,7 @@ async fn keep_alive_unloads_idle_models_on_virtual_time() {
             &id("b"),
             AcquireOptions {
                 keep_alive: Some(KeepAlive::Forever),
+                ..Default::default()
             },
         )
         .await
@@ -496,6 +471,7 @@ async fn keep_alive_unloads_idle_models_on_virtual_time() {
             &id("c"),
             AcquireOptions {
                 keep_alive: Some(KeepAlive::For(Duration::ZERO)),
+                ..Default::default()
             },
         )
         .await

@@ -106,6 +106,8 @@ impl Loader for FakeLoader {
             prefix_cache: 0,
             shape: None,
             embedding_dtype: None,
+            keep_alive: None,
+            pinned: false,
         })
     }
 
@@ -472,6 +474,7 @@ async fn keep_alive_and_pinning_on_virtual_time() {
     use_in_order(&pool, &["pinned", "a"]).await;
     let short = AcquireOptions {
         keep_alive: Some(KeepAlive::For(Duration::from_secs(10))),
+        ..Default::default()
     };
     drop(pool.acquire_with(&id("b"), short).await.unwrap());
     // The lease's end reaches the pool before the clock moves.
@@ -483,12 +486,20 @@ async fn keep_alive_and_pinning_on_virtual_time() {
     // A zero keep-alive on a pinned model does not unload it.
     let zero = AcquireOptions {
         keep_alive: Some(KeepAlive::For(Duration::ZERO)),
+        ..Default::default()
     };
-    drop(pool.acquire_with(&id("pinned"), zero).await.unwrap());
+    drop(pool.acquire_with(&id("pinned"), zero.clone()).await.unwrap());
     pool.sync().await;
     tokio::time::advance(Duration::from_secs(3600)).await;
     pool.sync().await;
     assert_eq!(loaded(&pool), ["pinned"]);
+    // Nor when that request is the one that loads it.
+    pool.unload(&id("pinned")).await;
+    drop(pool.acquire_with(&id("pinned"), zero).await.unwrap());
+    pool.sync().await;
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    pool.sync().await;
+    assert_eq!(loaded(&pool), ["pinned"], "a pinned model's first request expired it");
 }
 
 #[tokio::test]
@@ -499,4 +510,37 @@ async fn an_unknown_model_and_a_model_bigger_than_the_budget_are_clear_errors() 
     let huge = pool.acquire(&id("huge")).await.err().expect("too large");
     assert!(matches!(huge, PoolError::TooLarge { .. }), "{huge}");
     assert_eq!(pool.loader().started.load(Ordering::SeqCst), 0, "nothing was loaded");
+}
+
+/// A load that must not displace some models (a route's fallback, which leaves the routes'
+/// first models alone) evicts the policy's next choice instead, and is refused at once
+/// when only the protected models could make room.
+#[tokio::test]
+async fn a_load_never_evicts_the_models_it_protects() {
+    let pool = pool(
+        &[("primary", 300), ("other", 300), ("fallback", 300)],
+        config(EvictionPolicy::Lru, 600),
+    );
+    use_in_order(&pool, &["primary", "other"]).await;
+    // LRU alone would evict "primary", the least recent.
+    let protect = AcquireOptions {
+        protect: vec![id("primary")],
+        ..Default::default()
+    };
+    drop(pool.acquire_with(&id("fallback"), protect.clone()).await.unwrap());
+    assert_eq!(evictions(&pool, "primary", EvictionReason::Budget), 0);
+    assert_eq!(evictions(&pool, "other", EvictionReason::Budget), 1);
+    let mut now = loaded(&pool);
+    now.sort();
+    assert_eq!(now, ["fallback", "primary"]);
+    // With "fallback" protected too, "other" finds no room it may take: as a fallback, it
+    // is refused at once instead of holding up the queue for memory.
+    let both = AcquireOptions {
+        protect: vec![id("primary"), id("fallback")],
+        ..Default::default()
+    };
+    let refused = pool.acquire_with(&id("other"), both).await;
+    assert!(matches!(refused, Err(PoolError::Busy { .. })), "{:?}", refused.err());
+    assert_eq!(pool.totals().waiting, 0);
+    assert_eq!(evictions(&pool, "primary", EvictionReason::Budget), 0);
 }

@@ -23,7 +23,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-pub fn build(ca_file: Option<&Path>) -> Result<Client, PullError> {
+/// rustls on aws-lc-rs with the Mozilla roots and the certificates of `ca_file`.
+fn tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, PullError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -43,13 +44,27 @@ pub fn build(ca_file: Option<&Path>) -> Result<Client, PullError> {
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PullError::Tls(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// The async client of the server's remote backends: the same TLS as pulls, a connect
+/// timeout, no overall timeout (a stream lasts as long as its generation).
+pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, PullError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls(ca_file)?)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("minerva/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| PullError::Tls(e.to_string()))
+}
+
+pub fn build(ca_file: Option<&Path>) -> Result<Client, PullError> {
     Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(tls(ca_file)?)
         .connect_timeout(CONNECT_TIMEOUT)
         // The blocking client applies this to each read of the body, not to the whole
         // download: a stalled connection fails (and resumes), a long download does not.

@@ -26,9 +26,9 @@ use minerva_store::{
 };
 use reqwest::blocking::Client;
 
-pub use client::install_crypto_provider;
+pub use client::{http_client, install_crypto_provider};
 pub use error::PullError;
-pub use source::Source;
+pub use source::{Source, redact};
 
 /// The hub used when `HF_ENDPOINT` is unset.
 pub const DEFAULT_HUB: &str = "https://huggingface.co";
@@ -212,7 +212,11 @@ pub fn pull(
         let import = ImportOptions {
             id: Some(name.clone()),
             mode: ImportMode::HardLink,
-            origin: format!("pull {source} (the file of {}, already in the store)", entry.id),
+            origin: format!(
+                "pull {} (the file of {}, already in the store)",
+                source::redact(source),
+                entry.id
+            ),
             ..Default::default()
         };
         let record = registry.import(store, &entry.path, &import, &mut |_, _| {})?;
@@ -256,7 +260,7 @@ pub fn pull(
     let import = ImportOptions {
         id: Some(name.clone()),
         mode: ImportMode::HardLink,
-        origin: format!("pull {source}"),
+        origin: format!("pull {}", source::redact(source)),
         ..Default::default()
     };
     let record = match registry.import(store, &partial, &import, &mut |_, _| {}) {

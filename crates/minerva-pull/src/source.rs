@@ -22,6 +22,21 @@ pub enum Source {
     Url(String),
 }
 
+/// `source` as it may be kept (in a model's history) and shown: a URL without the user
+/// name, password, query or fragment it carried, where signed links and tokens live.
+pub fn redact(source: &str) -> String {
+    match reqwest::Url::parse(source) {
+        Ok(mut url) if matches!(url.scheme(), "http" | "https") => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        _ => source.to_owned(),
+    }
+}
+
 const HUB_HOSTS: &[&str] = &["hf.co/", "huggingface.co/", "https://huggingface.co/", "https://hf.co/"];
 const REGISTRY_HOSTS: &[&str] = &["ollama.com/", "registry.ollama.ai/", "https://ollama.com/"];
 
@@ -106,6 +121,16 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_and_signed_queries_are_kept_out_of_what_is_recorded() {
+        assert_eq!(
+            redact("https://bob:hunter2@models.example/a/m.gguf?X-Signature=abc&token=t#x"),
+            "https://models.example/a/m.gguf"
+        );
+        assert_eq!(redact("hf.co/owner/repo:Q8_0"), "hf.co/owner/repo:Q8_0");
+        assert_eq!(redact("smollm2:135m"), "smollm2:135m");
+    }
 
     #[test]
     fn hub_registry_and_url_sources_parse() {

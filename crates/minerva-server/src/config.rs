@@ -48,6 +48,15 @@ pub struct ServerConfig {
     pub embedding_cache: CacheConfig,
     /// What a chat longer than the context gets when its request does not say.
     pub truncation: crate::Truncation,
+    /// Whether generations go on past the context (context shift) when their request
+    /// does not say.
+    pub context_shift: bool,
+    /// Per-request histograms, the `/metrics` recorder and the dashboard's figures; off
+    /// only to measure what they cost (`/metrics` is then empty).
+    pub monitoring: bool,
+    /// Where finished generations' prompts and outputs are logged, and for how long;
+    /// `None` (the default): nowhere.
+    pub request_log: Option<crate::request_log::RequestLogConfig>,
     /// Where pulls go (`/api/pull`, `/v1/models/pull`), or `offline` to refuse them.
     pub pull: minerva_pull::PullOptions,
 }
@@ -72,6 +81,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             embedding_cache: CacheConfig::default(),
             truncation: crate::Truncation::Error,
+            context_shift: false,
+            monitoring: true,
+            request_log: None,
             pull: minerva_pull::PullOptions::default(),
         }
     }

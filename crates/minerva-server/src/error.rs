@@ -199,6 +199,11 @@ impl ApiError {
             PoolError::Load(e) => Self::Internal(format!("loading the model failed: {e}")),
             PoolError::TooLarge { .. } => Self::InsufficientMemory(e.to_string()),
             PoolError::Busy { .. } => Self::MemoryBusy(e.to_string()),
+            // The model was unloaded (by an admin, or its worker died) while this request
+            // waited for its load: nothing is wrong with the request; a retry loads it.
+            PoolError::Interrupted(id) => {
+                Self::MemoryBusy(format!("{id} was unloaded while it loaded for this request; retry"))
+            }
             PoolError::Registry(e @ (RegistryError::HashMismatch { .. } | RegistryError::Missing { .. })) => {
                 Self::ModelUnavailable(e.to_string())
             }
@@ -239,7 +244,17 @@ fn redact_paths(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_paths;
+    use super::*;
+
+    #[test]
+    fn a_load_cut_short_by_an_unload_is_a_retryable_503_not_a_500() {
+        // The soak found it: a request waiting for a model that an admin unloaded
+        // meanwhile got a 500.
+        let id = minerva_store::ModelId::new("m").unwrap();
+        let error = ApiError::from(PoolError::Interrupted(id));
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error.to_string().contains("retry"), "{error}");
+    }
 
     #[test]
     fn paths_are_cut_to_their_file_name() {

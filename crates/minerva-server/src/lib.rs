@@ -8,10 +8,17 @@
 
 mod config;
 mod error;
+pub mod experiment;
 mod extract;
 mod middleware;
+pub mod monitor;
+pub mod otlp;
+pub mod remote;
+pub mod request_log;
 mod routes;
+pub mod routing;
 mod state;
+mod tally;
 
 use std::sync::Arc;
 
@@ -38,30 +45,46 @@ pub fn state(config: ServerConfig, pool: Arc<ModelPool>) -> AppState {
         tracing::warn!(error = %e, "starting with an empty embedding cache");
         EmbeddingCache::new(config.embedding_cache.clone())
     });
+    let monitoring = config.monitoring;
+    let request_log = config.request_log.clone().and_then(|c| {
+        request_log::RequestLog::start(c)
+            .map_err(|e| tracing::error!(error = %e, "the request log cannot start; requests are not logged"))
+            .ok()
+    });
     AppState {
+        routing: Arc::new(routing::Routing::none(pool.store().clone())),
         embedding_cache: Arc::new(embedding_cache),
         admission: Arc::new(state::Admission::new(&config)),
         config: Arc::new(config),
         pool,
-        metrics: metrics_handle(),
+        metrics: metrics_handle(monitoring),
+        monitor: Arc::new(monitor::Monitor::new(monitoring, request_log)),
     }
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
-fn metrics_handle() -> PrometheusHandle {
+fn metrics_handle(install: bool) -> PrometheusHandle {
+    if !install {
+        // Not installed: every `metrics::` call is a no-op and `/metrics` renders nothing.
+        return PrometheusBuilder::new().build_recorder().handle();
+    }
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ];
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let mut builder = PrometheusBuilder::new()
+                .set_buckets(&monitor::SECONDS_BUCKETS)
+                .expect("the buckets are not empty");
+            for (matcher, buckets) in monitor::bucket_overrides() {
+                builder = builder
+                    .set_buckets_for_metric(matcher, buckets)
+                    .expect("the buckets are not empty");
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours just renders nothing.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                monitor::describe();
+            }
             handle
         })
         .clone()
@@ -84,6 +107,16 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}", get(routes::models::get).delete(routes::models::unload))
         .route("/models/{id}/load", post(routes::models::load))
         .route("/models/{id}/preload", post(routes::models::preload))
+        .route("/admin/reload", post(routes::models::reload))
+        .route("/experiments", get(routes::experiments::list))
+        .route("/experiments/{name}", get(routes::experiments::get))
+        .route("/experiments/{name}/promote", post(routes::experiments::promote))
+        .route("/experiments/{name}/rollback", post(routes::experiments::rollback))
+        .route("/experiments/{name}/weights", post(routes::experiments::weights))
+        .route("/feedback", post(routes::experiments::feedback))
+        .route("/explain", post(routes::explain::explain))
+        .route("/monitor", get(routes::dashboard::snapshot))
+        .route("/monitor/events", get(routes::dashboard::events))
         .route("/tokenize", post(routes::tokenize::tokenize))
         .route("/detokenize", post(routes::tokenize::detokenize));
     let mut router = Router::new()
@@ -93,10 +126,17 @@ pub fn app(state: AppState) -> Router {
         .route("/rerank", post(routes::rerank::rerank))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route("/dashboard", get(routes::dashboard::page))
+        .route("/dashboard/{*file}", get(routes::dashboard::asset))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::record_metrics,
+        ))
+        // Inside the key check: it knows who asked.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::audit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_api_key,
@@ -193,6 +233,25 @@ pub async fn serve(
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Reloads the routes on every SIGHUP, until the process ends (a bad file keeps the old
+/// routes and is logged).
+pub fn reload_on_sighup(routing: Arc<routing::Routing>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let routing = Arc::clone(&routing);
+            match tokio::task::spawn_blocking(move || routing.reload()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: the routes in use stay"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+            }
+        }
+    });
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

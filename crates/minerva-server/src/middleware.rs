@@ -118,8 +118,13 @@ fn required_scope(req: &Request) -> Scope {
             || path.ends_with("/remove")
             || path == "/v1/models/pull"
             || req.method() == axum::http::Method::DELETE);
-    let store = matches!(path, "/api/pull" | "/api/delete");
-    if lifecycle || store {
+    let store = matches!(
+        path,
+        "/api/pull" | "/api/delete" | "/api/create" | "/api/copy" | "/v1/admin/reload"
+    );
+    // Changing who gets which variant is an operator's decision.
+    let experiment = path.starts_with("/v1/experiments/") && req.method() == axum::http::Method::POST;
+    if lifecycle || store || experiment {
         Scope::Admin
     } else {
         Scope::Inference
@@ -142,8 +147,12 @@ pub fn check_keep_alive<T>(scope: Option<&Scope>, keep_alive: &Option<T>) -> Res
 /// configured is an admin's).
 pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let config = &state.config;
-    if (config.api_keys.is_empty() && config.admin_api_keys.is_empty()) || req.uri().path() == "/health" {
+    // The dashboard's page and assets hold no data (its data routes ask for the key).
+    let path = req.uri().path();
+    let open = path == "/health" || path == "/dashboard" || path.starts_with("/dashboard/");
+    if (config.api_keys.is_empty() && config.admin_api_keys.is_empty()) || open {
         req.extensions_mut().insert(Scope::Admin);
+        req.extensions_mut().insert(Actor("local".to_owned()));
         return next.run(req).await;
     }
     let presented = req
@@ -160,8 +169,56 @@ pub async fn require_api_key(State(state): State<AppState>, mut req: Request, ne
     if scope < required_scope(&req) {
         return ApiError::AdminRequired("this route").into_response();
     }
+    let actor = Actor::of_key(presented.unwrap_or_default());
     req.extensions_mut().insert(scope);
+    req.extensions_mut().insert(actor);
     next.run(req).await
+}
+
+/// Who sent a request, for the audit log: `key:` and the first 8 hex digits of the key's
+/// SHA-256 (never the key), or `local` on a server without keys.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    fn of_key(key: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Self(format!("key:{hex}"))
+    }
+}
+
+/// Writes every administrative request (the routes that need the admin scope: loads,
+/// unloads, pulls, removals, model creation, configuration reloads, experiment changes)
+/// to the registry's audit log once it is answered: its method and route, the path, who
+/// sent it and the status. Off the async threads, and never failing the request.
+pub async fn audit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if required_scope(&req) < Scope::Admin {
+        return next.run(req).await;
+    }
+    let Some(registry) = state.pool.registry().cloned() else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let action = format!("{} {route}", req.method());
+    let target = req.uri().path().to_owned();
+    let actor = req
+        .extensions()
+        .get::<Actor>()
+        .map_or_else(|| "unknown".to_owned(), |a| a.0.clone());
+    let response = next.run(req).await;
+    let outcome = response.status().as_u16().to_string();
+    let entry = minerva_store::AuditEntry::now(action, target, actor, outcome);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = registry.audit(&entry) {
+            tracing::warn!(error = %e, "an administrative action was not written to the audit log");
+        }
+    });
+    response
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as
@@ -172,7 +229,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Counts requests and their latency per route and status.
-pub async fn record_metrics(req: Request, next: Next) -> Response {
+pub async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -184,6 +241,13 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("minerva_http_requests_total", &labels).increment(1);
     metrics::histogram!("minerva_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    // The dashboard's own polling and scrapes are not traffic.
+    let watching = ["/dashboard", "/v1/monitor", "/metrics", "/health"]
+        .iter()
+        .any(|p| labels[0].1.starts_with(p));
+    if !watching {
+        state.monitor.answered(response.status().as_u16());
+    }
     response
 }
 

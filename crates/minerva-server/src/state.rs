@@ -25,6 +25,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Vectors by content, shared by every embedding model.
     pub embedding_cache: Arc<EmbeddingCache>,
+    /// Aliases and fallback chains, reloadable.
+    pub routing: Arc<crate::routing::Routing>,
+    /// Running figures for the dashboard and `minerva top`.
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 impl AppState {
@@ -35,6 +39,11 @@ impl AppState {
         Ok(self.pool.store().canonical(&id))
     }
 }
+
+/// Why admission refused a request: the server's, not a model's, so no fallback helps.
+pub const SHUTTING_DOWN: &str = "shutting down";
+pub const NO_SLOT: &str = "no slot became free in time";
+pub const QUEUE_FULL: &str = "request queue is full";
 
 /// A bounded number of running inference requests and a bounded queue in front of them.
 pub struct Admission {
@@ -62,6 +71,7 @@ impl Admission {
     }
 
     /// Waits for a slot: 503 at once when the queue is full, or after the queue timeout.
+    #[tracing::instrument(name = "admission", skip_all)]
     pub async fn admit(&self) -> Result<Slot, ApiError> {
         if let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() {
             return Ok(Slot { _permit: permit });
@@ -71,9 +81,14 @@ impl Admission {
         let waited = tokio::time::timeout(self.wait_timeout, Arc::clone(&self.running).acquire_owned()).await;
         match waited {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
-            Ok(Err(_)) => Err(ApiError::Overloaded("shutting down")),
-            Err(_) => Err(ApiError::Overloaded("no slot became free in time")),
+            Ok(Err(_)) => Err(ApiError::Overloaded(SHUTTING_DOWN)),
+            Err(_) => Err(ApiError::Overloaded(NO_SLOT)),
         }
+    }
+
+    /// Requests waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Slots free right now.
@@ -91,7 +106,7 @@ impl<'a> QueuePlace<'a> {
     fn enter(waiting: &'a AtomicUsize, max: usize) -> Result<Self, ApiError> {
         if waiting.fetch_add(1, Ordering::SeqCst) >= max {
             waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::Overloaded("request queue is full"));
+            return Err(ApiError::Overloaded(QUEUE_FULL));
         }
         metrics::gauge!("minerva_queue_depth").increment(1.0);
         Ok(Self { waiting })

@@ -42,6 +42,75 @@ async fn chat_completion_answers_with_exact_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_says_where_its_time_went() {
+    let server = TestServer::shared();
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            chat_body(STORY, json!({ "max_tokens": 6, "temperature": 0 })),
+        ),
+        (
+            "/v1/completions",
+            completion_body(CHAT, "Once upon a time", json!({ "max_tokens": 6 })),
+        ),
+    ] {
+        let response = server.post(path, &body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let header = response.headers()["server-timing"].to_str().unwrap().to_owned();
+        for stage in [
+            "model;dur=",
+            "prepare;dur=",
+            "queue;dur=",
+            "prefill;dur=",
+            "decode;dur=",
+        ] {
+            assert!(header.contains(stage), "{path}: {header}");
+        }
+        let reply: Value = response.json().await.unwrap();
+        let timings = &reply["timings"];
+        let (prompt, completion, _) = usage(&reply);
+        assert_eq!(timings["predicted_n"].as_u64(), Some(completion), "{reply}");
+        assert_eq!(
+            timings["prompt_n"].as_u64().unwrap() + timings["cache_n"].as_u64().unwrap(),
+            prompt,
+            "{reply}"
+        );
+        let total = timings["total_ms"].as_f64().unwrap();
+        let parts: f64 = ["model_ms", "prepare_ms", "queue_ms", "prompt_ms", "predicted_ms"]
+            .iter()
+            .map(|k| timings[k].as_f64().unwrap())
+            .sum();
+        assert!(timings["predicted_ms"].as_f64().unwrap() > 0.0, "{reply}");
+        assert!(
+            parts <= total * 1.05 + 1.0,
+            "the stages ({parts} ms) exceed the whole ({total} ms): {reply}"
+        );
+    }
+    // A stream says what happened before its first byte.
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat_body(STORY, json!({ "max_tokens": 2, "stream": true })),
+        )
+        .await;
+    let header = response.headers()["server-timing"].to_str().unwrap().to_owned();
+    assert!(
+        header.contains("model;dur=") && header.contains("queue;dur="),
+        "{header}"
+    );
+    assert!(!header.contains("decode"), "{header}");
+    // ...and its last chunk, where the rest went.
+    let chunks = read_sse(response).await;
+    let last = chunks
+        .iter()
+        .find(|c| c["choices"][0]["finish_reason"].is_string())
+        .expect("a finishing chunk");
+    let timings = &last["timings"];
+    assert_eq!(timings["predicted_n"].as_u64(), Some(2), "{last}");
+    assert!(timings["prompt_ms"].as_f64().unwrap() >= 0.0 && timings["total_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_completion_tokens_and_max_tokens_both_limit_the_answer() {
     let server = TestServer::shared();
     for field in ["max_tokens", "max_completion_tokens"] {
@@ -735,4 +804,53 @@ async fn logit_bias_bans_and_forces_tokens() {
             .await;
         expect_error(response, StatusCode::BAD_REQUEST, Some("logit_bias")).await;
     }
+}
+
+/// `n = 4` at a temperature, with a seed: four different choices, generated together, the
+/// prompt evaluated once (the other three choices share its KV and evaluate only its last
+/// token, whose logits each samples from), and the same four again for the same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_differ_share_one_prompt_evaluation_and_repeat_with_a_seed() {
+    use minerva_pool::PoolConfig;
+    let server = TestServer::start_with(
+        minerva_server::ServerConfig::default(),
+        PoolConfig {
+            parallel: 4,
+            prefix_cache_tokens: 0,
+            ..PoolConfig::new(minerva_engine::compute::default_threads(), 1024)
+        },
+        models_dir(),
+    )
+    .await;
+    let evaluated = || scheduler_count(&server, "prompt_tokens_evaluated");
+    let body = chat_body(
+        "Invent a name for a small river town.",
+        json!({ "n": 4, "max_tokens": 12, "temperature": 1.0, "seed": 11 }),
+    );
+    // Load the model first, so that the counter exists and only this request moves it.
+    server
+        .ok("/v1/chat/completions", &chat_body("Hi", json!({ "max_tokens": 1 })))
+        .await;
+    let before = evaluated().await;
+    let reply = server.ok("/v1/chat/completions", &body).await;
+    let after = evaluated().await;
+    let choices: Vec<String> = reply["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(choices.len(), 4, "{reply}");
+    let distinct: std::collections::HashSet<&String> = choices.iter().collect();
+    assert!(distinct.len() >= 3, "the choices barely differ: {choices:?}");
+    let (prompt, _, _) = usage(&reply);
+    assert_eq!(after - before, prompt + 3, "prompt of {prompt} tokens; {choices:?}");
+    let again = server.ok("/v1/chat/completions", &body).await;
+    let again: Vec<&str> = again["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(again, choices, "the same seed gave other choices");
 }

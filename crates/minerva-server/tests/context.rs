@@ -1,6 +1,8 @@
 //! Conversations longer than the context (1024 tokens in the test server): `truncation`
 //! `error` refuses with the count, `auto` drops whole turns from the middle and says so,
-//! `middle` cuts the longest message; `/v1/tokenize` counts a chat's prompt.
+//! `middle` cuts the longest message; `/v1/tokenize` counts a chat's prompt. Generations
+//! longer than the context: they end there, or go on with a context shift; Ollama's
+//! `num_ctx` holds one request to a smaller context.
 
 mod common;
 
@@ -165,4 +167,110 @@ async fn an_unknown_strategy_is_a_400_naming_the_field() {
             .contains("truncation"),
         "{error}"
     );
+}
+
+/// The ids of SmolLM2's end-of-generation tokens, which a test bans to force a long reply.
+async fn end_tokens(server: &TestServer) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for special in ["<|im_end|>", "<|endoftext|>"] {
+        let body = server
+            .ok(
+                "/v1/tokenize",
+                &json!({ "model": CHAT, "prompt": special, "parse_special": true }),
+            )
+            .await;
+        ids.extend(
+            body["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .filter_map(Value::as_u64),
+        );
+    }
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_ends_at_the_context_unless_context_shift_lets_it_go_on() {
+    let server = TestServer::shared();
+    let ban: serde_json::Map<String, Value> = end_tokens(&server)
+        .await
+        .into_iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let body = |extra: Value| {
+        let mut body = json!({
+            "model": CHAT,
+            "prompt": "Here are the numbers from 1 to 2000, separated by commas: 1, 2, 3, 4,",
+            "max_tokens": 1600,
+            "temperature": 0,
+            "logit_bias": ban,
+        });
+        merge(&mut body, extra);
+        body
+    };
+    // Without a shift the reply stops where the context is full.
+    let plain = server.ok("/v1/completions", &body(json!({}))).await;
+    let (prompt, completion, _) = usage(&plain);
+    assert_eq!(plain["choices"][0]["finish_reason"], "length", "{plain}");
+    assert_eq!(prompt + completion, 1024, "{plain}");
+
+    let shifts_before = scheduler_count(&server, "context_shifts").await;
+    let shifted = server
+        .ok("/v1/completions", &body(json!({ "context_shift": true, "n_keep": -1 })))
+        .await;
+    let (_, completion, _) = usage(&shifted);
+    assert_eq!(completion, 1600, "the generation stopped at {completion} tokens");
+    assert_eq!(shifted["choices"][0]["finish_reason"], "length", "{shifted}");
+    let text = shifted["choices"][0]["text"].as_str().unwrap_or_default();
+    // The reply is whole: what the model wrote before the shift is still in it, and it
+    // goes on well past what one window holds.
+    let plain_text = plain["choices"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with(plain_text), "the shifted reply rewrote its start");
+    assert!(
+        text.len() > plain_text.len() + 500,
+        "{} vs {}",
+        text.len(),
+        plain_text.len()
+    );
+    assert!(scheduler_count(&server, "context_shifts").await > shifts_before);
+    // A negative n_keep other than -1 is refused.
+    expect_error(
+        server
+            .post("/v1/completions", &body(json!({ "context_shift": true, "n_keep": -2 })))
+            .await,
+        StatusCode::BAD_REQUEST,
+        Some("n_keep"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_num_ctx_holds_a_request_to_a_smaller_context() {
+    let server = TestServer::shared();
+    let generate = |num_ctx: u64, prompt: String| {
+        json!({
+            "model": CHAT,
+            "prompt": prompt,
+            "raw": true,
+            "stream": false,
+            "shift": false,
+            "options": { "num_ctx": num_ctx, "num_predict": 400, "temperature": 0, "repeat_penalty": 1.0 },
+        })
+    };
+    let counting = "Here are the numbers from 1 to 500, separated by commas: 1, 2, 3,".to_owned();
+    let body = server.ok("/api/generate", &generate(96, counting.clone())).await;
+    let used = body["prompt_eval_count"].as_u64().unwrap_or(0) + body["eval_count"].as_u64().unwrap_or(0);
+    assert_eq!(used, 96, "{body}");
+    assert_eq!(body["done_reason"], "length", "{body}");
+    // A prompt longer than the request's context is refused with its count.
+    let long: String = (0..100).map(|i| format!("{i}, ")).collect();
+    let error = server.post("/api/generate", &generate(96, long)).await;
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    let error: Value = error.json().await.expect("json");
+    assert!(error["error"].as_str().unwrap_or_default().contains("96"), "{error}");
+    // A context larger than the model's session gets the session's.
+    let body = server.ok("/api/generate", &generate(1 << 20, counting)).await;
+    assert!(body["eval_count"].as_u64().unwrap_or(0) > 96, "{body}");
 }

@@ -5,6 +5,8 @@
 //! - [`sha256_model`] and friends: SHA-256 of model files and directories.
 //! - [`Registry`]: every known model in SQLite (digest, metadata, integrity, usage),
 //!   crash-safe imports.
+//! - [`Modelfile`]: Ollama's recipe for a model made from another (FROM, PARAMETER,
+//!   SYSTEM).
 //! - [`patterns`]: hot/cold models, trends and preload recommendations from the access log.
 //!
 //! This crate reads GGUF headers through `minerva-gguf` and never links llama.cpp; it
@@ -12,14 +14,17 @@
 
 mod hash;
 mod model_id;
+mod modelfile;
 pub mod patterns;
 mod registry;
 mod store;
 
 pub use hash::{digest_bytes, sha256_file, sha256_model};
 pub use model_id::{InvalidModelId, ModelId};
+pub use modelfile::{Modelfile, ModelfileError};
 pub use registry::{
-    AccessEvent, AccessKind, EVENT_RETENTION, HistoryEntry, ImportMode, ImportOptions, Lineage, MAX_EVENTS,
-    ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError, SETTING_KEYS, UnixMillis, now_millis,
+    AUDIT_RETENTION, AccessEvent, AccessKind, AuditEntry, EVENT_RETENTION, HistoryEntry, ImportMode, ImportOptions,
+    Lineage, MAX_EVENTS, ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError, SETTING_KEYS,
+    UnixMillis, now_millis, safetensors_header_summary,
 };
 pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};

@@ -1,7 +1,8 @@
 //! The threads that run loaded models.
 //!
 //! - [`LlmWorker`]: the thread that owns a language model's session and batches its
-//!   generations (continuous batching, prefix KV cache; `scheduler.rs`, `prefix_cache.rs`).
+//!   generations (continuous batching, prefix KV cache, speculative decoding by prompt
+//!   lookup; `scheduler.rs`, `prefix_cache.rs`, `draft.rs`).
 //! - [`embedding`]: the embedding pipeline (batching worker, memory strategies, cache).
 //! - [`pressure`] and [`memory`]: the system memory the workers and the pool adapt to
 //!   (meminfo, cgroups) and the process's own resident memory.
@@ -10,6 +11,7 @@
 //! decides which models are loaded (the pool's job), never speaks HTTP and never
 //! implements a forward pass (the engine's).
 
+mod draft;
 pub mod embedding;
 mod llm_worker;
 pub mod memory;
@@ -19,4 +21,5 @@ mod scheduler;
 mod worker_thread;
 
 pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
-pub use memory::resident_bytes;
+pub use memory::{resident_bytes, return_free_memory};
+pub use scheduler::SchedulerStats;

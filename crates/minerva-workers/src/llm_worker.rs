@@ -8,12 +8,13 @@ use std::sync::mpsc;
 
 use minerva_engine::constraint::Vocabulary;
 use minerva_engine::generate::{GenerateOptions, Generation};
+use minerva_engine::llm::RopeScaling;
 use minerva_engine::{EngineError, KvType, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::worker_thread::JoinOnDrop;
 
-use crate::scheduler::{Job, Scheduler, SchedulerLimits};
+use crate::scheduler::{Job, Scheduler, SchedulerCounters, SchedulerLimits, SchedulerStats};
 
 /// Most sequences llama.cpp allows in one context.
 const MAX_SEQUENCES: usize = 256;
@@ -35,6 +36,17 @@ pub struct LlmWorkerConfig {
     pub prefix_cache_tokens: usize,
     /// Element type of the session's KV cache.
     pub kv_type: KvType,
+    /// Position scaling, which lets `n_ctx` go past the model's training length by its
+    /// factor.
+    pub rope: RopeScaling,
+    /// Longest speculative draft (prompt lookup) per sequence and step; 0 turns
+    /// speculative decoding off.
+    pub draft_max: usize,
+}
+
+impl LlmWorkerConfig {
+    /// Default of [`LlmWorkerConfig::draft_max`].
+    pub const DEFAULT_DRAFT_MAX: usize = 16;
 }
 
 impl LlmWorkerConfig {
@@ -51,6 +63,7 @@ impl LlmWorkerConfig {
             n_seq_max: parallel as u32,
             threads: self.threads,
             kv_type: self.kv_type,
+            rope: self.rope,
         }
     }
 }
@@ -72,6 +85,7 @@ pub struct LlmWorker {
     vocabulary: std::sync::OnceLock<Result<Vocabulary, String>>,
     jobs: mpsc::Sender<Job>,
     n_ctx: u32,
+    stats: Arc<SchedulerCounters>,
     /// The model's own defaults (system prompt, sampling) from the registry.
     settings: minerva_store::ModelSettings,
     /// After `jobs`: the channel closes first, then the thread is joined.
@@ -80,7 +94,8 @@ pub struct LlmWorker {
 
 impl LlmWorker {
     /// Starts the worker thread, which loads the model from `path` and creates its
-    /// session (a request's context capped at the model's training length), and waits
+    /// session (a request's context capped at the model's training length, times the
+    /// RoPE scaling factor), and waits
     /// until it is ready.
     ///
     /// The worker's forward passes share the process's cores with every other model's
@@ -89,11 +104,16 @@ impl LlmWorker {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, inbox) = mpsc::channel::<Job>();
         let path = path.to_owned();
+        let model_name = name.to_owned();
+        let stats = Arc::new(SchedulerCounters::default());
+        let counters = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn(move || {
                 let loaded = minerva_engine::llm::load(&path).and_then(|model| {
-                    let n_ctx = config.n_ctx.min(model.metadata().n_ctx_train.max(1));
+                    let n_ctx = config
+                        .n_ctx
+                        .min(config.rope.context_limit(model.metadata().n_ctx_train));
                     let session = model.new_session(config.session_params(n_ctx))?;
                     Ok((model, session, n_ctx))
                 });
@@ -112,15 +132,26 @@ impl LlmWorker {
                     parallel: params.n_seq_max as usize,
                     n_ctx,
                     kv_cells: params.n_ctx as usize,
+                    draft_max: config.draft_max,
                 };
                 tracing::info!(
                     parallel = limits.parallel,
                     n_ctx,
                     kv_cells = limits.kv_cells,
                     prefix_cache_tokens = config.prefix_cache_tokens,
+                    draft_max = config.draft_max,
                     "language model scheduler started"
                 );
-                Scheduler::new(model, session, limits, config.prefix_cache_tokens, inbox).run();
+                Scheduler::new(
+                    model,
+                    session,
+                    limits,
+                    config.prefix_cache_tokens,
+                    inbox,
+                    counters,
+                    model_name,
+                )
+                .run();
             })
             .map_err(|e| EngineError::Decode(format!("cannot start the model's worker thread: {e}")))?;
         let (model, n_ctx) = ready_rx
@@ -131,6 +162,7 @@ impl LlmWorker {
             vocabulary: std::sync::OnceLock::new(),
             jobs,
             n_ctx,
+            stats,
             settings: minerva_store::ModelSettings::default(),
             _thread: JoinOnDrop::new(Some(thread)),
         })
@@ -166,6 +198,11 @@ impl LlmWorker {
             .map_err(|reason| EngineError::invalid("response_format", reason))
     }
 
+    /// What the scheduler has done so far.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats.snapshot()
+    }
+
     /// Most tokens (prompt plus generated) one request may use.
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
@@ -179,15 +216,49 @@ impl LlmWorker {
         options: GenerateOptions,
     ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
         let (events, receiver) = async_mpsc::unbounded_channel();
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
+        self.send(Job {
             prompt,
             options,
             events,
-        }) {
+            score_from: None,
+        });
+        receiver
+    }
+
+    /// Queues a scoring of `tokens`: the log-probability of each token from index `from`
+    /// on (at least 1), given the ones before it, batched with the other requests. The
+    /// result's `logprobs` hold them in order (nothing is generated).
+    pub fn score(&self, tokens: Vec<TokenId>, from: usize) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        let (events, receiver) = async_mpsc::unbounded_channel();
+        if from == 0 || from >= tokens.len() {
+            let _ = events.send(GenerationEvent::Done(Err(EngineError::invalid(
+                "tokens",
+                "scoring needs at least one token before and one from the scored index",
+            ))));
+            return receiver;
+        }
+        let options = GenerateOptions {
+            max_tokens: 1,
+            stop: Vec::new(),
+            sampling: minerva_engine::sampling::SamplingParams::default(),
+            constraint: None,
+            context_shift: None,
+            n_ctx: None,
+        };
+        self.send(Job {
+            prompt: tokens,
+            options,
+            events,
+            score_from: Some(from),
+        });
+        receiver
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             let _ = job.events.send(GenerationEvent::Done(Err(EngineError::Decode(
                 "the model's worker has stopped".into(),
             ))));
         }
-        receiver
     }
 }

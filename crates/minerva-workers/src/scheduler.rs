@@ -17,13 +17,16 @@
 //! session's cells would slow every forward pass of every running sequence.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
-use minerva_engine::generate::{FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
+use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
 use minerva_engine::llm::{LogitsWanted, SequenceInput, SequenceSnapshot};
+use minerva_engine::sampling::{SampledToken, log_probabilities};
 use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId, compute};
 use tokio::sync::mpsc as async_mpsc;
 
+use crate::draft::{Acceptance, MatchKind, PassCost, best_length, lookup};
 use crate::llm_worker::GenerationEvent;
 use crate::prefix_cache::{PrefixCache, common_prefix};
 
@@ -44,6 +47,9 @@ pub(crate) struct Job {
     pub(crate) prompt: Vec<TokenId>,
     pub(crate) options: GenerateOptions,
     pub(crate) events: async_mpsc::UnboundedSender<GenerationEvent>,
+    /// Score instead of generate: the log-probability of every prompt token from this
+    /// index on, given the ones before it, comes back as the result's `logprobs`.
+    pub(crate) score_from: Option<usize>,
 }
 
 /// How the scheduler shares its session.
@@ -55,6 +61,8 @@ pub(crate) struct SchedulerLimits {
     pub(crate) n_ctx: u32,
     /// KV cells of the session, shared by all sequences.
     pub(crate) kv_cells: usize,
+    /// Longest speculative draft per sequence and step (0: no drafting).
+    pub(crate) draft_max: usize,
 }
 
 /// Where a running sequence is.
@@ -84,12 +92,32 @@ struct Running {
     ready: Option<Vec<f32>>,
     /// The logits after the prompt, kept for the prefix cache.
     prompt_logits: Option<Vec<f32>>,
+    /// After a context shift: how many tokens at the start of `kv` are still the KV of
+    /// `kv` computed from position 0 (the rest attended to tokens since dropped, so no
+    /// other prompt may reuse it).
+    shifted: Option<usize>,
+    /// The request's context shift, when it asked for one.
+    context_shift: Option<ContextShift>,
+    /// The request's context (the session's, or less).
+    n_ctx: usize,
+    /// It may carry speculative drafts: greedy requests only. A sampled one would get
+    /// the same distribution, but its logits would round by the draft lengths chosen
+    /// (which follow the scheduler's timing), and a seed must repeat its output.
+    drafts: bool,
+    /// Its last speculative draft was accepted whole (it is copying a run).
+    in_run: bool,
+    /// A scoring request: the prompt index its scores start at, and the scores so far.
+    score_from: Option<usize>,
+    scores: Vec<SampledToken>,
 }
 
 impl Running {
     /// The tokens this sequence's KV will hold once its prompt is in, and how many of
     /// them are there now.
     fn known_tokens(&self) -> (&[TokenId], usize) {
+        if let Some(kept) = self.shifted {
+            return (&self.kv[..kept], kept);
+        }
         match self.phase {
             Phase::Decode(_) => (&self.kv, self.kv.len()),
             Phase::Prefill | Phase::Waiting { .. } => (&self.prompt, self.kv.len()),
@@ -104,6 +132,11 @@ struct Member {
     from: usize,
     to: usize,
     logits: bool,
+    /// For a decoding sequence: the tokens guessed to follow its next one, verified in
+    /// the same pass.
+    draft: Vec<TokenId>,
+    /// The kind of match the draft came from.
+    kind: Option<MatchKind>,
 }
 
 struct ChannelSink<'a>(&'a async_mpsc::UnboundedSender<GenerationEvent>);
@@ -119,6 +152,69 @@ impl TokenSink for ChannelSink<'_> {
     }
 }
 
+/// What a scheduler has done, counted as it works (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct SchedulerCounters {
+    /// Prompt tokens run through the model (not those whose KV was reused).
+    pub prompt_tokens_evaluated: AtomicU64,
+    /// Context shifts done.
+    pub context_shifts: AtomicU64,
+    /// Speculative draft tokens evaluated.
+    pub draft_tokens: AtomicU64,
+    /// Draft tokens the model chose itself (each saved a pass of its own).
+    pub draft_accepted: AtomicU64,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub prompt_tokens_cached: AtomicU64,
+    /// Requests generating now (a slot each).
+    pub running: AtomicU64,
+    /// Requests queued for a slot or for KV cells.
+    pub waiting: AtomicU64,
+    /// KV cells the running requests hold, and how many the session has.
+    pub kv_cells_used: AtomicU64,
+    pub kv_cells: AtomicU64,
+}
+
+/// A copy of [`SchedulerCounters`].
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SchedulerStats {
+    pub prompt_tokens_evaluated: u64,
+    pub context_shifts: u64,
+    pub draft_tokens: u64,
+    pub draft_accepted: u64,
+    pub prompt_tokens_cached: u64,
+    pub running: u64,
+    pub waiting: u64,
+    pub kv_cells_used: u64,
+    pub kv_cells: u64,
+}
+
+impl SchedulerStats {
+    /// The share of the KV cache the running requests hold (0 to 1).
+    pub fn kv_usage(&self) -> f64 {
+        if self.kv_cells == 0 {
+            0.0
+        } else {
+            (self.kv_cells_used as f64 / self.kv_cells as f64).min(1.0)
+        }
+    }
+}
+
+impl SchedulerCounters {
+    pub(crate) fn snapshot(&self) -> SchedulerStats {
+        SchedulerStats {
+            prompt_tokens_evaluated: self.prompt_tokens_evaluated.load(Ordering::Relaxed),
+            context_shifts: self.context_shifts.load(Ordering::Relaxed),
+            draft_tokens: self.draft_tokens.load(Ordering::Relaxed),
+            draft_accepted: self.draft_accepted.load(Ordering::Relaxed),
+            prompt_tokens_cached: self.prompt_tokens_cached.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_cells_used: self.kv_cells_used.load(Ordering::Relaxed),
+            kv_cells: self.kv_cells.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The batching loop of one model.
 pub(crate) struct Scheduler {
     model: Arc<dyn LanguageModel>,
@@ -130,6 +226,15 @@ pub(crate) struct Scheduler {
     free_seqs: Vec<SeqId>,
     cache: PrefixCache<SequenceSnapshot>,
     next_serial: u64,
+    stats: Arc<SchedulerCounters>,
+    /// The model's name in metrics.
+    name: String,
+    /// How often drafts of each kind are right, and what a pass costs by its tokens.
+    acceptance: Acceptance,
+    pass_cost: PassCost,
+    /// Counts drafts declined, so that a kind of match that stopped paying is tried again
+    /// now and then (its acceptance may have changed).
+    declined: u64,
 }
 
 impl Scheduler {
@@ -141,6 +246,8 @@ impl Scheduler {
         limits: SchedulerLimits,
         prefix_cache_tokens: usize,
         inbox: mpsc::Receiver<Job>,
+        stats: Arc<SchedulerCounters>,
+        name: String,
     ) -> Self {
         let n_seq = session.params().n_seq_max as usize;
         Self {
@@ -153,6 +260,11 @@ impl Scheduler {
             free_seqs: (0..n_seq as u32).rev().map(SeqId).collect(),
             cache: PrefixCache::new(prefix_cache_tokens),
             next_serial: 0,
+            stats,
+            name,
+            acceptance: Acceptance::default(),
+            pass_cost: PassCost::default(),
+            declined: 0,
         }
     }
 
@@ -160,6 +272,7 @@ impl Scheduler {
     pub(crate) fn run(mut self) {
         loop {
             if self.running.is_empty() && self.queue.is_empty() {
+                self.publish_load();
                 // Nothing to do: sleep until a request arrives or the handles are gone.
                 match self.inbox.recv() {
                     Ok(job) => self.enqueue(job),
@@ -173,8 +286,18 @@ impl Scheduler {
             self.admit();
             self.resolve_waiting();
             self.accept_ready();
+            self.publish_load();
             self.step();
         }
+    }
+
+    /// Publishes how busy the model is (running, waiting, KV usage) for `/metrics`.
+    fn publish_load(&self) {
+        let stats = &self.stats;
+        stats.running.store(self.running.len() as u64, Ordering::Relaxed);
+        stats.waiting.store(self.queue.len() as u64, Ordering::Relaxed);
+        stats.kv_cells_used.store(self.cells_in_use() as u64, Ordering::Relaxed);
+        stats.kv_cells.store(self.limits.kv_cells as u64, Ordering::Relaxed);
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -233,6 +356,13 @@ impl Scheduler {
                 events: job.events,
                 ready: None,
                 prompt_logits: None,
+                shifted: None,
+                context_shift: job.options.context_shift,
+                n_ctx: job.options.context(self.limits.n_ctx) as usize,
+                drafts: job.options.sampling.is_greedy() && job.score_from.is_none(),
+                in_run: false,
+                score_from: job.score_from,
+                scores: Vec::new(),
             });
             self.plan_prefix(self.running.len() - 1);
         }
@@ -243,11 +373,14 @@ impl Scheduler {
     /// prefix they share.
     fn plan_prefix(&mut self, index: usize) {
         let prompt_len = self.running[index].prompt.len();
-        // The last prompt token is always evaluated: its logits give the first token.
-        let usable = prompt_len - 1;
+        // The last prompt token is always evaluated: its logits give the first token. A
+        // scoring request evaluates every token whose logits score the next one.
+        let scoring = self.running[index].score_from;
+        let usable = (prompt_len - 1).min(scoring.map_or(usize::MAX, |f| f.saturating_sub(1)));
         let mut found = self.cache.longest_match(&self.running[index].prompt);
         let cached = found.as_ref().map_or(0, |m| m.len.min(usable));
         if let Some(m) = found.as_mut()
+            && scoring.is_none()
             && let Some(logits) = m.logits.take()
             && restore_prefix(self.session.as_mut(), &mut self.running[index], m.state, prompt_len)
         {
@@ -266,9 +399,11 @@ impl Scheduler {
                 shared = Some((i, n, available.min(n)));
             }
         }
+        // A short prefix is recomputed rather than waited for, unless it is the whole
+        // prompt (the choices of `n > 1`, a burst of one request).
         if let Some((leader, n, available)) = shared
             && available < n
-            && n >= cached + MIN_SHARED_PREFIX
+            && (n >= cached + MIN_SHARED_PREFIX || (n == usable && n > cached))
         {
             self.running[index].phase = Phase::Waiting {
                 leader: self.running[leader].serial,
@@ -337,21 +472,61 @@ impl Scheduler {
         }
     }
 
-    /// The step's first forward pass: every decoding sequence's next token and the short
+    /// The step's first forward pass: every decoding sequence's next token (and its
+    /// speculative draft, while the pass and the KV cells have room) and the short
     /// prompt chunks that fit, fewer than [`LARGE_PASS`] tokens in all.
-    fn plan_small_pass(&self) -> Vec<Member> {
+    fn plan_small_pass(&mut self) -> Vec<Member> {
         let mut members = Vec::new();
         let mut used = 0;
+        let decoding = self
+            .running
+            .iter()
+            .filter(|r| matches!(r.phase, Phase::Decode(_)))
+            .count();
+        let mut room = match self.limits.draft_max {
+            0 => 0,
+            _ => (LARGE_PASS - 1)
+                .saturating_sub(decoding)
+                .min(self.limits.kv_cells.saturating_sub(self.cells_in_use())),
+        };
+        let fixed = self.pass_cost.fixed_per_token();
         for (index, r) in self.running.iter().enumerate() {
-            if let Phase::Decode(_) = r.phase {
+            if let Phase::Decode(token) = r.phase {
                 let at = r.kv.len();
+                // A draft of k tokens yields up to k + 1 tokens, all inside the context.
+                let limit = room
+                    .min(if r.drafts { self.limits.draft_max } else { 0 })
+                    .min(r.generator.remaining().saturating_sub(1))
+                    .min(r.n_ctx.saturating_sub(at + 1));
+                let (kind, draft) = match lookup(&r.kv, token, limit) {
+                    Some((ngram, mut candidate)) => {
+                        let kind = MatchKind {
+                            ngram,
+                            in_run: r.in_run,
+                        };
+                        let alpha = self.acceptance.alpha(kind);
+                        let mut k = best_length(alpha, fixed, decoding, candidate.len());
+                        if k == 0 {
+                            self.declined += 1;
+                            if self.declined % 16 == 0 {
+                                k = 1;
+                            }
+                        }
+                        candidate.truncate(k);
+                        (Some(kind).filter(|_| k > 0), candidate)
+                    }
+                    None => (None, Vec::new()),
+                };
+                room -= draft.len();
+                used += 1 + draft.len();
                 members.push(Member {
                     index,
                     from: at,
-                    to: at + 1,
+                    to: at + 1 + draft.len(),
                     logits: true,
+                    draft,
+                    kind,
                 });
-                used += 1;
             }
         }
         for (index, r) in self.running.iter().enumerate() {
@@ -369,6 +544,8 @@ impl Scheduler {
                 from: r.kv.len(),
                 to: r.prompt.len(),
                 logits: true,
+                draft: Vec::new(),
+                kind: None,
             });
         }
         members
@@ -393,6 +570,8 @@ impl Scheduler {
                     from,
                     to,
                     logits: to == r.prompt.len(),
+                    draft: Vec::new(),
+                    kind: None,
                 }]
             })
             .unwrap_or_default()
@@ -402,6 +581,7 @@ impl Scheduler {
     /// Each pass and the sampling from its logits take one turn of the process's cores
     /// ([`compute::exclusive`]): no other model's pass runs beside this model's sampling.
     fn step(&mut self) {
+        self.shift_full_contexts();
         let small = self.plan_small_pass();
         if !small.is_empty() {
             compute::exclusive(|| self.forward(small));
@@ -418,35 +598,54 @@ impl Scheduler {
             return;
         }
         let running = &self.running;
-        let next_tokens: Vec<TokenId> = members
+        // A decoding sequence evaluates its next token, then its draft.
+        let decode_tokens: Vec<Vec<TokenId>> = members
             .iter()
             .map(|m| match running[m.index].phase {
-                Phase::Decode(token) => token,
-                _ => 0,
+                Phase::Decode(token) => std::iter::once(token).chain(m.draft.iter().copied()).collect(),
+                _ => Vec::new(),
             })
             .collect();
         let inputs: Vec<SequenceInput<'_>> = members
             .iter()
-            .zip(&next_tokens)
-            .map(|(m, token)| {
+            .zip(&decode_tokens)
+            .map(|(m, tokens)| {
                 let r = &running[m.index];
                 SequenceInput {
                     seq: r.seq,
                     tokens: match r.phase {
-                        Phase::Decode(_) => std::slice::from_ref(token),
+                        Phase::Decode(_) => tokens,
                         _ => &r.prompt[m.from..m.to],
                     },
                     start_pos: m.from as u32,
-                    logits: if m.logits {
-                        LogitsWanted::Last
-                    } else {
-                        LogitsWanted::None
+                    logits: match (m.logits, m.draft.is_empty()) {
+                        // A scoring prompt: a row after every token from the one before
+                        // the first scored.
+                        _ if r.score_from.is_some() && r.phase == Phase::Prefill => {
+                            let first = r.score_from.unwrap_or(0).saturating_sub(1);
+                            if m.to > first {
+                                LogitsWanted::From(first.saturating_sub(m.from))
+                            } else {
+                                LogitsWanted::None
+                            }
+                        }
+                        (false, _) => LogitsWanted::None,
+                        (true, true) => LogitsWanted::Last,
+                        // A row after every token: each verifies the draft token after it.
+                        (true, false) => LogitsWanted::From(0),
                     },
                 }
             })
             .collect();
+        let pass_tokens: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+        let started = std::time::Instant::now();
         let rows = match self.session.decode(&inputs) {
-            Ok(rows) => rows,
+            Ok(rows) => {
+                if pass_tokens < LARGE_PASS {
+                    self.pass_cost.record(pass_tokens, started.elapsed().as_secs_f64());
+                }
+                rows
+            }
             Err(EngineError::ContextOverflow { .. }) => {
                 self.make_room();
                 return;
@@ -468,11 +667,76 @@ impl Scheduler {
             }
         };
         let mut finished = Vec::new();
+        // Sequences whose draft was cut short, and the length their KV keeps.
+        let mut trims = Vec::new();
         for (member, row) in members.iter().zip(&rows) {
             let r = &mut self.running[member.index];
             match r.phase {
-                Phase::Decode(token) => r.kv.push(token),
-                _ => r.kv.extend_from_slice(&r.prompt[member.from..member.to]),
+                Phase::Decode(token) => {
+                    r.kv.push(token);
+                    let mut sink = ChannelSink(&r.events);
+                    // Row i follows the token and the first i draft tokens: sample from it,
+                    // and go on while what the model chose is the next draft token.
+                    let mut accepted = 0;
+                    loop {
+                        match r.generator.accept(self.model.as_ref(), row[accepted], &mut sink) {
+                            Step::Continue(next) if member.draft.get(accepted) == Some(&next) => {
+                                r.kv.push(next);
+                                accepted += 1;
+                            }
+                            Step::Continue(next) => {
+                                r.phase = Phase::Decode(next);
+                                break;
+                            }
+                            Step::Finished(reason) => {
+                                finished.push((member.index, reason));
+                                break;
+                            }
+                        }
+                    }
+                    r.in_run = !member.draft.is_empty() && accepted == member.draft.len();
+                    if let Some(kind) = member.kind {
+                        self.acceptance.record(kind, member.draft.len(), accepted);
+                        self.stats
+                            .draft_tokens
+                            .fetch_add(member.draft.len() as u64, Ordering::Relaxed);
+                        self.stats.draft_accepted.fetch_add(accepted as u64, Ordering::Relaxed);
+                        metrics::counter!("minerva_draft_tokens_total", "model" => self.name.clone())
+                            .increment(member.draft.len() as u64);
+                        metrics::counter!("minerva_draft_accepted_tokens_total", "model" => self.name.clone())
+                            .increment(accepted as u64);
+                        if accepted < member.draft.len() {
+                            trims.push((member.index, r.seq, r.kv.len() as u32));
+                        }
+                    }
+                    continue;
+                }
+                _ => {
+                    r.kv.extend_from_slice(&r.prompt[member.from..member.to]);
+                    let n = (member.to - member.from) as u64;
+                    self.stats.prompt_tokens_evaluated.fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!("minerva_prompt_tokens_evaluated_total", "model" => self.name.clone())
+                        .increment(n);
+                }
+            }
+            if let Some(from) = r.score_from {
+                // Row i follows prompt position `first + i`: it scores the token after it.
+                let first = member.from.max(from.saturating_sub(1));
+                for (i, logits) in row.iter().enumerate() {
+                    let Some(&token) = r.prompt.get(first + i + 1) else {
+                        break;
+                    };
+                    let (logprob, _) = log_probabilities(logits, token, 0);
+                    r.scores.push(SampledToken {
+                        token,
+                        logprob,
+                        top: Vec::new(),
+                    });
+                }
+                if member.to == r.prompt.len() {
+                    finished.push((member.index, FinishReason::Stop));
+                }
+                continue;
             }
             if !member.logits {
                 continue;
@@ -487,9 +751,50 @@ impl Scheduler {
             }
         }
         drop(rows);
+        for (index, seq, len) in trims {
+            if let Err(e) = self.session.truncate_sequence(seq, len) {
+                // A cache that cannot drop a tail: no more drafting, and this generation,
+                // whose KV now holds rejected tokens, ends here.
+                tracing::warn!(error = %e, "a rejected draft cannot be dropped; drafting is off for this model");
+                self.limits.draft_max = 0;
+                if !finished.iter().any(|&(i, _)| i == index) {
+                    finished.push((index, FinishReason::Length));
+                }
+            }
+        }
         finished.sort_unstable_by_key(|&(index, _)| std::cmp::Reverse(index));
         for (index, reason) in finished {
             self.finish(index, reason);
+        }
+    }
+
+    /// Context shift for every decoding sequence whose next token would not fit its
+    /// context (only those whose request asked for it reach this point: the others end
+    /// with `length` first).
+    fn shift_full_contexts(&mut self) {
+        let mut failed = Vec::new();
+        for (index, r) in self.running.iter_mut().enumerate() {
+            let (Phase::Decode(_), Some(shift)) = (r.phase, r.context_shift) else {
+                continue;
+            };
+            if r.kv.len() < r.n_ctx {
+                continue;
+            }
+            let (n_keep, n_discard) = shift.plan(r.kv.len(), r.n_ctx);
+            match self.session.shift_sequence(r.seq, n_keep as u32, n_discard as u32) {
+                Ok(()) => {
+                    r.kv.drain(n_keep..n_keep + n_discard);
+                    r.shifted = Some(r.shifted.unwrap_or(n_keep).min(n_keep));
+                    self.stats.context_shifts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("minerva_context_shifts_total", "model" => self.name.clone()).increment(1);
+                    tracing::debug!(seq = r.seq.0, n_keep, n_discard, "context shift");
+                }
+                Err(e) => failed.push((index, e)),
+            }
+        }
+        for (index, e) in failed.into_iter().rev() {
+            tracing::warn!(error = %e, "context shift failed; the generation ends here");
+            self.finish(index, FinishReason::Length);
         }
     }
 
@@ -504,11 +809,18 @@ impl Scheduler {
     /// Removes sequence `index`, reports its result, keeps a snapshot of its KV in the
     /// prefix cache and frees its cells.
     fn finish(&mut self, index: usize, reason: FinishReason) {
-        let r = self.running.remove(index);
+        let mut r = self.running.remove(index);
         let mut sink = ChannelSink(&r.events);
-        let generation = r.generator.finish(reason, &mut sink);
+        let mut generation = r.generator.finish(reason, &mut sink);
+        if r.score_from.is_some() {
+            generation.logprobs = std::mem::take(&mut r.scores);
+        }
+        self.stats
+            .prompt_tokens_cached
+            .fetch_add(generation.cached_tokens as u64, Ordering::Relaxed);
         let _ = r.events.send(GenerationEvent::Done(Ok(generation)));
-        if self.cache.wants(&r.kv) {
+        // A shifted sequence's KV is no longer what its tokens give from position 0.
+        if r.shifted.is_none() && self.cache.wants(&r.kv) {
             match self.session.save_sequence(r.seq) {
                 Ok(snapshot) => {
                     let prompt_logits = r.prompt_logits.map(|logits| (r.prompt.len(), logits));

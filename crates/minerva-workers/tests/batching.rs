@@ -51,12 +51,19 @@ fn reference_model() -> &'static dyn LanguageModel {
 /// Every core per forward pass: the tests of this binary take turns on them through the
 /// engine's compute budget.
 fn worker(parallel: usize, prefix_cache_tokens: usize) -> LlmWorker {
+    drafting_worker(parallel, prefix_cache_tokens, 0)
+}
+
+/// [`worker`] with speculative drafts of up to `draft_max` tokens.
+fn drafting_worker(parallel: usize, prefix_cache_tokens: usize, draft_max: usize) -> LlmWorker {
     let config = LlmWorkerConfig {
         n_ctx: 2048,
         threads: minerva_engine::compute::default_threads(),
         parallel,
         prefix_cache_tokens,
         kv_type: minerva_engine::KvType::F16,
+        rope: minerva_engine::llm::RopeScaling::Model,
+        draft_max,
     };
     LlmWorker::start(&model_path(), config, MODEL).expect("the worker starts")
 }
@@ -65,6 +72,8 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     }
@@ -81,6 +90,7 @@ const REFERENCE_SESSION: SessionParams = SessionParams {
     n_seq_max: 2,
     threads: 1,
     kv_type: minerva_engine::KvType::F16,
+    rope: minerva_engine::llm::RopeScaling::Model,
 };
 
 /// What one generation alone in its own session (of the kind a worker batches in)
@@ -298,5 +308,66 @@ fn a_burst_sharing_a_prefix_computes_it_once_and_matches_the_uncached_output() {
     );
     for (prompt, result) in prompts.iter().zip(&results) {
         assert_greedy_alone(prompt, result, options.max_tokens);
+    }
+}
+
+/// A prompt whose continuation copies from it: a passage, then the instruction to repeat it.
+fn copy_prompt() -> Vec<TokenId> {
+    let passage = "The lighthouse keeper climbed the spiral stairs every evening at dusk, \
+        carrying a lantern, a logbook and a flask of tea. From the top he could see the \
+        fishing boats returning to the harbour, the gulls circling the cliffs, and the \
+        lights of the town coming on one by one along the bay.";
+    tokens(&format!(
+        "<|im_start|>user\nRepeat this text word for word:\n\n{passage}<|im_end|>\n<|im_start|>assistant\n"
+    ))
+}
+
+#[test]
+fn speculative_drafts_change_no_token_and_save_passes_on_a_copy() {
+    let options = greedy(64);
+    let prompt = copy_prompt();
+    let plain = collect(worker(1, 0).submit(prompt.clone(), options.clone())).0;
+    let drafting = drafting_worker(1, 0, 16);
+    let (speculative, streamed) = collect(drafting.submit(prompt.clone(), options.clone()));
+    // A draft is verified in a pass of several tokens, whose products round differently
+    // from one token's (by ~0.01 in logits): the output is the greedy one, the same as
+    // without drafts except where two tokens tie within rounding.
+    assert_greedy_alone(&prompt, &speculative, options.max_tokens);
+    let same = speculative
+        .tokens
+        .iter()
+        .zip(&plain.tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "speculative and plain agree on {same} of {} tokens",
+        speculative.tokens.len().max(plain.tokens.len())
+    );
+    assert_eq!(streamed, speculative.text);
+    // How long the drafts are depends on the passes' timing (a draft is as long as pays,
+    // and a busy machine times passes loosely); that copied text is drafted, and drafted
+    // right, does not.
+    let stats = drafting.stats();
+    assert!(
+        stats.draft_tokens > 0 && stats.draft_accepted * 3 >= stats.draft_tokens * 2,
+        "a copy's drafts should be mostly right: {stats:?} for {} tokens",
+        speculative.tokens.len()
+    );
+    assert!(stats.draft_accepted <= stats.draft_tokens);
+    eprintln!("{} tokens, drafts {stats:?}", speculative.tokens.len());
+
+    // Batched with other generations, drafts and all, each still matches its greedy run.
+    let mut prompts = mixed_prompts();
+    prompts.push(copy_prompt());
+    let options = greedy(24);
+    let drafting = drafting_worker(prompts.len(), 0, 16);
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| drafting.submit(p.clone(), options.clone()))
+        .collect();
+    for (prompt, events) in prompts.iter().zip(receivers) {
+        let (batched, streamed) = collect(events);
+        assert_greedy_alone(prompt, &batched, options.max_tokens);
+        assert_eq!(streamed, batched.text);
     }
 }

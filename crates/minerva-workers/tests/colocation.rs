@@ -35,6 +35,8 @@ fn worker(id: &str) -> LlmWorker {
         parallel: 1,
         prefix_cache_tokens: 0,
         kv_type: minerva_engine::KvType::F16,
+        rope: minerva_engine::llm::RopeScaling::Model,
+        draft_max: 0,
     };
     LlmWorker::start(&model_path(id), config, id).expect("the worker starts")
 }
@@ -47,6 +49,8 @@ fn greedy() -> GenerateOptions {
     GenerateOptions {
         max_tokens: MAX_TOKENS,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: vec![],
         sampling: SamplingParams::default(),
     }

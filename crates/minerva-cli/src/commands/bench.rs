@@ -41,8 +41,14 @@ pub struct Args {
 }
 
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
     if args.repetitions < 3 {
-        bail!("--repetitions must be at least 3 so that the median means something");
+        eprintln!(
+            "note: {} repetition(s): no median to speak of, one run's figure",
+            args.repetitions
+        );
     }
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be positive");
@@ -136,6 +142,7 @@ pub fn speed(model: &dyn LanguageModel, test: &SpeedTest, on_run: &mut dyn FnMut
             n_seq_max: 1,
             threads: test.threads,
             kv_type: test.kv_type,
+            rope: minerva_engine::llm::RopeScaling::Model,
         })
     };
     let n_vocab = model.metadata().n_vocab;
@@ -144,7 +151,9 @@ pub fn speed(model: &dyn LanguageModel, test: &SpeedTest, on_run: &mut dyn FnMut
         .map(|_| rng.random_range(0..n_vocab) as TokenId)
         .collect();
     let first_token = model.metadata().bos_token.unwrap_or(prompt[0]);
-    let mut session = session_for(test.prompt_tokens, test.prompt_tokens)?;
+    // Batches of at most 2048 tokens, as llama-bench's default `-b 2048` (and micro-batches
+    // of 512, the session's): the buffers are sized for a batch, not for the whole prompt.
+    let mut session = session_for(test.prompt_tokens, test.prompt_tokens.min(PREFILL_BATCH))?;
     let mut prefill = Vec::new();
     for run in 0..=test.repetitions {
         let seconds = time_prefill(session.as_mut(), &prompt)?;
@@ -165,16 +174,14 @@ pub fn speed(model: &dyn LanguageModel, test: &SpeedTest, on_run: &mut dyn FnMut
     Ok(Speed { prefill, decode })
 }
 
-/// Seconds to evaluate `prompt` as one batch on an empty cache.
+/// Most prompt tokens one prefill batch carries.
+const PREFILL_BATCH: u32 = 2048;
+
+/// Seconds to evaluate `prompt` in the session's batches on an empty cache.
 fn time_prefill(session: &mut dyn Session, prompt: &[TokenId]) -> Result<f64> {
     session.free_sequence(SeqId(0));
     let started = Instant::now();
-    session.decode(&[SequenceInput {
-        seq: SeqId(0),
-        tokens: prompt,
-        start_pos: 0,
-        logits: LogitsWanted::Last,
-    }])?;
+    minerva_engine::generate::prefill(session, SeqId(0), prompt)?;
     Ok(started.elapsed().as_secs_f64())
 }
 

@@ -309,6 +309,8 @@ async fn serve_one(pool: &ModelPool, model: &ModelId) -> Result<()> {
             let options = GenerateOptions {
                 max_tokens: 4,
                 constraint: None,
+                context_shift: None,
+                n_ctx: None,
                 stop: Vec::new(),
                 sampling: SamplingParams::default(),
             };

@@ -10,7 +10,7 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 pub struct ServerArgs {
     /// Base URL of the server.
     #[arg(long, env = "MINERVA_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// API key, when the server requires one (`minerva stop` needs an admin key).
     #[arg(long, env = "MINERVA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -38,7 +38,7 @@ pub struct StopArgs {
 }
 
 impl ServerArgs {
-    fn request(&self, client: &Client, method: reqwest::Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, client: &Client, method: reqwest::Method, path: &str) -> RequestBuilder {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let request = client.request(method, url);
         match &self.api_key {
@@ -67,7 +67,7 @@ fn check(response: Response) -> Result<Response> {
     bail!("server answered {status}: {message}")
 }
 
-fn send(request: RequestBuilder, url: &str) -> Result<Response> {
+pub(crate) fn send(request: RequestBuilder, url: &str) -> Result<Response> {
     check(
         request
             .send()
@@ -180,7 +180,7 @@ pub fn stop(args: StopArgs) -> Result<()> {
 }
 
 /// "4 minutes from now", as `ollama ps` says it.
-fn from_now(seconds: u64) -> String {
+pub(crate) fn from_now(seconds: u64) -> String {
     let (n, unit) = match seconds {
         0 => return "now".to_owned(),
         s if s < 60 => (s, "second"),
@@ -203,5 +203,92 @@ mod tests {
         assert_eq!(from_now(299), "4 minutes from now");
         assert_eq!(from_now(3600), "1 hour from now");
         assert_eq!(from_now(3 * 86_400 + 5), "3 days from now");
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ExperimentArgs {
+    #[command(subcommand)]
+    action: ExperimentAction,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum ExperimentAction {
+    /// Weights and figures per variant, with 95 % confidence intervals of the differences.
+    Status { name: String },
+    /// Send all of the experiment's traffic to one variant (admin key).
+    Promote { name: String, variant: String },
+    /// Restore the weights before the last promote or change (admin key).
+    Rollback { name: String },
+}
+
+/// `minerva experiment status|promote|rollback NAME`.
+pub fn experiment(args: ExperimentArgs) -> Result<()> {
+    let client = client()?;
+    let url = &args.server.url;
+    let (method, path, body) = match &args.action {
+        ExperimentAction::Status { name } => (reqwest::Method::GET, format!("/v1/experiments/{name}"), None),
+        ExperimentAction::Promote { name, variant } => (
+            reqwest::Method::POST,
+            format!("/v1/experiments/{name}/promote"),
+            Some(serde_json::json!({ "variant": variant })),
+        ),
+        ExperimentAction::Rollback { name } => (
+            reqwest::Method::POST,
+            format!("/v1/experiments/{name}/rollback"),
+            Some(serde_json::json!({})),
+        ),
+    };
+    let mut request = args.server.request(&client, method, &path);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let status: serde_json::Value = send(request, url)?.json().context("reading the server's answer")?;
+    print_experiment(&status);
+    Ok(())
+}
+
+fn print_experiment(status: &serde_json::Value) {
+    println!("experiment {}", status["name"].as_str().unwrap_or("?"));
+    let ci = |v: &serde_json::Value| match (v["difference"].as_f64(), v["ci95"][0].as_f64(), v["ci95"][1].as_f64()) {
+        (Some(d), Some(lo), Some(hi)) => format!("{d:+.4} [{lo:+.4}, {hi:+.4}]"),
+        _ => "-".to_owned(),
+    };
+    let mean = |v: &serde_json::Value| match v["n"].as_u64() {
+        Some(n) if n > 0 => format!("{:.4}", v["mean"].as_f64().unwrap_or(0.0)),
+        _ => "-".to_owned(),
+    };
+    println!("{:<28} {:>7} {:>9} {:>7}", "variant", "weight", "requests", "errors");
+    let variants = status["variants"].as_array().cloned().unwrap_or_default();
+    for v in &variants {
+        println!(
+            "{:<28} {:>6.1}% {:>9} {:>7}",
+            v["variant"].as_str().unwrap_or("?"),
+            v["weight"].as_f64().unwrap_or(0.0) * 100.0,
+            v["requests"].as_u64().unwrap_or(0),
+            v["errors"].as_u64().unwrap_or(0),
+        );
+    }
+    // One table per figure: its mean per variant and the difference from the first
+    // variant with its 95 % confidence interval.
+    for (figure, key, versus) in [
+        ("latency s", "latency_seconds", "latency_vs_first"),
+        ("ttft s", "ttft_seconds", "ttft_vs_first"),
+        ("tokens/s", "tokens_per_second", "tokens_per_second_vs_first"),
+        ("feedback", "feedback", "feedback_vs_first"),
+    ] {
+        println!();
+        println!("{:<28} {:>7} {:>12} {:>30}", figure, "n", "mean", "vs first (95% CI)");
+        for v in &variants {
+            println!(
+                "{:<28} {:>7} {:>12} {:>30}",
+                v["variant"].as_str().unwrap_or("?"),
+                v[key]["n"].as_u64().unwrap_or(0),
+                mean(&v[key]),
+                ci(&v[versus]),
+            );
+        }
     }
 }

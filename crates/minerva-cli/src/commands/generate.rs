@@ -82,6 +82,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         n_seq_max: 1,
         threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
         kv_type: minerva_engine::KvType::F16,
+        rope: minerva_engine::llm::RopeScaling::Model,
     })?;
     let options = options(&args);
     let mut stdout = std::io::stdout().lock();
@@ -126,6 +127,8 @@ fn options(args: &Args) -> GenerateOptions {
     GenerateOptions {
         max_tokens: args.max_tokens,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop: args.stop.clone(),
         sampling: SamplingParams {
             temperature: args.temperature,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod bench;
 pub mod bench_embed;
 pub mod bench_pool;
@@ -15,4 +16,6 @@ pub mod quantize;
 pub mod serve;
 pub mod settings;
 pub mod tokenize;
+pub mod top;
+pub mod tune;
 pub mod verify;

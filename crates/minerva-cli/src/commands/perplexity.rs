@@ -38,6 +38,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         n_seq_max: 1,
         threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
         kv_type: minerva_engine::KvType::F16,
+        rope: minerva_engine::llm::RopeScaling::Model,
     })?;
     let bar = progress::bar(0, "perplexity");
     let report = perplexity(

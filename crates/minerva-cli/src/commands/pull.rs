@@ -92,7 +92,9 @@ pub struct RmArgs {
 pub fn rm(store: &ModelStore, args: RmArgs) -> Result<()> {
     let registry = model_arg::registry(store)?;
     for name in &args.names {
-        registry.remove(store, name)?;
+        // `NAME:latest` removes `NAME`, whichever spelling is stored.
+        let name = store.canonical(name);
+        registry.remove(store, &name)?;
         println!("removed {name}");
     }
     Ok(())

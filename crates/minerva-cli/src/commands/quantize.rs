@@ -165,6 +165,7 @@ fn quality_report(
         n_seq_max: 1,
         threads,
         kv_type: KvType::F16,
+        rope: minerva_engine::llm::RopeScaling::Model,
     };
     let mut base_session = base.new_session(params.clone())?;
     let mut quant_session = quant.new_session(params)?;

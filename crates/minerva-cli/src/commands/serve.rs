@@ -113,6 +113,11 @@ pub struct Settings {
     /// Generations each language model runs at once, batched together [default: 16].
     #[arg(long, env = "MINERVA_PARALLEL")]
     parallel: Option<usize>,
+    /// Longest speculative draft (prompt lookup: tokens guessed from the prompt and the
+    /// reply so far, verified in one pass) per generation and step; 0 turns speculative
+    /// decoding off [default: 16].
+    #[arg(long, env = "MINERVA_DRAFT_MAX")]
+    draft_max: Option<usize>,
     /// Prompt tokens whose KV each language model keeps for reuse, 0 for none [default: 4096].
     #[arg(long, env = "MINERVA_PREFIX_CACHE_TOKENS")]
     prefix_cache_tokens: Option<usize>,
@@ -130,11 +135,45 @@ pub struct Settings {
     /// model's `embedding_dtype` setting overrides it [default: f32].
     #[arg(long, env = "MINERVA_EMBEDDING_DTYPE")]
     embedding_dtype: Option<String>,
+    /// Let generations go on past the context: when one fills it, keep the first tokens
+    /// (a request's `n_keep`, else the BOS), drop the oldest half of the rest and go on,
+    /// as llama-server's --context-shift; a request's `context_shift` overrides it.
+    #[arg(long, env = "MINERVA_CONTEXT_SHIFT")]
+    #[serde(default)]
+    context_shift: bool,
+    /// No per-request histograms, `/metrics` recorder or dashboard figures (to measure
+    /// what they cost; `/metrics` is then empty).
+    #[arg(long)]
+    #[serde(default)]
+    no_monitoring: bool,
+    /// Log each finished generation's prompt and output (JSON lines, a file per UTC day)
+    /// in this directory. Off by default: no other log holds prompts or outputs.
+    #[arg(long, env = "MINERVA_REQUEST_LOG")]
+    request_log: Option<PathBuf>,
+    /// Days the request log keeps; older day files are deleted [default: 7].
+    #[arg(long, env = "MINERVA_REQUEST_LOG_DAYS")]
+    request_log_days: Option<u32>,
     /// Refuse pulls (`/api/pull`, `/v1/models/pull`): the server never touches the
     /// network (also MINERVA_OFFLINE=1).
     #[arg(long)]
     #[serde(default)]
     offline: bool,
+    /// `[aliases]` of the config file (only there): names that serve a model.
+    #[arg(skip)]
+    #[serde(default)]
+    aliases: Option<toml::Value>,
+    /// `[routes.NAME]` of the config file (only there): fallback chains.
+    #[arg(skip)]
+    #[serde(default)]
+    routes: Option<toml::Value>,
+    /// `[backends.NAME]` of the config file (only there): remote OpenAI-compatible servers.
+    #[arg(skip)]
+    #[serde(default)]
+    backends: Option<toml::Value>,
+    /// `[experiments.NAME]` of the config file (only there): A/B splits.
+    #[arg(skip)]
+    #[serde(default)]
+    experiments: Option<toml::Value>,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +181,10 @@ pub struct Args {
     /// TOML file with any of the settings below.
     #[arg(long, env = "MINERVA_CONFIG")]
     config: Option<PathBuf>,
+    /// Export each request's spans over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 (`/v1/traces` is added to a URL without a path).
+    #[arg(long, env = "MINERVA_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     settings: Settings,
 }
@@ -175,11 +218,20 @@ impl Settings {
             embedding_cache_ttl: self.embedding_cache_ttl.or(file.embedding_cache_ttl),
             embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
             parallel: self.parallel.or(file.parallel),
+            draft_max: self.draft_max.or(file.draft_max),
             prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
             truncation: self.truncation.or(file.truncation),
             kv_type: self.kv_type.or(file.kv_type),
             embedding_dtype: self.embedding_dtype.or(file.embedding_dtype),
             offline: self.offline || file.offline,
+            aliases: file.aliases,
+            routes: file.routes,
+            backends: file.backends,
+            experiments: file.experiments,
+            context_shift: self.context_shift || file.context_shift,
+            no_monitoring: self.no_monitoring || file.no_monitoring,
+            request_log: self.request_log.or(file.request_log),
+            request_log_days: self.request_log_days.or(file.request_log_days),
         }
     }
 
@@ -243,6 +295,14 @@ impl Settings {
                 None => defaults.truncation,
                 Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--truncation: {e}"))?,
             },
+            context_shift: self.context_shift,
+            monitoring: !self.no_monitoring,
+            request_log: self
+                .request_log
+                .map(|dir| minerva_server::request_log::RequestLogConfig {
+                    dir,
+                    retention_days: self.request_log_days.unwrap_or(7),
+                }),
             pull: {
                 let mut pull = minerva_pull::PullOptions::from_env();
                 pull.offline |= self.offline;
@@ -269,6 +329,10 @@ impl Settings {
             pool.keep_alive = keep_alive.parse()?;
         }
         pool.parallel = parallel;
+        if let Some(draft_max) = self.draft_max {
+            anyhow::ensure!(draft_max <= 32, "--draft-max {draft_max}: at most 32");
+            pool.draft_max = draft_max;
+        }
         if let Some(kv_type) = &self.kv_type {
             pool.kv_type = kv_type.parse().map_err(|e| anyhow::anyhow!("--kv-type: {e}"))?;
         }
@@ -298,10 +362,17 @@ fn parse_bytes(text: &str) -> Result<u64> {
 }
 
 pub fn run(store: ModelStore, args: Args) -> Result<()> {
-    let file = match &args.config {
+    // The file given, else `$MINERVA_HOME/minerva.toml` when there is one.
+    let config_path = args.config.clone().or_else(|| {
+        let default = store.root().parent()?.join("minerva.toml");
+        default.is_file().then_some(default)
+    });
+    let file = match &config_path {
         Some(path) => Settings::read(path)?,
         None => Settings::default(),
     };
+    // Aliases and fallback chains, checked against the store before the server starts.
+    let routing = minerva_server::routing::Routing::load(config_path, store.clone())?;
     let settings = args.settings.over(file);
     let preload = settings.preload_config()?;
     let (config, pool_config) = settings.into_configs()?;
@@ -330,7 +401,10 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
         if let Some(preload) = preload {
             preload::spawn(Arc::clone(&pool), preload);
         }
-        let state = minerva_server::state(config, pool);
+        let mut state = minerva_server::state(config, pool);
+        state.routing = Arc::new(routing);
+        minerva_server::reload_on_sighup(Arc::clone(&state.routing));
+        minerva_server::routing::spawn_health_checks(Arc::clone(&state.routing));
         minerva_server::serve(listener, state, minerva_server::shutdown_signal()).await?;
         Ok(())
     })
@@ -339,6 +413,41 @@ pub fn run(store: ModelStore, args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's full configuration example is a file the server takes as it is.
+    #[test]
+    fn the_readmes_configuration_example_is_valid() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let start = readme
+            .find("# $MINERVA_HOME/minerva.toml")
+            .expect("the example is in the README");
+        let end = start + readme[start..].find("```").unwrap();
+        let example = &readme[start..end];
+        let settings: Settings = toml::from_str(example).unwrap();
+        assert!(settings.aliases.is_some() && settings.routes.is_some());
+        let (server, pool) = settings.into_configs().unwrap();
+        assert_eq!(pool.kv_type, minerva_engine::KvType::Q8_0);
+        assert_eq!(server.admin_api_keys, ["ops-key"]);
+        let dir = tempfile::tempdir().unwrap();
+        for model in ["smollm2-135m-instruct", "gemma-3-270m"] {
+            std::fs::write(dir.path().join(format!("{model}.gguf")), b"GGUF").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("all-minilm-l6-v2")).unwrap();
+        std::fs::write(dir.path().join("all-minilm-l6-v2/model.safetensors"), b"").unwrap();
+        let store = ModelStore::new(dir.path().to_owned());
+        // The key's variable must be set when the file is read: one every process has.
+        let example = example.replace("BIG_API_KEY", "PATH");
+        minerva_pull::install_crypto_provider();
+        let table = minerva_server::routing::RouteTable::parse(&example, Path::new("minerva.toml"), &store).unwrap();
+        assert_eq!(
+            (
+                table.routes().count(),
+                table.backends().count(),
+                table.experiments().count()
+            ),
+            (5, 1, 1)
+        );
+    }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_the_defaults() {

@@ -15,14 +15,24 @@ pub struct ConfigArgs {
     /// The model.
     name: ModelId,
     /// `key=value` to set, `key=` to go back to the server's default; none to list. Keys:
-    /// num_ctx, parallel, kv_type, system, temperature, top_p, top_k, embedding_dtype.
+    /// num_ctx, parallel, threads, draft_max, kv_type, rope_scaling, rope_factor,
+    /// system, template, keep_alive, pinned, temperature, top_p, top_k, embedding_dtype.
     settings: Vec<String>,
 }
 
+impl ConfigArgs {
+    /// Whether the command sets settings (rather than listing them).
+    pub fn changes(&self) -> bool {
+        !self.settings.is_empty()
+    }
+}
+
 pub fn config(store: &ModelStore, args: ConfigArgs) -> Result<()> {
+    // `NAME:latest` and `NAME` are one model, whichever spelling is stored.
+    let name = store.canonical(&args.name);
     let registry = model_arg::registry(store)?;
-    registry.check(store, &args.name)?;
-    let mut settings = registry.settings(&args.name)?;
+    registry.check(store, &name)?;
+    let mut settings = registry.settings(&name)?;
     for pair in &args.settings {
         let (key, value) = pair
             .split_once('=')
@@ -30,18 +40,29 @@ pub fn config(store: &ModelStore, args: ConfigArgs) -> Result<()> {
         settings.set(key.trim(), Some(value))?;
     }
     if !args.settings.is_empty() {
-        registry.set_settings(&args.name, &settings)?;
+        check_template(&settings)?;
+        registry.set_settings(&name, &settings)?;
     }
     let mut out = std::io::stdout().lock();
     let pairs = settings.pairs();
     if pairs.is_empty() {
-        writeln!(out, "{} uses the server's defaults", args.name)?;
+        writeln!(out, "{} uses the server's defaults", name)?;
     }
     for (key, value) in pairs {
         writeln!(out, "{key} = {value:?}")?;
     }
     if !args.settings.is_empty() {
-        writeln!(out, "(in effect when {} next loads)", args.name)?;
+        writeln!(out, "(in effect when {} next loads)", name)?;
+    }
+    Ok(())
+}
+
+/// Refuses a `template` setting that is not a Jinja chat template (an Ollama Go template
+/// pasted in, say) before it is stored.
+pub fn check_template(settings: &minerva_store::ModelSettings) -> Result<()> {
+    if let Some(template) = &settings.template {
+        minerva_engine::chat::ChatTemplate::new(template, "", "")
+            .context("template: not a Jinja chat template (Ollama's Go templates are not supported)")?;
     }
     Ok(())
 }
@@ -56,12 +77,14 @@ pub struct ShowArgs {
 }
 
 pub fn show(store: &ModelStore, args: ShowArgs) -> Result<()> {
+    // `NAME:latest` and `NAME` are one model, whichever spelling is stored.
+    let name = store.canonical(&args.name);
     let registry = model_arg::registry(store)?;
-    let record = registry.check(store, &args.name)?;
-    let settings = registry.settings(&args.name)?;
-    let lineage = registry.lineage(&args.name)?;
-    let history = registry.history(&args.name)?;
-    let entry = store.resolve(&args.name)?;
+    let record = registry.check(store, &name)?;
+    let settings = registry.settings(&name)?;
+    let lineage = registry.lineage(&name)?;
+    let history = registry.history(&name)?;
+    let entry = store.resolve(&name)?;
     let gguf = minerva_gguf::inspect(&entry.path).ok();
     let report: Option<serde_json::Value> = lineage
         .as_ref()
@@ -153,11 +176,12 @@ pub struct TagArgs {
 }
 
 pub fn tag(store: &ModelStore, args: TagArgs) -> Result<()> {
+    let source = store.canonical(&args.source);
     let registry = model_arg::registry(store)?;
-    let record = registry.tag(store, &args.source, &args.target)?;
+    let record = registry.tag(store, &source, &args.target)?;
     println!(
         "{} now points at sha256:{} (the file of {})",
-        args.target, record.sha256, args.source
+        args.target, record.sha256, source
     );
     Ok(())
 }
@@ -169,15 +193,17 @@ pub struct NameArgs {
 }
 
 pub fn history(store: &ModelStore, args: NameArgs) -> Result<()> {
+    // `NAME:latest` and `NAME` are one model, whichever spelling is stored.
+    let name = store.canonical(&args.name);
     let registry = model_arg::registry(store)?;
-    let history = registry.history(&args.name)?;
+    let history = registry.history(&name)?;
     if history.is_empty() {
         bail!(
             "{} has no recorded history (it was found in the models directory, not imported)",
-            args.name
+            name
         );
     }
-    let current = registry.record(&args.name)?.map(|r| r.sha256);
+    let current = registry.record(&name)?.map(|r| r.sha256);
     for h in history {
         let mark = if current.as_deref() == Some(h.sha256.as_str()) {
             "*"
@@ -190,8 +216,10 @@ pub fn history(store: &ModelStore, args: NameArgs) -> Result<()> {
 }
 
 pub fn rollback(store: &ModelStore, args: NameArgs) -> Result<()> {
+    // `NAME:latest` and `NAME` are one model, whichever spelling is stored.
+    let name = store.canonical(&args.name);
     let registry = model_arg::registry(store)?;
-    let record = registry.rollback(store, &args.name)?;
-    println!("{} points at sha256:{} again", args.name, record.sha256);
+    let record = registry.rollback(store, &name)?;
+    println!("{} points at sha256:{} again", name, record.sha256);
     Ok(())
 }

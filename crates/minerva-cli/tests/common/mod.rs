@@ -2,6 +2,7 @@
 
 //! What the CLI's end-to-end tests share: running the binary and reading its JSON.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// The `minerva` binary under test with `args`.
@@ -19,4 +20,24 @@ pub fn json(output: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+/// Runs `minerva` with `args` on the models directory under `home` (`MINERVA_HOME`).
+pub fn run_in(home: &Path, args: &[&str]) -> Output {
+    let mut command = minerva_command(args);
+    command.env("MINERVA_HOME", home);
+    command.output().expect("minerva runs")
+}
+
+/// A temporary `MINERVA_HOME` whose models directory holds hard links to `files` of the
+/// default models directory (no copy of the weights).
+pub fn home_with(files: &[&str]) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let defaults = Path::new(&std::env::var_os("HOME").unwrap()).join(".local/share/minerva/models");
+    for file in files {
+        std::fs::hard_link(defaults.join(file), models.join(file)).unwrap();
+    }
+    home
 }

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, RopeScalingType};
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
 use super::{
-    LanguageModel, LogitsWanted, ModelMetadata, SeqId, SequenceInput, SequenceSnapshot, Session, SessionParams, TokenId,
+    LanguageModel, LogitsWanted, ModelMetadata, RopeScaling, SeqId, SequenceInput, SequenceSnapshot, Session,
+    SessionParams, TokenId,
 };
 use crate::{EngineError, Result, gguf};
 
@@ -45,7 +46,15 @@ static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
 pub struct LlamaCppModel {
     model: Arc<LlamaModel>,
     metadata: ModelMetadata,
+    /// Whether llama.cpp can move this model's keys to other positions (context shift):
+    /// not for position encodings with several positions per token (M-RoPE and its kin),
+    /// where it aborts the process instead of failing (`llama_kv_cache::get_can_shift`).
+    can_shift: bool,
 }
+
+/// Architectures whose keys llama.cpp cannot shift whatever their RoPE type (per-layer
+/// rotary dimensions).
+const UNSHIFTABLE: &[&str] = &["step35"];
 
 impl LlamaCppModel {
     /// Validates `path` and loads it.
@@ -72,8 +81,14 @@ impl LlamaCppModel {
             chat_template: info.chat_template.clone(),
         };
         tracing::info!(path = %path.display(), arch = %metadata.architecture, params = metadata.parameters, "loaded GGUF model");
+        let can_shift = !UNSHIFTABLE.contains(&metadata.architecture.as_str())
+            && !matches!(
+                model.rope_type(),
+                Some(RopeType::MRope | RopeType::IMRope | RopeType::Vision)
+            );
         Ok(Self {
             model: Arc::new(model),
+            can_shift,
             metadata,
         })
     }
@@ -123,6 +138,16 @@ impl LanguageModel for LlamaCppModel {
             .with_n_threads_batch(threads)
             .with_type_k(kv_cache_type(params.kv_type))
             .with_type_v(kv_cache_type(params.kv_type));
+        let context_params = match params.rope {
+            RopeScaling::Model => context_params,
+            RopeScaling::Linear(factor) => context_params
+                .with_rope_scaling_type(RopeScalingType::Linear)
+                .with_rope_freq_scale(1.0 / factor),
+            // The original context (`yarn_orig_ctx`) defaults to the trained one.
+            RopeScaling::Yarn(factor) => context_params
+                .with_rope_scaling_type(RopeScalingType::Yarn)
+                .with_rope_freq_scale(1.0 / factor),
+        };
         let context = {
             let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.model
@@ -137,6 +162,7 @@ impl LanguageModel for LlamaCppModel {
             context,
             batch: LlamaBatch::new(params.n_batch as usize, params.n_seq_max as i32),
             params,
+            can_shift: self.can_shift,
             _model: Arc::clone(&self.model),
         }))
     }
@@ -147,6 +173,7 @@ struct LlamaCppSession {
     context: LlamaContext<'static>,
     batch: LlamaBatch<'static>,
     params: SessionParams,
+    can_shift: bool,
     _model: Arc<LlamaModel>,
 }
 
@@ -224,6 +251,37 @@ impl Session for LlamaCppSession {
         let _ = self
             .context
             .copy_kv_cache_seq(src.0 as i32, dst.0 as i32, Some(0), Some(len));
+    }
+
+    fn shift_sequence(&mut self, seq: SeqId, n_keep: u32, n_discard: u32) -> Result<()> {
+        if n_discard == 0 {
+            return Ok(());
+        }
+        if !self.can_shift {
+            return Err(EngineError::Decode(
+                "this model's positions cannot be shifted (context shift)".into(),
+            ));
+        }
+        let id = seq.0 as i32;
+        let end = n_keep + n_discard;
+        let fail = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| {
+            EngineError::Decode(format!("cannot shift sequence {}: {e}", seq.0))
+        };
+        self.context
+            .kv_cache_seq_rm(id, Some(n_keep), Some(end))
+            .map_err(fail)?;
+        // The keys are re-rotated lazily, on the next decode.
+        self.context
+            .kv_cache_seq_add(id, Some(end), None, -(n_discard as i32))
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    fn truncate_sequence(&mut self, seq: SeqId, len: u32) -> Result<()> {
+        // Fails for caches that cannot drop a tail (recurrent models).
+        self.context
+            .kv_cache_seq_rm(seq.0 as i32, Some(len), None)
+            .map_err(|e| EngineError::Decode(format!("cannot trim sequence {}: {e}", seq.0)))
     }
 
     fn save_sequence(&self, seq: SeqId) -> Result<SequenceSnapshot> {

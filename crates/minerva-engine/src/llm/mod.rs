@@ -100,6 +100,51 @@ impl std::str::FromStr for KvType {
     }
 }
 
+/// How positions are scaled to stretch a model past the context it was trained with
+/// (llama.cpp's `--rope-scaling` and `--rope-scale`): a factor of 2 reads a context twice
+/// the trained length. `Linear` squeezes every position by the factor; `Yarn` scales the
+/// frequencies unevenly (and the attention's temperature), which keeps short-range
+/// attention sharper, and is what most long-context releases are tuned for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum RopeScaling {
+    /// The model's own (no scaling, or the scaling its file declares).
+    #[default]
+    Model,
+    /// Linear position interpolation by this factor (> 1).
+    Linear(f32),
+    /// YaRN by this factor (> 1).
+    Yarn(f32),
+}
+
+impl RopeScaling {
+    /// Reads a setting: `none` (the model's own), or `linear` / `yarn` with `factor`.
+    pub fn from_setting(kind: Option<&str>, factor: Option<f64>) -> std::result::Result<Self, String> {
+        let factor = factor.unwrap_or(1.0) as f32;
+        match kind {
+            None | Some("none") => Ok(Self::Model),
+            Some(_) if !(factor > 1.0 && factor <= 64.0) => {
+                Err(format!("rope_factor {factor} must be above 1 and at most 64"))
+            }
+            Some("linear") => Ok(Self::Linear(factor)),
+            Some("yarn") => Ok(Self::Yarn(factor)),
+            Some(other) => Err(format!("{other:?} is not a RoPE scaling: use none, linear or yarn")),
+        }
+    }
+
+    /// How many times the trained context the model may read.
+    pub fn factor(self) -> f32 {
+        match self {
+            Self::Model => 1.0,
+            Self::Linear(f) | Self::Yarn(f) => f,
+        }
+    }
+
+    /// The longest context a model trained on `n_ctx_train` tokens is given.
+    pub fn context_limit(self, n_ctx_train: u32) -> u32 {
+        (f64::from(n_ctx_train.max(1)) * f64::from(self.factor())).min(f64::from(u32::MAX)) as u32
+    }
+}
+
 /// How a [`Session`] is sized.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionParams {
@@ -113,6 +158,8 @@ pub struct SessionParams {
     pub threads: usize,
     /// Element type of the KV cache (keys and values alike).
     pub kv_type: KvType,
+    /// Position scaling past the trained context.
+    pub rope: RopeScaling,
 }
 
 /// Which logits a [`SequenceInput`] wants back.
@@ -175,6 +222,16 @@ pub trait Session: Send {
     /// nothing yet): the shared cells are not recomputed, and in a unified KV cache not
     /// even duplicated. `dst` then continues at position `len`.
     fn copy_sequence(&mut self, src: SeqId, dst: SeqId, len: u32);
+
+    /// Context shift: forgets positions `n_keep .. n_keep + n_discard` of `seq` and moves
+    /// the later ones back by `n_discard`, so a generation can go on past the context
+    /// (llama.cpp's `--context-shift`). The moved keys are rotated to their new positions;
+    /// what they attended to before stays baked into their values.
+    fn shift_sequence(&mut self, seq: SeqId, n_keep: u32, n_discard: u32) -> Result<()>;
+
+    /// Forgets every position of `seq` from `len` on (a rejected speculative draft), so
+    /// the sequence continues at position `len`.
+    fn truncate_sequence(&mut self, seq: SeqId, len: u32) -> Result<()>;
 
     /// Copies a sequence's KV state out of the session, into host memory.
     fn save_sequence(&self, seq: SeqId) -> Result<SequenceSnapshot>;

@@ -76,6 +76,7 @@ pub fn session(model: &dyn LanguageModel, n_ctx: u32) -> Box<dyn Session> {
             n_seq_max: 1,
             threads: threads(),
             kv_type: minerva_engine::KvType::F16,
+            rope: minerva_engine::llm::RopeScaling::Model,
         })
         .unwrap()
 }

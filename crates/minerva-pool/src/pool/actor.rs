@@ -202,6 +202,9 @@ impl<L: Loader> Actor<L> {
     fn wait_for_room(&mut self, w: Waiter<L::Model>) {
         let reason = if matches!(w.purpose, Purpose::Preload(_)) {
             "a preload never waits"
+        } else if !w.protect.is_empty() {
+            // A route's fallback: another model may serve; it never holds up the queue.
+            "a fallback that must not displace the routes' first models never waits"
         } else if self.queue.len() >= self.config.max_waiting {
             "the queue for memory is full"
         } else {
@@ -215,7 +218,10 @@ impl<L: Loader> Actor<L> {
     /// Starts the load of `w`'s model when room can be made now; returns `w` otherwise.
     fn try_load(&mut self, w: Waiter<L::Model>) -> Option<Waiter<L::Model>> {
         let needed = w.footprint.total();
-        match self.state.make_room(&w.id, needed, &self.config, &w.purpose) {
+        match self
+            .state
+            .make_room(&w.id, needed, &self.config, &w.purpose, &w.protect)
+        {
             Room::Never => {
                 let err = PoolError::TooLarge {
                     id: w.id.clone(),
@@ -242,8 +248,9 @@ impl<L: Loader> Actor<L> {
             };
             if let Some(w) = self.place(w, true) {
                 let needed = w.footprint.total();
+                let protect = w.protect.clone();
                 self.queue.push_front(w);
-                self.state.choose_drain(needed, &self.config);
+                self.state.choose_drain(needed, &self.config, &protect);
                 return;
             }
         }
@@ -357,7 +364,10 @@ impl<L: Loader> Actor<L> {
         let leases = e.leases;
         let mut expires = None;
         if leases == 0 {
-            if e.keep_alive == KeepAlive::For(Duration::ZERO) && !e.pinned {
+            if e.pinned {
+                // Pinned: never unloaded for idleness, whatever keep-alive a request gave.
+                e.idle_deadline = None;
+            } else if e.keep_alive == KeepAlive::For(Duration::ZERO) {
                 self.to_free.extend(self.state.evict(&id, EvictionReason::Idle));
             } else {
                 e.idle_deadline = e.keep_alive.deadline(Instant::now());
@@ -405,7 +415,7 @@ impl<L: Loader> Actor<L> {
             keep_alive: self.config.keep_alive,
             idle_deadline: None,
             unused_preload: matches!(w.purpose, Purpose::Preload(_)),
-            pinned: self.config.pinned.contains(&id),
+            pinned: self.config.pinned.contains(&id) || w.footprint.pinned,
             phase: Phase::Loading(vec![w]),
         };
         self.state.entries.insert(id.clone(), entry);
@@ -529,7 +539,7 @@ impl<L: Loader> Actor<L> {
             .state
             .entries
             .iter()
-            .filter(|(_, e)| e.leases == 0 && e.idle_deadline.is_some_and(|d| d <= now))
+            .filter(|(_, e)| e.leases == 0 && !e.pinned && e.idle_deadline.is_some_and(|d| d <= now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {

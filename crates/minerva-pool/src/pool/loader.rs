@@ -11,7 +11,9 @@ use std::time::SystemTime;
 
 use super::{PoolConfig, PoolError};
 use crate::estimate::{Footprint, SessionShape, estimate};
+use crate::keep_alive::KeepAlive;
 use minerva_engine::embed::EmbeddingDtype;
+use minerva_engine::llm::RopeScaling;
 use minerva_store::Registry;
 use minerva_store::{ModelFormat, ModelId, ModelSettings, ModelStore};
 use minerva_workers::embedding::{EmbeddingService, EmbeddingServiceConfig};
@@ -114,15 +116,24 @@ impl ModelLoader {
     }
 
     /// The worker and session shape for model `id`: the pool's, with the model's own
-    /// context size, parallel sequences and KV type where its settings give them.
-    fn worker_for(&self, id: &ModelId) -> (LlmWorkerConfig, SessionShape) {
-        let settings = self.settings(id);
+    /// context size, parallel sequences, KV type and RoPE scaling where its `settings`
+    /// give them.
+    fn worker_for(&self, id: &ModelId, settings: &ModelSettings) -> (LlmWorkerConfig, SessionShape) {
         let embedding_dtype = settings
             .embedding_dtype
             .as_deref()
             .and_then(|t| t.parse().ok())
             .unwrap_or(self.shape.embedding_dtype);
-        if settings.num_ctx.is_none() && settings.parallel.is_none() && settings.kv_type.is_none() {
+        let rope =
+            RopeScaling::from_setting(settings.rope_scaling.as_deref(), settings.rope_factor).unwrap_or_else(|e| {
+                tracing::warn!(model = %id, error = %e, "ignoring the model's RoPE scaling");
+                RopeScaling::Model
+            });
+        if settings.num_ctx.is_none()
+            && settings.parallel.is_none()
+            && settings.kv_type.is_none()
+            && rope == RopeScaling::Model
+        {
             return (
                 self.worker,
                 SessionShape {
@@ -134,11 +145,14 @@ impl ModelLoader {
         let worker = LlmWorkerConfig {
             n_ctx: settings.num_ctx.unwrap_or(self.worker.n_ctx),
             parallel: settings.parallel.unwrap_or(self.worker.parallel),
+            draft_max: settings.draft_max.unwrap_or(self.worker.draft_max),
+            threads: settings.threads.unwrap_or(self.worker.threads),
             kv_type: settings
                 .kv_type
                 .as_deref()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(self.worker.kv_type),
+            rope,
             ..self.worker
         };
         let shape = SessionShape {
@@ -155,10 +169,21 @@ impl Loader for ModelLoader {
 
     fn footprint(&self, id: &ModelId, budget: u64) -> Result<Footprint, PoolError> {
         let entry = self.store.resolve(id)?;
-        let (worker, shape) = self.worker_for(id);
+        let settings = self.settings(id);
+        let (worker, shape) = self.worker_for(id, &settings);
+        let keep_alive = settings.keep_alive.as_deref().and_then(|k| {
+            KeepAlive::parse(k)
+                .inspect_err(|e| tracing::warn!(model = %id, error = %e, "ignoring the model's keep_alive"))
+                .ok()
+        });
+        let residency = |footprint: Footprint| Footprint {
+            keep_alive,
+            pinned: settings.pinned.unwrap_or(false),
+            ..footprint
+        };
         let full = estimate(&entry, shape)?;
         if full.total() <= budget || entry.format != ModelFormat::Gguf {
-            return Ok(full);
+            return Ok(residency(full));
         }
         // Too big as configured: the largest smaller session that fits, else the smallest
         // (which the pool then refuses with what it needs).
@@ -182,7 +207,7 @@ impl Loader for ModelLoader {
                 break;
             }
         }
-        Ok(smallest)
+        Ok(residency(smallest))
     }
 
     fn load(&self, id: &ModelId, footprint: &Footprint) -> Result<(LoadedModel, u64), PoolError> {
@@ -195,7 +220,8 @@ impl Loader for ModelLoader {
         let before = resident_bytes();
         let model = match entry.format {
             ModelFormat::Gguf => {
-                let (configured, _) = self.worker_for(id);
+                let settings = self.settings(id);
+                let (configured, _) = self.worker_for(id, &settings);
                 let worker = match footprint.shape {
                     // The session the estimate planned: as many sequences, requests of at
                     // most as many tokens as it has cells.
@@ -206,7 +232,7 @@ impl Loader for ModelLoader {
                     },
                     None => configured,
                 };
-                let worker = LlmWorker::start(&entry.path, worker, id.as_str())?.with_settings(self.settings(id));
+                let worker = LlmWorker::start(&entry.path, worker, id.as_str())?.with_settings(settings);
                 LoadedModel::Llm(Arc::new(worker))
             }
             ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
@@ -271,5 +297,7 @@ pub(super) fn worker_config(config: &PoolConfig) -> LlmWorkerConfig {
         parallel: config.parallel,
         prefix_cache_tokens: config.prefix_cache_tokens,
         kv_type: config.kv_type,
+        rope: RopeScaling::Model,
+        draft_max: config.draft_max,
     }
 }

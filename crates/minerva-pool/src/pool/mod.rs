@@ -96,6 +96,9 @@ pub struct PoolConfig {
     pub max_waiting: usize,
     /// Longest wait for room.
     pub wait_timeout: Duration,
+    /// Longest speculative draft (prompt lookup) per sequence and step of a language
+    /// model whose settings give none; 0 turns speculative decoding off.
+    pub draft_max: usize,
 }
 
 impl PoolConfig {
@@ -127,6 +130,7 @@ impl PoolConfig {
             pinned: Vec::new(),
             max_waiting: 64,
             wait_timeout: Duration::from_secs(60),
+            draft_max: minerva_workers::LlmWorkerConfig::DEFAULT_DRAFT_MAX,
         }
     }
 
@@ -187,10 +191,13 @@ pub enum PoolError {
 }
 
 /// How a caller uses the model it acquires.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AcquireOptions {
     /// The request's keep-alive; the pool's default when `None`.
     pub keep_alive: Option<KeepAlive>,
+    /// Idle models this load must not evict to make room (a fallback never displaces the
+    /// models routes serve first).
+    pub protect: Vec<ModelId>,
 }
 
 /// Loads models on demand under a memory budget and evicts them by policy.
@@ -368,7 +375,12 @@ impl<L: Loader> ModelPool<L> {
         let waiter = Waiter {
             id: id.clone(),
             purpose,
-            keep_alive: options.keep_alive.unwrap_or(self.config.keep_alive),
+            // The request's, else the model's own setting, else the pool's.
+            keep_alive: options
+                .keep_alive
+                .or(footprint.keep_alive)
+                .unwrap_or(self.config.keep_alive),
+            protect: options.protect,
             footprint,
             deadline: Instant::now() + self.config.wait_timeout,
             counted: false,

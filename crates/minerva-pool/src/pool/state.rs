@@ -22,6 +22,8 @@ pub(super) struct Waiter<M> {
     pub id: ModelId,
     pub purpose: Purpose,
     pub keep_alive: KeepAlive,
+    /// Models its load must not evict.
+    pub protect: Vec<ModelId>,
     pub footprint: Footprint,
     pub deadline: Instant,
     /// Counted already as a hit, a miss or a preload.
@@ -138,7 +140,14 @@ impl<M> State<M> {
     /// Evicts idle models by policy so that `needed` more bytes fit (or, under a count
     /// policy, one more model). When the idle models together would not make enough room,
     /// none leaves: the request waits for a lease to end.
-    pub fn make_room(&mut self, id: &ModelId, needed: u64, config: &PoolConfig, purpose: &Purpose) -> Room<M> {
+    pub fn make_room(
+        &mut self,
+        id: &ModelId,
+        needed: u64,
+        config: &PoolConfig,
+        purpose: &Purpose,
+        protect: &[ModelId],
+    ) -> Room<M> {
         let Some(shortfall) = self.shortfall(needed, config) else {
             return Room::Never;
         };
@@ -149,7 +158,7 @@ impl<M> State<M> {
             Purpose::Request => None,
             Purpose::Preload(displace) => Some(displace),
         };
-        let candidates = self.candidates(displace, false);
+        let candidates = self.candidates(displace, false, protect);
         let Some(victims) = config.policy.victims(candidates, shortfall, self.credit_floor) else {
             return Room::NotNow;
         };
@@ -166,12 +175,12 @@ impl<M> State<M> {
     /// `needed` bytes: they take no new lease until they have left. Empty when even all
     /// of them would not make room (pinned models hold it): the request then waits for
     /// its timeout or an unload.
-    pub fn choose_drain(&mut self, needed: u64, config: &PoolConfig) {
+    pub fn choose_drain(&mut self, needed: u64, config: &PoolConfig, protect: &[ModelId]) {
         self.draining.clear();
         let Some(shortfall) = self.shortfall(needed, config) else {
             return;
         };
-        let candidates = self.candidates(None, true);
+        let candidates = self.candidates(None, true, protect);
         if let Some(victims) = config.policy.victims(candidates, shortfall, self.credit_floor) {
             let victims: Vec<ModelId> = victims.into_iter().cloned().collect();
             self.draining.extend(victims);
@@ -180,16 +189,17 @@ impl<M> State<M> {
 
     /// The idle, unpinned, loaded model the policy evicts first.
     pub fn idle_victim(&self, policy: &EvictionPolicy) -> Option<ModelId> {
-        policy.victim(self.candidates(None, false).into_iter()).cloned()
+        policy.victim(self.candidates(None, false, &[]).into_iter()).cloned()
     }
 
-    /// The unpinned, loaded models that may leave (only idle ones unless `in_use`); for a
-    /// preload, only those of `displace`.
-    fn candidates(&self, displace: Option<&Displace>, in_use: bool) -> Vec<Candidate<'_>> {
+    /// The unpinned, loaded models that may leave (only idle ones unless `in_use`), none of
+    /// `protect`; for a preload, only those of `displace`.
+    fn candidates(&self, displace: Option<&Displace>, in_use: bool, protect: &[ModelId]) -> Vec<Candidate<'_>> {
         let hotness = |id: &ModelId| self.stats.get(id).map_or(0, |s| s.hits + s.misses);
         self.entries
             .iter()
             .filter(|(_, e)| (in_use || e.leases == 0) && !e.pinned && matches!(e.phase, Phase::Ready(_)))
+            .filter(|(id, _)| !protect.contains(id))
             .filter(|(id, _)| match displace {
                 None => true,
                 Some(Displace::UsedLessThan(max)) => hotness(id) < *max,

@@ -1,5 +1,5 @@
 //! A local server that imitates a Hugging Face hub, an Ollama registry and a file server,
-//! with faults on request: a connection dropped mid-file, a lying hash, a 404.
+//! with faults on request: a connection dropped or stalled mid-file, a lying hash, a 404.
 //! Shared by the pull tests and the server's pull endpoint tests.
 
 #![allow(dead_code)]
@@ -14,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 /// One file the hub serves.
@@ -46,6 +47,9 @@ pub struct HubState {
     pub manifests: Mutex<HashMap<String, HubFile>>,
     /// The next download of a file (by SHA-256) stops after this many bytes.
     pub drop_after: Mutex<HashMap<String, u64>>,
+    /// The next download of a file (by SHA-256) sends this many bytes, then nothing more:
+    /// the connection stays open, as a stalled network's does.
+    pub stall_after: Mutex<HashMap<String, u64>>,
     /// Every file request: (path, Range header).
     pub downloads: Mutex<Vec<(String, Option<String>)>>,
     /// Every request path.
@@ -131,6 +135,14 @@ impl FakeHub {
 
     pub fn drop_next_download_after(&self, file: &HubFile, bytes: u64) {
         self.state.drop_after.lock().unwrap().insert(file.sha256.clone(), bytes);
+    }
+
+    pub fn stall_next_download_after(&self, file: &HubFile, bytes: u64) {
+        self.state
+            .stall_after
+            .lock()
+            .unwrap()
+            .insert(file.sha256.clone(), bytes);
     }
 
     pub fn downloads(&self) -> Vec<(String, Option<String>)> {
@@ -277,14 +289,19 @@ fn serve(state: &HubState, path: &str, file: Option<HubFile>, headers: &HeaderMa
     }
     let from = start.unwrap_or(0);
     let stop_at = state.drop_after.lock().unwrap().remove(&file.sha256);
+    let stall_at = state.stall_after.lock().unwrap().remove(&file.sha256);
     let bytes = file.bytes.clone();
-    let end = stop_at.map_or(len, |n| (from + n).min(len));
+    let end = stop_at.or(stall_at).map_or(len, |n| (from + n).min(len));
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (from..end)
         .step_by(1 << 20)
         .map(|at| Ok(bytes[at as usize..(at + (1 << 20)).min(end) as usize].to_vec()))
         .chain(stop_at.map(|_| Err(std::io::Error::other("connection dropped on purpose"))))
         .collect();
-    let body = Body::from_stream(futures_util::stream::iter(chunks));
+    let chunks = futures_util::stream::iter(chunks);
+    let body = match stall_at {
+        None => Body::from_stream(chunks),
+        Some(_) => Body::from_stream(chunks.chain(futures_util::stream::pending())),
+    };
     let mut response = Response::builder()
         .header(header::CONTENT_LENGTH, len - from)
         .header(header::ACCEPT_RANGES, "bytes");

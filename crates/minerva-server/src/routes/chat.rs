@@ -2,23 +2,25 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use minerva_engine::chat::{ChatMessage, ChatTemplate};
+use minerva_engine::chat::ChatMessage;
+use minerva_engine::generate::Generation;
 use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
-use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use super::generation::{self, ContextFields, Prepared, SamplingFields, StopSpec, StreamOptions};
 use super::stream::{self, StreamPiece};
 use super::structured::{self, GrammarFields};
+use super::timing;
 use super::tools::{self, ToolCallIn, ToolFields, Tools};
 use super::truncation::{self, Truncated, Truncation};
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::ApiJsonRaw;
 use crate::state::AppState;
 
 /// Most choices per request.
 const MAX_CHOICES: u32 = 8;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     model: String,
     messages: Vec<MessageIn>,
@@ -38,6 +40,8 @@ pub struct ChatRequest {
     grammar: GrammarFields,
     #[serde(flatten)]
     tools: ToolFields,
+    #[serde(flatten)]
+    context: ContextFields,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
     /// Minerva's extension: what a conversation longer than the context gets (`error`,
@@ -45,7 +49,7 @@ pub struct ChatRequest {
     truncation: Option<Truncation>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub(super) struct MessageIn {
     role: String,
     content: Option<Content>,
@@ -56,14 +60,14 @@ pub(super) struct MessageIn {
 }
 
 /// A message's content: a string, or a list of parts of which only text is supported.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Part {
     #[serde(rename = "type")]
     kind: String,
@@ -129,7 +133,23 @@ impl MessageIn {
 pub async fn chat_completions(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
-    ApiJson(req): ApiJson<ChatRequest>,
+    headers: axum::http::HeaderMap,
+    ApiJsonRaw(req, raw): ApiJsonRaw<ChatRequest>,
+) -> Result<Response, ApiError> {
+    // An alias, a fallback chain, an experiment or a remote backend picks what serves
+    // (each attempt with the request's copy; a remote one gets the body as it came).
+    let name = req.model.clone();
+    crate::routing::serve_openai(&state, &headers, raw, &name, "/chat/completions", |model| {
+        chat_completions_on(state.clone(), scope.clone(), ChatRequest { model, ..req.clone() })
+    })
+    .await
+}
+
+/// The request on the model it names.
+async fn chat_completions_on(
+    state: AppState,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
+    req: ChatRequest,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let (n, top_logprobs) = check_request(&req)?;
@@ -157,7 +177,9 @@ pub async fn chat_completions(
         top_logprobs,
     )?;
 
+    let mut clock = timing::Clock::start();
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    clock.model_ready();
     generation::apply_settings(&lease, req.sampling.given(), &mut options);
     // The model's own system prompt first, so that offering tools does not hide it.
     generation::apply_system(&lease, &mut messages);
@@ -167,7 +189,9 @@ pub async fn chat_completions(
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }
-    let template = ChatTemplate::for_model(lease.model())?;
+    // Template, tokenizing and the checks: no await in between.
+    let prepare = tracing::info_span!("prepare").entered();
+    let template = generation::chat_template(&lease)?;
     let (prompt, truncated) = truncation::fit(
         lease.model(),
         &template,
@@ -176,32 +200,45 @@ pub async fn chat_completions(
         options.max_tokens,
         req.truncation.unwrap_or(state.config.truncation),
     )?;
-    let prepared = Prepared { lease, prompt, options };
+    options.context_shift = req.context.shift(&state, lease.model(), &prompt, "n_keep")?;
+    let mut prepared = Prepared::new(&state, "chat", lease, prompt, options, clock);
     generation::check_context(&prepared, "messages")?;
     generation::check_sampling(&prepared)?;
+    prepared.clock.prepared();
+    drop(prepare);
     let slot = state.admission.admit().await?;
+    prepared.clock.admitted();
+    let clock = prepared.clock;
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     if req.stream && tools.is_none() {
-        return Ok(stream_chat(
+        let mut response = stream_chat(
             prepared,
             slot,
             req.model,
             include_usage,
             top_logprobs.is_some(),
             truncated,
-        ));
+        );
+        clock.set_header(&mut response, None);
+        return Ok(response);
     }
-    let mut reply = complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some(), tools.as_ref()).await?;
+    let (mut reply, first) =
+        complete_choices(&state, &prepared, req.model, n, top_logprobs.is_some(), tools.as_ref()).await?;
     drop(slot);
+    reply["timings"] = clock.timings(&first, prepared.prompt.len());
     if let Some(truncated) = truncated {
         reply["truncation"] = serde_json::json!(truncated);
     }
     if req.stream {
         // With tools the reply is known to be a call or text only at its end: it is
         // generated whole, then sent as the chunks a client assembles.
-        return Ok(stream_reply(&reply, include_usage));
+        let mut response = stream_reply(&reply, include_usage);
+        clock.set_header(&mut response, Some(&first));
+        return Ok(response);
     }
-    Ok(axum::Json(reply).into_response())
+    let mut response = axum::Json(reply).into_response();
+    clock.set_header(&mut response, Some(&first));
+    Ok(response)
 }
 
 /// The messages of a request as the template sees them.
@@ -341,14 +378,10 @@ async fn complete_choices(
     n: u32,
     want_logprobs: bool,
     tools: Option<&Tools>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<(serde_json::Value, Generation), ApiError> {
     let id = generation::response_id("chatcmpl");
     let runs = (0..n).map(|index| {
-        let mut prepared_i = Prepared {
-            lease: prepared.lease.clone(),
-            prompt: prepared.prompt.clone(),
-            options: prepared.options.clone(),
-        };
+        let mut prepared_i = prepared.clone();
         // Distinct choices need distinct random streams; a seed keeps them reproducible.
         prepared_i.options.sampling.seed = prepared.options.sampling.seed.map(|s| s.wrapping_add(u64::from(index)));
         async move { generation::complete(state, &prepared_i).await }
@@ -382,7 +415,7 @@ async fn complete_choices(
             "finish_reason": finish,
         }));
     }
-    Ok(serde_json::json!({
+    let reply = serde_json::json!({
         "id": id,
         "object": "chat.completion",
         "created": generation::created(),
@@ -390,5 +423,10 @@ async fn complete_choices(
         "choices": choices,
         "usage": generation::usage(prepared.prompt.len(), completion_tokens, cached_tokens),
         "system_fingerprint": null,
-    }))
+    });
+    let first = generations
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("no choice was generated".into()))?;
+    Ok((reply, first))
 }

@@ -7,17 +7,18 @@ use minerva_engine::{LanguageModel, TokenId};
 use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
-use super::generation::{self, Prepared, SamplingFields, StopSpec, StreamOptions};
+use super::generation::{self, ContextFields, Prepared, SamplingFields, StopSpec, StreamOptions};
 use super::stream::{self, StreamPiece};
 use super::structured::{self, GrammarFields};
+use super::timing;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::ApiJsonRaw;
 use crate::state::AppState;
 
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 16;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     model: String,
     prompt: PromptSpec,
@@ -35,12 +36,14 @@ pub struct CompletionRequest {
     n: Option<u32>,
     #[serde(flatten)]
     grammar: GrammarFields,
+    #[serde(flatten)]
+    context: ContextFields,
     /// Ollama's extension: how long the model stays loaded after this request.
     keep_alive: Option<KeepAlive>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of those.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum PromptSpec {
     Text(String),
@@ -52,7 +55,23 @@ enum PromptSpec {
 pub async fn completions(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    headers: axum::http::HeaderMap,
+    ApiJsonRaw(req, raw): ApiJsonRaw<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    // An alias, a fallback chain, an experiment or a remote backend picks what serves
+    // (each attempt with the request's copy; a remote one gets the body as it came).
+    let name = req.model.clone();
+    crate::routing::serve_openai(&state, &headers, raw, &name, "/completions", |model| {
+        completions_on(state.clone(), scope.clone(), CompletionRequest { model, ..req.clone() })
+    })
+    .await
+}
+
+/// The request on the model it names.
+async fn completions_on(
+    state: AppState,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
+    req: CompletionRequest,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     if req.n.is_some_and(|n| n != 1) {
@@ -69,38 +88,61 @@ pub async fn completions(
         req.stop,
         req.logprobs,
     )?;
+    let mut clock = timing::Clock::start();
     let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    clock.model_ready();
     generation::apply_settings(&lease, req.sampling.given(), &mut options);
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }
+    // Tokenizing and the checks: no await in between.
+    let prepare = tracing::info_span!("prepare").entered();
     let prompts = prompt_tokens(&state, lease.model(), req.prompt)?;
     if req.stream && prompts.len() > 1 {
         return Err(ApiError::invalid("prompt", "streaming supports one prompt per request"));
     }
     let prepared: Vec<Prepared> = prompts
         .into_iter()
-        .map(|prompt| Prepared {
-            lease: lease.clone(),
-            prompt,
-            options: options.clone(),
+        .map(|prompt| {
+            let mut options = options.clone();
+            options.context_shift = req.context.shift(&state, lease.model(), &prompt, "n_keep")?;
+            Ok(Prepared::new(
+                &state,
+                "completion",
+                lease.clone(),
+                prompt,
+                options,
+                clock,
+            ))
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     for p in &prepared {
         generation::check_context(p, "prompt")?;
         generation::check_sampling(p)?;
     }
+    clock.prepared();
+    drop(prepare);
     let slot = state.admission.admit().await?;
+    clock.admitted();
+    let mut prepared = prepared;
+    for p in &mut prepared {
+        p.clock = clock;
+    }
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
         let Some(prepared) = prepared.into_iter().next() else {
             return Err(ApiError::invalid("prompt", "send one prompt"));
         };
-        return Ok(stream_completion(prepared, slot, req.model, req.echo, include_usage));
+        let mut response = stream_completion(prepared, slot, req.model, req.echo, include_usage);
+        clock.set_header(&mut response, None);
+        return Ok(response);
     }
-    let reply = complete_all(&state, &prepared, req.model, req.echo, req.logprobs.is_some()).await?;
+    let (mut reply, first) = complete_all(&state, &prepared, req.model, req.echo, req.logprobs.is_some()).await?;
     drop(slot);
-    Ok(axum::Json(reply).into_response())
+    reply["timings"] = clock.timings(&first, prepared[0].prompt.len());
+    let mut response = axum::Json(reply).into_response();
+    clock.set_header(&mut response, Some(&first));
+    Ok(response)
 }
 
 /// The prompts of a request as token ids, each checked: 1 to [`MAX_PROMPTS`] of them, none
@@ -168,11 +210,12 @@ async fn complete_all(
     model_name: String,
     echo: bool,
     want_logprobs: bool,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<(serde_json::Value, Generation), ApiError> {
     let id = generation::response_id("cmpl");
     let created = generation::created();
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
+    let mut first = None;
     for (index, p) in prepared.iter().enumerate() {
         let g = generation::complete(state, p).await?;
         prompt_tokens += p.prompt.len();
@@ -190,12 +233,15 @@ async fn complete_all(
             "logprobs": logprobs,
             "finish_reason": generation::finish_reason(g.finish_reason),
         }));
+        first.get_or_insert(g);
     }
-    Ok(serde_json::json!({
+    let reply = serde_json::json!({
         "id": id, "object": "text_completion", "created": created, "model": model_name,
         "choices": choices,
         "usage": generation::usage(prompt_tokens, completion_tokens, cached_tokens),
-    }))
+    });
+    let first = first.ok_or_else(|| ApiError::Internal("no prompt was completed".into()))?;
+    Ok((reply, first))
 }
 
 fn tokenize(state: &AppState, model: &dyn LanguageModel, text: &str) -> Result<Vec<TokenId>, ApiError> {

@@ -14,10 +14,10 @@ use minerva_workers::embedding::{EmbedSettings, Embedded, EmbeddingInput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::ApiJsonRaw;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingRequest {
     model: String,
     input: Input,
@@ -50,7 +50,7 @@ pub enum LongInput {
 }
 
 /// `input`: a string, strings, token ids, or lists of token ids.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Input {
     Text(String),
@@ -86,7 +86,7 @@ impl Input {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
     #[default]
@@ -125,7 +125,23 @@ struct Usage {
 pub async fn embeddings(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
-    ApiJson(req): ApiJson<EmbeddingRequest>,
+    headers: axum::http::HeaderMap,
+    ApiJsonRaw(req, raw): ApiJsonRaw<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    // An alias, a fallback chain, an experiment or a remote backend picks what serves
+    // (each attempt with the request's copy; a remote one gets the body as it came).
+    let name = req.model.clone();
+    crate::routing::serve_openai(&state, &headers, raw, &name, "/embeddings", |model| {
+        embeddings_on(state.clone(), scope.clone(), EmbeddingRequest { model, ..req.clone() })
+    })
+    .await
+}
+
+/// The request on the model it names.
+async fn embeddings_on(
+    state: AppState,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
+    req: EmbeddingRequest,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     check_input_size(&state, &req.input)?;
@@ -198,6 +214,7 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
             &id,
             AcquireOptions {
                 keep_alive: request.keep_alive,
+                protect: crate::routing::protected(),
             },
         )
         .await?;
@@ -247,6 +264,7 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
     };
     let embedded = service.compute(lookup, cache).await?;
     metrics::counter!("minerva_embedded_inputs_total", "model" => id.to_string()).increment(count as u64);
+    state.monitor.embedded(count);
     Ok(match groups {
         Some(groups) => combine(embedded, &groups, service.normalizes()),
         None => embedded,

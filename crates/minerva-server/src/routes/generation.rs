@@ -1,22 +1,26 @@
 //! What chat and text completions share: sampling fields, stop sequences, running a
 //! generation on a model's worker (to completion or as a stream), and logprobs.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use minerva_engine::chat::ChatMessage;
-use minerva_engine::generate::{FinishReason, GenerateOptions, Generation};
+use minerva_engine::chat::{ChatMessage, ChatTemplate};
+use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, Generation};
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{LanguageModel, TokenId};
 use minerva_pool::{AcquireOptions, KeepAlive, LlmLease};
 use minerva_workers::GenerationEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
+use super::timing::Clock;
 use crate::error::ApiError;
+use crate::monitor::Monitor;
 use crate::state::AppState;
 
 /// `stop`: one string or a list of them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
@@ -24,14 +28,14 @@ pub enum StopSpec {
 }
 
 /// `stream_options`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling fields common to both completion APIs (OpenAI's, plus llama.cpp's extras).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -43,6 +47,42 @@ pub struct SamplingFields {
     pub seed: Option<u64>,
     /// OpenAI's `logit_bias`: token id (as a string) to a bias in [-100, 100].
     pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+}
+
+/// Context fields of chat and completion requests (llama-server's names).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContextFields {
+    /// Go on past the context by dropping the oldest tokens (the server's
+    /// `--context-shift` by default).
+    pub context_shift: Option<bool>,
+    /// Tokens at the start a context shift keeps: -1 the whole prompt; by default the
+    /// BOS token only.
+    pub n_keep: Option<i64>,
+}
+
+impl ContextFields {
+    /// The context shift these fields (or the server's default) ask for, for `prompt`.
+    pub fn shift(
+        &self,
+        state: &AppState,
+        model: &dyn LanguageModel,
+        prompt: &[TokenId],
+        param: &str,
+    ) -> Result<Option<ContextShift>, ApiError> {
+        if !self.context_shift.unwrap_or(state.config.context_shift) {
+            return Ok(None);
+        }
+        let n_keep = match self.n_keep {
+            Some(-1) => prompt.len(),
+            Some(n) if n < 0 => return Err(ApiError::invalid(param, "n_keep must be -1 or at least 0")),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => {
+                let bos = model.metadata().bos_token;
+                usize::from(bos.is_some() && prompt.first().copied() == bos)
+            }
+        };
+        Ok(Some(ContextShift { n_keep }))
+    }
 }
 
 /// Which sampling fields a request gave; the model's settings fill the others.
@@ -90,14 +130,49 @@ pub fn apply_system(lease: &LlmLease, messages: &mut Vec<ChatMessage>) {
     }
 }
 
-/// A generation ready to run: the model, the prompt tokens and the options.
+/// The chat template of a leased model: its settings' own (`minerva config NAME
+/// template=…`, a Modelfile's TEMPLATE), else the one in its file.
+pub fn chat_template(lease: &LlmLease) -> Result<ChatTemplate, ApiError> {
+    Ok(ChatTemplate::for_model_with(
+        lease.model(),
+        lease.settings().template.as_deref(),
+    )?)
+}
+
+/// A generation ready to run: the model, the prompt tokens and the options (a clone is
+/// another run of the same request, one of `n` choices).
+#[derive(Clone)]
 pub struct Prepared {
     pub lease: LlmLease,
     pub prompt: Vec<TokenId>,
     pub options: GenerateOptions,
+    /// The request's stages so far.
+    pub clock: Clock,
+    /// Which API asked (`chat`, `completion`, `ollama`), for the monitor.
+    pub api: &'static str,
+    pub monitor: Arc<Monitor>,
 }
 
 impl Prepared {
+    /// A generation of `prompt` on `lease` for `api`, timed by `clock`.
+    pub fn new(
+        state: &AppState,
+        api: &'static str,
+        lease: LlmLease,
+        prompt: Vec<TokenId>,
+        options: GenerateOptions,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            lease,
+            prompt,
+            options,
+            clock,
+            api,
+            monitor: Arc::clone(&state.monitor),
+        }
+    }
+
     pub fn model(&self) -> &dyn LanguageModel {
         self.lease.model()
     }
@@ -115,7 +190,17 @@ pub async fn language_model(
     keep_alive: Option<KeepAlive>,
 ) -> Result<LlmLease, ApiError> {
     let id = state.model_id(model)?;
-    let lease = state.pool.acquire_with(&id, AcquireOptions { keep_alive }).await?;
+    let lease = state
+        .pool
+        .acquire_with(
+            &id,
+            AcquireOptions {
+                keep_alive,
+                protect: crate::routing::protected(),
+            },
+        )
+        .instrument(tracing::info_span!("acquire_model", model = %id))
+        .await?;
     lease
         .into_llm()
         .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))
@@ -170,6 +255,8 @@ pub fn options(
     Ok(GenerateOptions {
         max_tokens,
         constraint: None,
+        context_shift: None,
+        n_ctx: None,
         stop,
         sampling,
     })
@@ -218,7 +305,7 @@ pub fn check_prompt_chars(state: &AppState, param: &str, chars: usize) -> Result
 
 /// Refuses prompts that leave no room in the context.
 pub fn check_context(prepared: &Prepared, param: &str) -> Result<(), ApiError> {
-    let n_ctx = prepared.lease.n_ctx() as usize;
+    let n_ctx = prepared.options.context(prepared.lease.n_ctx()) as usize;
     if prepared.prompt.len() >= n_ctx {
         return Err(ApiError::invalid(
             param,
@@ -240,9 +327,31 @@ pub fn check_sampling(prepared: &Prepared) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The span of one generation inside its request's: its figures are recorded on it when
+/// it ends ([`record_tokens`]).
+pub fn generate_span(prepared: &Prepared) -> tracing::Span {
+    tracing::info_span!(
+        "generate",
+        model = %prepared.lease.lease().id,
+        // Integers as i64: exporters take a u64 for a string.
+        prompt_tokens = prepared.prompt.len() as i64,
+        cached_tokens = tracing::field::Empty,
+        generated_tokens = tracing::field::Empty,
+        prefill_ms = tracing::field::Empty,
+        decode_ms = tracing::field::Empty,
+        ttft_ms = tracing::field::Empty,
+    )
+}
+
 /// Runs a generation to the end (bounded by the request timeout). Dropping the future
 /// (the client went away) drops the receiver, which cancels the generation.
 pub async fn complete(state: &AppState, prepared: &Prepared) -> Result<Generation, ApiError> {
+    complete_inner(state, prepared)
+        .instrument(generate_span(prepared))
+        .await
+}
+
+async fn complete_inner(state: &AppState, prepared: &Prepared) -> Result<Generation, ApiError> {
     let mut events = prepared.submit();
     let timeout = state.config.request_timeout;
     let wait = async {
@@ -260,11 +369,34 @@ pub async fn complete(state: &AppState, prepared: &Prepared) -> Result<Generatio
     Ok(generation)
 }
 
-/// Counts prompt and generated tokens in the metrics.
+/// Records a finished generation: its stages and tokens in the metrics and the monitor.
 pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
     let model = prepared.lease.lease().id.to_string();
-    metrics::counter!("minerva_prompt_tokens_total", "model" => model.clone()).increment(prepared.prompt.len() as u64);
-    metrics::counter!("minerva_generated_tokens_total", "model" => model).increment(generation.tokens.len() as u64);
+    let stages = prepared.clock.finished(generation, prepared.prompt.len());
+    // The generation's span (the caller runs inside it) gets its figures.
+    let span = tracing::Span::current();
+    span.record("cached_tokens", stages.cached_tokens as i64);
+    span.record("generated_tokens", stages.generated_tokens as i64);
+    span.record("prefill_ms", stages.prefill_ms);
+    span.record("decode_ms", stages.decode_ms);
+    span.record("ttft_ms", stages.ttft_ms);
+    if let Some(log) = prepared.monitor.request_log() {
+        let prompt: Vec<u8> = prepared
+            .prompt
+            .iter()
+            .flat_map(|&t| prepared.model().token_bytes(t, true))
+            .collect();
+        log.record(serde_json::json!({
+            "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "model": model,
+            "api": prepared.api,
+            "prompt": String::from_utf8_lossy(&prompt),
+            "output": generation.text,
+            "finish_reason": finish_reason(generation.finish_reason),
+            "stages": stages,
+        }));
+    }
+    prepared.monitor.generated(&model, prepared.api, stages);
 }
 
 /// OpenAI's `finish_reason`.

@@ -46,9 +46,35 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
         .store()
         .list()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(
-        serde_json::json!({ "object": "list", "data": models.iter().map(describe).collect::<Vec<_>>() }),
-    ))
+    let mut data: Vec<serde_json::Value> = models.iter().map(describe).collect();
+    // Aliases, fallback chains, remote backends and experiments answer to their names
+    // too: listed with what serves them.
+    let table = state.routing.table();
+    let named = |id: &str, owned_by: &str, key: &str, what: serde_json::Value| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": owned_by, key: what });
+    for route in table.routes() {
+        data.push(named(&route.name, "minerva-route", "route", serde_json::json!(route)));
+    }
+    for backend in table.backends() {
+        data.push(named(&backend.name, "minerva-remote", "remote", backend.describe()));
+    }
+    for experiment in table.experiments() {
+        let variants: Vec<&str> = experiment.variants.iter().map(|v| v.name()).collect();
+        let what = serde_json::json!({ "variants": variants });
+        data.push(named(&experiment.name, "minerva-experiment", "experiment", what));
+    }
+    Ok(Json(serde_json::json!({ "object": "list", "data": data })))
+}
+
+/// `POST /v1/admin/reload`: reads the configuration file's routes again; a bad file keeps
+/// the routes in use and says why (400).
+pub async fn reload(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let routing = std::sync::Arc::clone(&state.routing);
+    let table = tokio::task::spawn_blocking(move || routing.reload())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::invalid("config", format!("{e}; the routes in use stay")))?;
+    let routes: Vec<_> = table.routes().collect();
+    Ok(Json(serde_json::json!({ "reloaded": true, "routes": routes })))
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -72,11 +98,20 @@ pub async fn load(
     };
     let lease = state
         .pool
-        .acquire_with(&model_id, AcquireOptions { keep_alive })
+        .acquire_with(
+            &model_id,
+            AcquireOptions {
+                keep_alive,
+                ..Default::default()
+            },
+        )
         .await?;
-    Ok(Json(
-        serde_json::json!({ "id": lease.id, "loaded": true, "bytes": lease.bytes }),
-    ))
+    let reply = serde_json::json!({ "id": lease.id, "loaded": true, "bytes": lease.bytes });
+    // The pool hears of the lease's end before the client hears of the load: a client
+    // that lists the loaded models next sees the keep-alive's expiry, not "in use".
+    drop(lease);
+    state.pool.sync().await;
+    Ok(Json(reply))
 }
 
 /// Starts loading in the background and answers at once (202).
@@ -142,6 +177,11 @@ pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
                 // The estimate the load reserved, by part, and for a language model the
                 // session it was sized for (a tight budget shrinks its KV cells and slots).
                 "estimate": lease.estimate,
+                // A language model's scheduler: prompt tokens it evaluated, context shifts.
+                "scheduler": match &lease.model {
+                    minerva_pool::LoadedModel::Llm(worker) => serde_json::to_value(worker.stats()).ok(),
+                    minerva_pool::LoadedModel::Embedding(_) => None,
+                },
             })
         })
         .collect();

@@ -186,7 +186,7 @@ async fn remove(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
     }
 }
 
-fn registry(state: &AppState) -> Result<Arc<Registry>, ApiError> {
+pub(super) fn registry(state: &AppState) -> Result<Arc<Registry>, ApiError> {
     state
         .pool
         .registry()

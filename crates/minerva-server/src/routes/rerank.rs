@@ -109,6 +109,7 @@ pub async fn rerank(
             &id,
             AcquireOptions {
                 keep_alive: req.keep_alive,
+                protect: crate::routing::protected(),
             },
         )
         .await?;

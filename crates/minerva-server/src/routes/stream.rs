@@ -8,6 +8,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use minerva_engine::generate::Generation;
 use minerva_workers::GenerationEvent;
+use tracing::Instrument;
 
 use super::generation::{self, Prepared};
 use crate::state::Slot;
@@ -35,6 +36,7 @@ where
     R: Fn(StreamPiece<'_>) -> serde_json::Value + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let span = generation::generate_span(&prepared);
     tokio::spawn(async move {
         let _slot = slot;
         let send = |value: serde_json::Value| tx.send(Event::default().data(value.to_string())).is_ok();
@@ -46,7 +48,10 @@ where
         forward(&prepared, tx.closed(), |outcome| match outcome {
             Outcome::Text(text) => send(render(StreamPiece::Text(text))),
             Outcome::Finished(g) => {
-                send(render(StreamPiece::Finished(g)));
+                // The last chunk carries the whole request's timings, as llama-server's do.
+                let mut last = render(StreamPiece::Finished(g));
+                last["timings"] = prepared.clock.timings(g, prepared.prompt.len());
+                send(last);
                 if include_usage {
                     let mut last = render(StreamPiece::Text(""));
                     last["choices"] = serde_json::json!([]);
@@ -62,7 +67,7 @@ where
             }
         })
         .await;
-    });
+    }.instrument(span));
     let stream = futures_util::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

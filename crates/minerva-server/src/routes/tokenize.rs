@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use minerva_engine::TokenId;
-use minerva_engine::chat::{ChatTemplate, chat_prompt_tokens};
+use minerva_engine::chat::chat_prompt_tokens;
 use serde::Deserialize;
 
 use super::generation;
@@ -53,7 +53,7 @@ pub async fn tokenize(
                 "messages",
                 messages.iter().map(|m| m.content.chars().count()).sum(),
             )?;
-            let template = ChatTemplate::for_model(model)?;
+            let template = generation::chat_template(&lease)?;
             chat_prompt_tokens(model, &template, &messages)?
         }
         _ => return Err(ApiError::invalid("prompt", "give either prompt or messages")),

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 const MAX_TOOLS: usize = 64;
 
 /// `tools[i]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ToolSpec {
     #[serde(rename = "type")]
     kind: String,
@@ -37,20 +37,20 @@ struct FunctionSpec {
 }
 
 /// `tool_choice`: a mode or `{"type": "function", "function": {"name": ...}}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum ToolChoice {
     Mode(String),
     Named { function: NamedFunction },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct NamedFunction {
     name: String,
 }
 
 /// The tool fields of a chat request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct ToolFields {
     pub tools: Option<Vec<ToolSpec>>,
     pub tool_choice: Option<ToolChoice>,
@@ -259,13 +259,13 @@ pub fn call_id() -> String {
 }
 
 /// A past call in an assistant message (`messages[i].tool_calls[j]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ToolCallIn {
     pub id: Option<String>,
     pub function: FunctionCallIn,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct FunctionCallIn {
     pub name: String,
     /// The arguments' JSON text.

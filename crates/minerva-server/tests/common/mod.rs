@@ -96,13 +96,37 @@ impl TestServer {
 
     /// Starts a server over `pool` listening on `bind` (a port of 0 picks a free one); the
     /// client reaches it through loopback.
-    pub async fn start_bound(mut config: ServerConfig, pool: ModelPool, bind: &str) -> Self {
+    pub async fn start_bound(config: ServerConfig, pool: ModelPool, bind: &str) -> Self {
+        Self::start_routed(config, pool, bind, None).await
+    }
+
+    /// Starts a server over `pool` listening on `bind`, with the routes of `routing` (the
+    /// configuration file's aliases and fallback chains).
+    pub async fn start_routed(
+        config: ServerConfig,
+        pool: ModelPool,
+        bind: &str,
+        routing: Option<minerva_server::routing::Routing>,
+    ) -> Self {
+        Self::start_shared(config, Arc::new(pool), bind, routing).await
+    }
+
+    /// [`TestServer::start_routed`] over a pool the test keeps a handle to (to hold a
+    /// lease of its own).
+    pub async fn start_shared(
+        mut config: ServerConfig,
+        pool: Arc<ModelPool>,
+        bind: &str,
+        routing: Option<minerva_server::routing::Routing>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind(bind).await.expect("bind a port");
         let bound = listener.local_addr().expect("local address");
         config.addr = bound;
         let addr = SocketAddr::from(([127, 0, 0, 1], bound.port()));
-        let pool = Arc::new(pool);
-        let state = minerva_server::state(config, pool);
+        let mut state = minerva_server::state(config, pool);
+        if let Some(routing) = routing {
+            state.routing = Arc::new(routing);
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(minerva_server::serve(listener, state, async move {
             let _ = rx.await;
@@ -421,4 +445,48 @@ pub fn usage(body: &Value) -> (u64, u64, u64) {
     let usage = (get("prompt_tokens"), get("completion_tokens"), get("total_tokens"));
     assert_eq!(usage.0 + usage.1, usage.2, "total_tokens is the sum: {body}");
     usage
+}
+
+/// The `x-minerva-route` header of a response (empty without one).
+pub fn route_header(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-minerva-route")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// A short greedy chat of "Hi" to `model` (a model, an alias, a route, a backend).
+pub fn short_chat(model: &str, extra: Value) -> Value {
+    let mut body =
+        json!({ "model": model, "max_tokens": 4, "temperature": 0, "messages": [{ "role": "user", "content": "Hi" }] });
+    merge(&mut body, extra);
+    body
+}
+
+/// A server over the real models with the routes of the configuration file `config`.
+pub async fn start_with_routes(config: PathBuf) -> TestServer {
+    let store = ModelStore::new(models_dir());
+    let routing = minerva_server::routing::Routing::load(Some(config), store.clone()).expect("the routes parse");
+    TestServer::start_routed(
+        ServerConfig::default(),
+        ModelPool::new(store, pool()),
+        "127.0.0.1:0",
+        Some(routing),
+    )
+    .await
+}
+
+/// A counter of the chat model's scheduler on `server` (`prompt_tokens_evaluated`,
+/// `context_shifts`), from `/v1/models/loaded`: this server's own figure, where
+/// `/metrics` is the process's, shared by every server of a test binary.
+pub async fn scheduler_count(server: &TestServer, field: &str) -> u64 {
+    let loaded = server.ok_get("/v1/models/loaded").await;
+    loaded["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|m| m["id"] == CHAT)
+        .and_then(|m| m["scheduler"][field].as_u64())
+        .unwrap_or(0)
 }

@@ -77,20 +77,42 @@ fn read_sentence_transformers(dir: &Path) -> Result<ModelMetadata, RegistryError
     })
 }
 
-/// Parameter count and dominant dtype (by element count) from a safetensors header.
+/// Parameter count and dominant dtype (by element count) from a safetensors file's
+/// header.
 fn safetensors_summary(path: &Path) -> Result<(u64, String), String> {
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
         .map_err(|_| "shorter than its 8-byte header length".to_owned())?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_SAFETENSORS_HEADER || header_len > file_len - 8 {
+        return Err(format!(
+            "header length {header_len} is beyond the file ({file_len} bytes)"
+        ));
+    }
+    let mut start = len.to_vec();
+    start.resize(8 + header_len as usize, 0);
+    file.read_exact(&mut start[8..]).map_err(|e| e.to_string())?;
+    safetensors_header_summary(&start, file_len)
+}
+
+/// [`safetensors_summary`] of a file of `file_len` bytes that starts with `bytes` (its
+/// 8-byte header length and at least the header): the registry's reader, and the
+/// fuzzer's entry point.
+pub fn safetensors_header_summary(bytes: &[u8], file_len: u64) -> Result<(u64, String), String> {
+    let len: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("shorter than its 8-byte header length")?;
     let len = u64::from_le_bytes(len);
-    if len > MAX_SAFETENSORS_HEADER || len > file_len - 8 {
+    if len > MAX_SAFETENSORS_HEADER || len > file_len.saturating_sub(8) {
         return Err(format!("header length {len} is beyond the file ({file_len} bytes)"));
     }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(|e| e.to_string())?;
-    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    let header = bytes
+        .get(8..8 + len as usize)
+        .ok_or_else(|| format!("the header's {len} bytes are not all there"))?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(header).map_err(|e| e.to_string())?;
     let mut elements_by_dtype: HashMap<&str, u64> = HashMap::new();
     for (name, tensor) in header.iter().filter(|(name, _)| *name != "__metadata__") {
         let dtype = tensor["dtype"]
@@ -103,9 +125,15 @@ fn safetensors_summary(path: &Path) -> Result<(u64, String), String> {
             .iter()
             .try_fold(1u64, |n, d| d.as_u64().and_then(|d| n.checked_mul(d)));
         let elements = elements.ok_or_else(|| format!("tensor {name} has an invalid shape"))?;
-        *elements_by_dtype.entry(dtype).or_default() += elements;
+        let count = elements_by_dtype.entry(dtype).or_default();
+        *count = count
+            .checked_add(elements)
+            .ok_or_else(|| format!("more than 2^64 {dtype} elements"))?;
     }
-    let total = elements_by_dtype.values().sum();
+    let total = elements_by_dtype
+        .values()
+        .try_fold(0u64, |a, &n| a.checked_add(n))
+        .ok_or("more than 2^64 elements")?;
     let dominant = elements_by_dtype
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
@@ -170,6 +198,19 @@ mod tests {
         std::fs::write(dir.path().join("model.safetensors"), b"junk").unwrap();
         let err = ModelMetadata::read(dir.path()).unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");
+    }
+
+    #[test]
+    fn element_counts_past_2_64_are_an_error_not_an_overflow() {
+        let header =
+            br#"{"a":{"dtype":"F32","shape":[9223372036854775808]},"b":{"dtype":"F32","shape":[9223372036854775808]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let err = safetensors_header_summary(&bytes, bytes.len() as u64).unwrap_err();
+        assert!(err.contains("2^64"), "{err}");
+        // A header length past the bytes given, or none at all: errors too.
+        assert!(safetensors_header_summary(&bytes[..20], 1 << 20).is_err());
+        assert!(safetensors_header_summary(&[1, 2], 2).is_err());
     }
 
     #[test]

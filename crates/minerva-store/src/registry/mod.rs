@@ -13,6 +13,7 @@
 //! - [`Registry::record_access`] and [`Registry::record_load`] feed the usage counters and
 //!   the access log that [`crate::patterns`] analyses.
 
+mod audit;
 mod error;
 mod import;
 mod lineage;
@@ -29,9 +30,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+pub use audit::{AUDIT_RETENTION, AuditEntry};
 pub use error::RegistryError;
 pub use import::{ImportMode, ImportOptions};
 pub use lineage::Lineage;
+pub use metadata::safetensors_header_summary;
 use metadata::{Fingerprint, ModelMetadata};
 pub use record::{AccessEvent, AccessKind, ModelRecord, ModelStatus, UnixMillis, now_millis};
 pub use settings::{ModelSettings, SETTING_KEYS};

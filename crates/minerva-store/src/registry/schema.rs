@@ -67,6 +67,16 @@ const MIGRATIONS: &[&str] = &[
         origin TEXT NOT NULL
     ) STRICT;
     CREATE INDEX history_id ON history (id, seq);",
+    // Administrative actions (registry/audit.rs).
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_at ON audit (at);",
 ];
 
 /// The schema version this build writes.

@@ -12,8 +12,30 @@ use crate::ModelId;
 pub const SETTING_KEYS: &[(&str, &str)] = &[
     ("num_ctx", "tokens of one request's context (prompt and reply)"),
     ("parallel", "requests generated at once, batched"),
+    ("threads", "CPU threads of the model's forward passes"),
+    (
+        "draft_max",
+        "longest speculative draft (prompt lookup) per step: 0 turns speculative decoding off",
+    ),
     ("kv_type", "element type of the KV cache: f16, q8_0 or q4_0"),
+    (
+        "rope_scaling",
+        "stretch the context past the trained length: none, linear or yarn (with rope_factor)",
+    ),
+    (
+        "rope_factor",
+        "how many times the trained context RoPE scaling reads (above 1, at most 64)",
+    ),
     ("system", "system prompt of chats that bring none"),
+    (
+        "template",
+        "a Jinja chat template used instead of the model file's (Hugging Face's format)",
+    ),
+    (
+        "keep_alive",
+        "how long the model stays loaded after its last request: 5m, 1h, 0, -1 (forever)",
+    ),
+    ("pinned", "true: never evicted for room or idleness (as --pin)"),
     ("temperature", "sampling temperature when a request gives none"),
     ("top_p", "nucleus sampling threshold when a request gives none"),
     ("top_k", "top-k sampling when a request gives none (0: off)"),
@@ -28,8 +50,15 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
 pub struct ModelSettings {
     pub num_ctx: Option<u32>,
     pub parallel: Option<usize>,
+    pub threads: Option<usize>,
+    pub draft_max: Option<usize>,
     pub kv_type: Option<String>,
+    pub rope_scaling: Option<String>,
+    pub rope_factor: Option<f64>,
     pub system: Option<String>,
+    pub template: Option<String>,
+    pub keep_alive: Option<String>,
+    pub pinned: Option<bool>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<usize>,
@@ -64,11 +93,38 @@ impl ModelSettings {
                 }
                 self.parallel = n;
             }
+            "threads" => {
+                let n: Option<usize> = parse(value).map_err(invalid)?;
+                if n.is_some_and(|n| !(1..=256).contains(&n)) {
+                    return Err(invalid("must be between 1 and 256".into()));
+                }
+                self.threads = n;
+            }
+            "draft_max" => {
+                let n: Option<usize> = parse(value).map_err(invalid)?;
+                if n.is_some_and(|n| n > 32) {
+                    return Err(invalid("must be between 0 and 32".into()));
+                }
+                self.draft_max = n;
+            }
             "kv_type" => {
                 if value.is_some_and(|v| !matches!(v, "f16" | "q8_0" | "q4_0")) {
                     return Err(invalid("must be f16, q8_0 or q4_0".into()));
                 }
                 self.kv_type = value.map(str::to_owned);
+            }
+            "rope_scaling" => {
+                if value.is_some_and(|v| !matches!(v, "none" | "linear" | "yarn")) {
+                    return Err(invalid("must be none, linear or yarn".into()));
+                }
+                self.rope_scaling = value.map(str::to_owned);
+            }
+            "rope_factor" => {
+                let f: Option<f64> = parse(value).map_err(invalid)?;
+                if f.is_some_and(|f| !(f > 1.0 && f <= 64.0)) {
+                    return Err(invalid("must be above 1 and at most 64".into()));
+                }
+                self.rope_factor = f;
             }
             "system" => {
                 if value.is_some_and(|v| v.len() > 64 << 10) {
@@ -76,6 +132,21 @@ impl ModelSettings {
                 }
                 self.system = value.map(str::to_owned);
             }
+            "template" => {
+                if value.is_some_and(|v| v.len() > 64 << 10) {
+                    return Err(invalid("must be at most 64 KiB".into()));
+                }
+                self.template = value.map(str::to_owned);
+            }
+            "keep_alive" => {
+                if value.is_some_and(|v| !is_duration(v)) {
+                    return Err(invalid(
+                        "must be a duration such as 30s, 5m or 1h30m, seconds, 0, or -1 for ever".into(),
+                    ));
+                }
+                self.keep_alive = value.map(|v| v.trim().to_owned());
+            }
+            "pinned" => self.pinned = parse(value).map_err(invalid)?,
             "temperature" => {
                 let t: Option<f64> = parse(value).map_err(invalid)?;
                 if t.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
@@ -118,14 +189,59 @@ impl ModelSettings {
         };
         push("num_ctx", self.num_ctx.map(|v| v.to_string()));
         push("parallel", self.parallel.map(|v| v.to_string()));
+        push("threads", self.threads.map(|v| v.to_string()));
+        push("draft_max", self.draft_max.map(|v| v.to_string()));
         push("kv_type", self.kv_type.clone());
+        push("rope_scaling", self.rope_scaling.clone());
+        push("rope_factor", self.rope_factor.map(|v| v.to_string()));
         push("system", self.system.clone());
+        push("template", self.template.clone());
+        push("keep_alive", self.keep_alive.clone());
+        push("pinned", self.pinned.map(|v| v.to_string()));
         push("temperature", self.temperature.map(|v| v.to_string()));
         push("top_p", self.top_p.map(|v| v.to_string()));
         push("top_k", self.top_k.map(|v| v.to_string()));
         push("embedding_dtype", self.embedding_dtype.clone());
         pairs
     }
+
+    /// Checks what single values cannot: a RoPE scaling needs its factor.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        if matches!(self.rope_scaling.as_deref(), Some("linear" | "yarn")) && self.rope_factor.is_none() {
+            return Err(RegistryError::InvalidSetting {
+                key: "rope_scaling".into(),
+                reason: "needs rope_factor too (how many times the trained context to read)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `text` reads as a keep-alive: seconds (negative: for ever), or a sum of
+/// numbers with units (`1h30m`, `250ms`), optionally negative.
+fn is_duration(text: &str) -> bool {
+    let text = text.trim();
+    if text.parse::<f64>().is_ok_and(|n| !n.is_nan()) {
+        return true;
+    }
+    let body = text.strip_prefix('-').unwrap_or(text);
+    let mut rest = body;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        if !matches!(&rest[..unit], "ns" | "us" | "ms" | "s" | "m" | "h" | "d") {
+            return false;
+        }
+        rest = &rest[unit..];
+    }
+    true
 }
 
 impl Registry {
@@ -156,6 +272,7 @@ impl Registry {
         if self.record(id)?.is_none() {
             return Err(RegistryError::NotRegistered { id: id.clone() });
         }
+        settings.validate()?;
         self.write(|tx| {
             tx.execute("DELETE FROM settings WHERE id = ?1", [id.as_str()])?;
             for (key, value) in settings.pairs() {
@@ -187,11 +304,18 @@ mod tests {
             ("temperature", "9"),
             ("top_p", "0"),
             ("colour", "red"),
+            ("keep_alive", "soon"),
+            ("keep_alive", "5 parsecs"),
+            ("pinned", "maybe"),
         ] {
             let before = s.clone();
             assert!(s.set(key, Some(value)).is_err(), "{key}={value} was accepted");
             assert_eq!(s, before, "a refused {key} changed the settings");
         }
+        for ok in ["5m", "1h30m", "250ms", "0", "-1", "90"] {
+            s.set("keep_alive", Some(ok)).unwrap();
+        }
+        s.set("keep_alive", None).unwrap();
         s.set("num_ctx", Some("")).unwrap();
         assert_eq!(s.num_ctx, None);
         assert_eq!(

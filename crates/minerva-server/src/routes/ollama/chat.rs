@@ -4,14 +4,14 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use minerva_engine::chat::{ChatMessage, ChatTemplate, chat_prompt_tokens};
+use minerva_engine::chat::{ChatMessage, chat_prompt_tokens};
 use minerva_engine::generate::Generation;
 use minerva_pool::KeepAlive;
 use serde::Deserialize;
 
 use super::ndjson::{self, Piece};
 use super::options::{self, Options};
-use super::{Clock, merge, model_id, rfc3339};
+use super::{Clock, durations, merge, model_id, rfc3339};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::routes::generation::{self, Prepared};
@@ -19,7 +19,7 @@ use crate::routes::structured;
 use crate::routes::tools::{FunctionCallIn, ToolCallIn, ToolFields, ToolSpec, Tools};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     model: String,
     #[serde(default)]
@@ -30,10 +30,13 @@ pub struct ChatRequest {
     #[serde(default)]
     options: Options,
     keep_alive: Option<KeepAlive>,
+    /// Whether a generation that fills the context goes on, dropping its oldest tokens
+    /// (Ollama's default), or ends.
+    shift: Option<bool>,
     tools: Option<Vec<ToolSpec>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct MessageIn {
     role: String,
     #[serde(default)]
@@ -45,12 +48,12 @@ struct MessageIn {
 }
 
 /// A call as Ollama writes it: arguments as an object, not a string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct OllamaCall {
     function: OllamaFunction,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct OllamaFunction {
     name: String,
     #[serde(default)]
@@ -107,6 +110,21 @@ pub async fn chat(
     scope: Option<axum::Extension<crate::middleware::Scope>>,
     AnyJson(req): AnyJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    // An alias, a fallback chain or an experiment picks the model (each attempt with the
+    // request's copy).
+    let name = req.model.clone();
+    crate::routing::serve_local(&state, &name, |model| {
+        chat_on(state.clone(), scope.clone(), ChatRequest { model, ..req.clone() })
+    })
+    .await
+}
+
+/// The request on the model it names.
+async fn chat_on(
+    state: AppState,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
+    req: ChatRequest,
+) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let mut clock = Clock::start();
     let id = model_id(&state, &req.model)?;
@@ -149,12 +167,15 @@ pub async fn chat(
     if let Some(grammar) = grammar {
         options.constraint = Some(structured::constraint(&lease, grammar).await?);
     }
-    let template = ChatTemplate::for_model(lease.model())?;
+    let template = generation::chat_template(&lease)?;
     let prompt = chat_prompt_tokens(lease.model(), &template, &messages)?;
-    let prepared = Prepared { lease, prompt, options };
+    options.context_shift = req.options.context_shift(&state, req.shift, lease.model(), &prompt)?;
+    let mut prepared = Prepared::new(&state, "ollama", lease, prompt, options, clock);
     generation::check_context(&prepared, "messages")?;
     generation::check_sampling(&prepared)?;
+    prepared.clock.prepared();
     let slot = state.admission.admit().await?;
+    prepared.clock.admitted();
     let stream = req.stream.unwrap_or(true);
     let model = req.model;
     if stream && tools.is_none() {
@@ -169,7 +190,7 @@ pub async fn chat(
     let message = reply_message(&g, tools.as_ref());
     let mut reply = line(&model, message, true);
     merge(&mut reply, ndjson::stats(prepared.prompt.len(), &g));
-    merge(&mut reply, clock.durations());
+    merge(&mut reply, durations(&clock));
     if stream {
         // With tools a reply is known to be a call only at its end: it goes out whole.
         return Ok(ndjson::lines(vec![reply]));
@@ -191,7 +212,7 @@ fn line(model: &str, message: serde_json::Value, done: bool) -> serde_json::Valu
 fn last_line(model: &str, prompt_tokens: usize, g: &Generation, clock: &Clock) -> serde_json::Value {
     let mut last = line(model, serde_json::json!({"role": "assistant", "content": ""}), true);
     merge(&mut last, ndjson::stats(prompt_tokens, g));
-    merge(&mut last, clock.durations());
+    merge(&mut last, durations(&clock));
     last
 }
 

@@ -7,7 +7,7 @@ use minerva_pool::KeepAlive;
 use minerva_workers::embedding::EmbeddingInput;
 use serde::Deserialize;
 
-use super::{Clock, merge};
+use super::{Clock, durations, merge};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::routes::embeddings::{EmbedRequest, LongInput, check_input_counts, embed_inputs};
@@ -70,7 +70,7 @@ pub async fn embed(
         "embeddings": embeddings,
         "prompt_eval_count": tokens,
     });
-    merge(&mut reply, clock.durations());
+    merge(&mut reply, durations(&clock));
     Ok(Json(reply))
 }
 

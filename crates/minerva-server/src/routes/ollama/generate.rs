@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ndjson::{self, Piece};
 use super::options::{self, Options};
-use super::{Clock, merge, model_id, rfc3339};
+use super::{Clock, durations, merge, model_id, rfc3339};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::routes::generation::{self, Prepared};
@@ -23,7 +23,7 @@ use crate::state::AppState;
 /// Most tokens of `context` accepted.
 const MAX_CONTEXT_TOKENS: usize = 1 << 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct GenerateRequest {
     model: String,
     #[serde(default)]
@@ -43,6 +43,9 @@ pub struct GenerateRequest {
     #[serde(default)]
     options: Options,
     keep_alive: Option<KeepAlive>,
+    /// Whether a generation that fills the context goes on, dropping its oldest tokens
+    /// (Ollama's default), or ends.
+    shift: Option<bool>,
     images: Option<Vec<String>>,
 }
 
@@ -50,6 +53,21 @@ pub async fn generate(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
     AnyJson(req): AnyJson<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    // An alias, a fallback chain or an experiment picks the model (each attempt with the
+    // request's copy).
+    let name = req.model.clone();
+    crate::routing::serve_local(&state, &name, |model| {
+        generate_on(state.clone(), scope.clone(), GenerateRequest { model, ..req.clone() })
+    })
+    .await
+}
+
+/// The request on the model it names.
+async fn generate_on(
+    state: AppState,
+    scope: Option<axum::Extension<crate::middleware::Scope>>,
+    req: GenerateRequest,
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     check_unsupported(&req)?;
@@ -81,11 +99,15 @@ pub async fn generate(
     let context = req.context.unwrap_or_default();
     // The request's system prompt, else the model's own (`minerva config`, a Modelfile).
     let system = req.system.as_deref().or(lease.settings().system.as_deref());
-    let prompt = prompt_tokens(lease.model(), &req.prompt, system, req.raw, &context)?;
-    let prepared = Prepared { lease, prompt, options };
+    let template = lease.settings().template.as_deref();
+    let prompt = prompt_tokens(lease.model(), template, &req.prompt, system, req.raw, &context)?;
+    options.context_shift = req.options.context_shift(&state, req.shift, lease.model(), &prompt)?;
+    let mut prepared = Prepared::new(&state, "ollama", lease, prompt, options, clock);
     generation::check_context(&prepared, "prompt")?;
     generation::check_sampling(&prepared)?;
+    prepared.clock.prepared();
     let slot = state.admission.admit().await?;
+    prepared.clock.admitted();
     let model = req.model;
     if req.stream.unwrap_or(true) {
         let prompt = prepared.prompt.clone();
@@ -127,10 +149,12 @@ fn check_unsupported(req: &GenerateRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The tokens of a request: `context`, then the prompt through the chat template (with
-/// `system` before it) or, with `raw` or a model without a template, as it is.
+/// The tokens of a request: `context`, then the prompt through the chat template (the
+/// model's settings' `own_template`, else its file's; with `system` before it) or, with
+/// `raw` or a model without a template, as it is.
 fn prompt_tokens(
     model: &dyn minerva_engine::LanguageModel,
+    own_template: Option<&str>,
     prompt: &str,
     system: Option<&str>,
     raw: bool,
@@ -146,7 +170,7 @@ fn prompt_tokens(
     let fresh = context.is_empty();
     // A model without a chat template (a base model) gets the prompt as it is, as Ollama's
     // default template `{{ .Prompt }}` gives it.
-    let templated = !raw && model.metadata().chat_template.is_some();
+    let templated = !raw && (own_template.is_some() || model.metadata().chat_template.is_some());
     let new = if !templated {
         let text = match system.filter(|s| !s.is_empty() && !raw) {
             Some(system) => format!("{system}\n\n{prompt}"),
@@ -159,7 +183,7 @@ fn prompt_tokens(
             messages.push(ChatMessage::new("system", system));
         }
         messages.push(ChatMessage::new("user", prompt));
-        let template = ChatTemplate::for_model(model)?;
+        let template = ChatTemplate::for_model_with(model, own_template)?;
         let mut tokens = chat_prompt_tokens(model, &template, &messages)?;
         // Continuing a context: the new turn goes on without a second BOS.
         if !fresh
@@ -188,7 +212,7 @@ fn line(model: &str, text: &str, done: bool) -> serde_json::Value {
 fn last_line(model: &str, prompt: &[TokenId], g: &Generation, clock: &Clock) -> serde_json::Value {
     let mut last = line(model, "", true);
     merge(&mut last, ndjson::stats(prompt.len(), g));
-    merge(&mut last, clock.durations());
+    merge(&mut last, durations(&clock));
     let context: Vec<TokenId> = prompt.iter().chain(&g.tokens).copied().collect();
     last["context"] = serde_json::json!(context);
     last

@@ -2,7 +2,8 @@
 //! `ollama` Python and JS libraries, Open WebUI, Continue, editor plug-ins):
 //! `/api/chat` and `/api/generate` (NDJSON streams by default, `stream: false` for one
 //! object), `/api/embed` and the older `/api/embeddings`, `/api/tags`, `/api/ps`,
-//! `/api/show` and `/api/version`.
+//! `/api/show` and `/api/version`; from the model store `/api/pull`, `/api/delete`,
+//! `/api/create` and `/api/copy`.
 //!
 //! The handlers translate Ollama's shapes to the ones the OpenAI routes use and run the
 //! same generation and embedding paths; what differs is only the wire format: Ollama's
@@ -10,13 +11,14 @@
 //! errors as `{"error": "message"}`.
 
 mod chat;
+mod create;
 mod embed;
 mod generate;
 mod models;
 mod ndjson;
 mod options;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -46,6 +48,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/embeddings", post(embed::embeddings))
         .route("/api/pull", post(crate::routes::pull::pull_ollama))
         .route("/api/delete", axum::routing::delete(crate::routes::pull::delete_ollama))
+        .route("/api/create", post(create::create))
+        .route("/api/copy", post(create::copy))
 }
 
 /// `GET /`: what Ollama answers, so clients that probe for a server find one.
@@ -115,33 +119,15 @@ pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// When a request started and when its model was ready: the `total_duration` and
-/// `load_duration` of Ollama's replies.
-#[derive(Clone, Copy)]
-pub struct Clock {
-    started: Instant,
-    loaded: Duration,
-}
+pub use super::timing::Clock;
 
-impl Clock {
-    pub fn start() -> Self {
-        Self {
-            started: Instant::now(),
-            loaded: Duration::ZERO,
-        }
-    }
-
-    /// Marks the model as ready (the time since the start was spent getting it).
-    pub fn model_ready(&mut self) {
-        self.loaded = self.started.elapsed();
-    }
-
-    pub fn durations(&self) -> serde_json::Value {
-        serde_json::json!({
-            "total_duration": nanos(self.started.elapsed()),
-            "load_duration": nanos(self.loaded),
-        })
-    }
+/// The `total_duration` and `load_duration` of Ollama's replies: since the request
+/// started, and what getting its model took.
+pub fn durations(clock: &Clock) -> serde_json::Value {
+    serde_json::json!({
+        "total_duration": nanos(clock.elapsed()),
+        "load_duration": nanos(clock.model_wait()),
+    })
 }
 
 /// Merges the fields of `extra` (an object) into `into` (an object).

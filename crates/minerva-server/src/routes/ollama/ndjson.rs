@@ -2,6 +2,7 @@
 //! `"done": true` and the request's counts and durations.
 
 use std::convert::Infallible;
+use tracing::Instrument;
 
 use axum::body::{Body, Bytes};
 use axum::http::header;
@@ -29,20 +30,24 @@ where
     R: Fn(Piece<'_>) -> serde_json::Value + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    tokio::spawn(async move {
-        let _slot = slot;
-        let send = |value: serde_json::Value| {
-            let mut line = value.to_string();
-            line.push('\n');
-            tx.send(Bytes::from(line)).is_ok()
-        };
-        forward(&prepared, tx.closed(), |outcome| match outcome {
-            Outcome::Text(text) => send(render(Piece::Text(text))),
-            Outcome::Finished(g) => send(render(Piece::Finished(g))),
-            Outcome::Failed(message) => send(serde_json::json!({ "error": message })),
-        })
-        .await;
-    });
+    let span = generation::generate_span(&prepared);
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            let send = |value: serde_json::Value| {
+                let mut line = value.to_string();
+                line.push('\n');
+                tx.send(Bytes::from(line)).is_ok()
+            };
+            forward(&prepared, tx.closed(), |outcome| match outcome {
+                Outcome::Text(text) => send(render(Piece::Text(text))),
+                Outcome::Finished(g) => send(render(Piece::Finished(g))),
+                Outcome::Failed(message) => send(serde_json::json!({ "error": message })),
+            })
+            .await;
+        }
+        .instrument(span),
+    );
     let lines = futures_util::StreamExt::map(
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         Ok::<_, Infallible>,

@@ -2,11 +2,12 @@
 //! options.
 
 use minerva_engine::constraint::Grammar;
-use minerva_engine::generate::GenerateOptions;
+use minerva_engine::generate::{ContextShift, GenerateOptions};
+use minerva_engine::{LanguageModel, TokenId};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::routes::generation::{self, SamplingFields, StopSpec};
+use crate::routes::generation::{self, ContextFields, SamplingFields, StopSpec};
 use crate::state::AppState;
 
 /// Largest `format` schema accepted, in bytes of its JSON.
@@ -15,12 +16,14 @@ const MAX_SCHEMA_BYTES: usize = 64 << 10;
 /// `options` of `/api/chat` and `/api/generate`. Options this server has no use for
 /// (`num_thread`, `mirostat`, `num_gpu`, ...) are ignored, as Ollama ignores the ones
 /// its runner does not know.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Options {
-    /// The context Ollama would load the model with. Minerva's session is sized once per
-    /// model (`--ctx-size`, the memory budget); a prompt that does not fit is refused.
-    #[allow(dead_code)]
+    /// The request's context. Minerva's session is sized once per model (`--ctx-size`,
+    /// the model's `num_ctx` setting, the memory budget): a smaller `num_ctx` holds this
+    /// request to it, a larger one gets the session's (Ollama would reload the model).
     num_ctx: Option<i64>,
+    /// Tokens at the start of the context a context shift keeps (-1: the whole prompt).
+    num_keep: Option<i64>,
     /// Tokens to generate; negative means "until the end" (the server's limit here).
     num_predict: Option<i64>,
     temperature: Option<f32>,
@@ -34,6 +37,9 @@ pub struct Options {
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
 }
+
+/// Smallest `num_ctx` accepted.
+const MIN_NUM_CTX: i64 = 16;
 
 /// Ollama's defaults where they differ from OpenAI's (`api/types.go`, `DefaultOptions`).
 const TEMPERATURE: f32 = 0.8;
@@ -77,7 +83,35 @@ impl Options {
             Some(n) => Some(n.min(state.config.max_tokens as i64)),
         };
         let stop = self.stop.clone().map(StopSpec::Many);
-        generation::options(state, &sampling, max_tokens, stop, None).map_err(|e| rename_param(e, "options."))
+        let mut options =
+            generation::options(state, &sampling, max_tokens, stop, None).map_err(|e| rename_param(e, "options."))?;
+        options.n_ctx = match self.num_ctx {
+            None => None,
+            Some(n) if n < MIN_NUM_CTX => {
+                return Err(ApiError::invalid(
+                    "options.num_ctx",
+                    format!("must be at least {MIN_NUM_CTX}"),
+                ));
+            }
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        Ok(options)
+    }
+
+    /// The context shift of a request for `prompt`: Ollama shifts a full context unless
+    /// the request's `shift` is false, keeping `num_keep` tokens.
+    pub fn context_shift(
+        &self,
+        state: &AppState,
+        shift: Option<bool>,
+        model: &dyn LanguageModel,
+        prompt: &[TokenId],
+    ) -> Result<Option<ContextShift>, ApiError> {
+        let fields = ContextFields {
+            context_shift: Some(shift.unwrap_or(true)),
+            n_keep: self.num_keep,
+        };
+        fields.shift(state, model, prompt, "options.num_keep")
     }
 }
 

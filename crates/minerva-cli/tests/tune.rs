@@ -1,0 +1,84 @@
+//! `minerva tune` on the real SmolLM2 in a temporary `MINERVA_HOME`: it measures several
+//! settings under a small load, stores the fastest as the model's settings (what `serve`
+//! reads when it loads the model), and `--check` measures them against the defaults.
+
+mod common;
+
+use common::{json, run_in as run};
+
+const MODEL: &str = "smollm2-135m-instruct";
+
+#[test]
+fn tune_stores_the_fastest_setting_it_measured_and_check_compares_it_with_the_defaults() {
+    let home = common::home_with(&[&format!("{MODEL}.gguf")]);
+    let load = ["--clients", "2", "--tokens", "16", "--repetitions", "1", "--json"];
+
+    // No time for a trial: an error, and nothing stored.
+    let refused = run(
+        home.path(),
+        &[&["tune", MODEL, "--budget-seconds", "0"], &load[..]].concat(),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no time"),
+        "{refused:?}"
+    );
+    let shown = json(&run(home.path(), &["show", MODEL, "--json"]));
+    assert!(shown["settings"]["parallel"].is_null(), "{shown}");
+
+    let report = json(&run(home.path(), &[&["tune", MODEL], &load[..]].concat()));
+    let trials = report["trials"].as_array().unwrap();
+    let tried = |key: &str| {
+        let mut values: Vec<String> = trials.iter().map(|t| t["setting"][key].to_string()).collect();
+        values.sort();
+        values.dedup();
+        values.len()
+    };
+    assert!(tried("parallel") >= 3, "{report}");
+    assert_eq!(tried("kv_type"), 2, "{report}");
+    assert_eq!(tried("draft_max"), 2, "{report}");
+    assert!(trials.iter().all(|t| t["tokens_per_second"].as_f64().unwrap() > 0.0));
+    let best = &report["best"];
+    let best_trial = trials
+        .iter()
+        .find(|t| &t["setting"] == best)
+        .expect("the best was measured");
+    // The last knob tried kept the faster of its values.
+    let last_knob: Vec<&serde_json::Value> = trials
+        .iter()
+        .filter(|t| {
+            let s = &t["setting"];
+            ["threads", "parallel", "kv_type"].iter().all(|k| s[k] == best[k])
+        })
+        .collect();
+    assert!(last_knob.len() >= 2, "{report}");
+    assert!(
+        last_knob
+            .iter()
+            .all(|t| t["tokens_per_second"].as_f64() <= best_trial["tokens_per_second"].as_f64())
+    );
+
+    let shown = json(&run(home.path(), &["show", MODEL, "--json"]));
+    for key in ["threads", "parallel", "draft_max"] {
+        assert_eq!(shown["settings"][key], best[key], "{key}: {shown}");
+    }
+    assert_eq!(shown["settings"]["kv_type"], best["kv_type"]);
+
+    let check = json(&run(
+        home.path(),
+        &[
+            "tune",
+            MODEL,
+            "--check",
+            "--clients",
+            "2",
+            "--tokens",
+            "16",
+            "--repetitions",
+            "1",
+            "--json",
+        ],
+    ));
+    assert_eq!(check["check"][1]["trial"]["setting"], *best, "{check}");
+    assert!(check["stored_vs_defaults"].as_f64().unwrap() > 0.0);
+}
