@@ -9,7 +9,8 @@
 //!
 //! - **weights**: the tensor data, mapped from the file and all resident after the load
 //!   (`MAP_POPULATE`); plus a second, anonymous copy of the matrices ggml's CPU backend
-//!   repacks into its interleaved layouts on this CPU (their mapped pages stay resident too);
+//!   repacks into its interleaved layouts on this CPU, or on a CPU with AMX into its tile
+//!   layouts (their mapped pages stay resident too);
 //! - **KV cache**: every cell of the session (`n_ctx`, all sequences together) on every
 //!   layer, keys and values in f16; llama.cpp clears the buffer at creation, so all of it is
 //!   resident from the start;
@@ -151,10 +152,13 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
     let n_vocab = array_len("tokenizer.ggml.tokens").unwrap_or(32_000);
     let n_merges = array_len("tokenizer.ggml.merges").unwrap_or(0);
 
+    // With AMX, ggml's AMX buffer takes the matrices before the repack buffer sees them.
+    let amx = minerva_engine::llm::amx_repacks();
+    let tied_output = !info.tensors.iter().any(|t| t.name == "output.weight");
     let repacked_bytes = info
         .tensors
         .iter()
-        .filter(|t| repacked(t))
+        .filter(|t| if amx { amx_copied(t, tied_output) } else { repacked(t) })
         .fold(0u64, |sum, t| sum.saturating_add(t.bytes));
     let weights = info.tensor_bytes.saturating_add(repacked_bytes);
 
@@ -249,6 +253,24 @@ fn repacked(tensor: &GgufTensor) -> bool {
         let _ = rows;
         false
     }
+}
+
+/// Whether ggml's AMX buffer type holds a copy of `tensor` (the rules of its
+/// `supports_op` in ggml-cpu/amx/amx.cpp): a matrix multiplied by f32 activations, of a
+/// type it has kernels for (or f16), whose rows are a multiple of the type's alignment and
+/// whose outputs a multiple of two tiles. The token embeddings are only looked up by row,
+/// except when the model ties its output to them: then the output's copy of them is one.
+fn amx_copied(tensor: &GgufTensor, tied_output: bool) -> bool {
+    if tensor.n_dims != 2 || (tensor.name == "token_embd.weight" && !tied_output) {
+        return false;
+    }
+    let alignment = match tensor.ggml_type {
+        "Q4_0" | "Q4_1" | "Q8_0" => 32,
+        "Q4_K" | "Q5_K" | "Q6_K" | "IQ4_XS" => 256,
+        "F16" => 16,
+        _ => return false,
+    };
+    tensor.dims[0].is_multiple_of(alignment) && tensor.dims[1].is_multiple_of(32)
 }
 
 fn estimate_sentence_transformers(dir: &Path, dtype: EmbeddingDtype) -> Result<Footprint, EstimateError> {

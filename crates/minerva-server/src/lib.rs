@@ -11,6 +11,7 @@ mod error;
 pub mod experiment;
 mod extract;
 mod middleware;
+pub mod openapi;
 pub mod monitor;
 pub mod otlp;
 pub mod remote;
@@ -26,6 +27,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
 use axum::routing::{get, post};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use minerva_pool::ModelPool;
 use minerva_workers::embedding::EmbeddingCache;
@@ -92,40 +96,50 @@ fn metrics_handle(install: bool) -> PrometheusHandle {
 
 /// The router with every route and layer, ready to serve (tests call it without a socket).
 pub fn app(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/chat/completions", post(routes::chat::chat_completions))
-        .route("/completions", post(routes::completions::completions))
-        .route("/embeddings", post(routes::embeddings::embeddings))
-        .route("/embeddings/stats", get(routes::embeddings::stats))
-        .route("/rerank", post(routes::rerank::rerank))
-        .route("/models", get(routes::models::list))
-        .route("/models/stats", get(routes::models::stats))
-        .route("/models/loaded", get(routes::models::loaded))
-        .route("/models/patterns", get(routes::models::patterns))
-        .route("/models/pull", post(routes::pull::pull_v1))
-        .route("/models/{id}/remove", post(routes::pull::remove_v1))
-        .route("/models/{id}", get(routes::models::get).delete(routes::models::unload))
-        .route("/models/{id}/load", post(routes::models::load))
-        .route("/models/{id}/preload", post(routes::models::preload))
-        .route("/admin/reload", post(routes::models::reload))
-        .route("/experiments", get(routes::experiments::list))
-        .route("/experiments/{name}", get(routes::experiments::get))
-        .route("/experiments/{name}/promote", post(routes::experiments::promote))
-        .route("/experiments/{name}/rollback", post(routes::experiments::rollback))
-        .route("/experiments/{name}/weights", post(routes::experiments::weights))
-        .route("/feedback", post(routes::experiments::feedback))
-        .route("/explain", post(routes::explain::explain))
-        .route("/monitor", get(routes::dashboard::snapshot))
-        .route("/monitor/events", get(routes::dashboard::events))
-        .route("/tokenize", post(routes::tokenize::tokenize))
-        .route("/detokenize", post(routes::tokenize::detokenize));
-    let mut router = Router::new()
-        .nest("/v1", v1)
+    use routes::{chat, completions, dashboard, embeddings, experiments, explain, models, pull, rerank, tokenize};
+    // Every documented route goes through `routes!`, which takes its path and method from
+    // the handler's `#[utoipa::path]`: a route cannot be served without its entry in
+    // /openapi.json.
+    let (documented, mut api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(chat::chat_completions))
+        .routes(routes!(completions::completions))
+        .routes(routes!(embeddings::embeddings))
+        .routes(routes!(embeddings::stats))
+        .routes(routes!(rerank::rerank))
+        .routes(routes!(models::list))
+        .routes(routes!(models::stats))
+        .routes(routes!(models::loaded))
+        .routes(routes!(models::patterns))
+        .routes(routes!(pull::pull_v1))
+        .routes(routes!(pull::remove_v1))
+        .routes(routes!(models::get, models::unload))
+        .routes(routes!(models::load))
+        .routes(routes!(models::preload))
+        .routes(routes!(models::reload))
+        .routes(routes!(experiments::list))
+        .routes(routes!(experiments::get))
+        .routes(routes!(experiments::promote))
+        .routes(routes!(experiments::rollback))
+        .routes(routes!(experiments::weights))
+        .routes(routes!(experiments::feedback))
+        .routes(routes!(explain::explain))
+        .routes(routes!(dashboard::snapshot))
+        .routes(routes!(dashboard::events))
+        .routes(routes!(tokenize::tokenize))
+        .routes(routes!(tokenize::detokenize))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::metrics))
         .merge(routes::ollama::router())
-        // text-embeddings-inference's path.
+        .split_for_parts();
+    utoipa::Modify::modify(&openapi::Errors, &mut api);
+    let api = axum::body::Bytes::from(api.to_pretty_json().expect("the API document serializes"));
+    let mut router = documented
+        // text-embeddings-inference's path (documented as /v1/rerank).
         .route("/rerank", post(routes::rerank::rerank))
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(move || {
+            let api = api.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], api) }
+        }))
         .route("/dashboard", get(routes::dashboard::page))
         .route("/dashboard/{*file}", get(routes::dashboard::asset))
         .fallback(routes::not_found)

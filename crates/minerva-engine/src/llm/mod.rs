@@ -22,6 +22,15 @@ pub fn load(path: &Path) -> Result<Arc<dyn LanguageModel>> {
     Ok(Arc::new(llama::LlamaCppModel::load(path)?))
 }
 
+/// Whether the kernels copy a model's matrices into AMX tile layouts when it loads: on
+/// CPUs with AMX-INT8 (and AVX512-VNNI), where llama.cpp's CPU backend was built for them,
+/// ggml's AMX buffer type takes every matrix it has kernels for, beside the mapped file.
+/// The memory estimate counts that copy.
+pub fn amx_repacks() -> bool {
+    // SAFETY: both only report how ggml-cpu was compiled (no state, no arguments).
+    unsafe { llama_cpp_sys_2::ggml_cpu_has_amx_int8() != 0 && llama_cpp_sys_2::ggml_cpu_has_avx512_vnni() != 0 }
+}
+
 /// A token id in the model's vocabulary.
 pub type TokenId = i32;
 

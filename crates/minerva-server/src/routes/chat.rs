@@ -20,7 +20,8 @@ use crate::state::AppState;
 /// Most choices per request.
 const MAX_CHOICES: u32 = 8;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8}))]
 pub struct ChatRequest {
     model: String,
     messages: Vec<MessageIn>,
@@ -43,13 +44,14 @@ pub struct ChatRequest {
     #[serde(flatten)]
     context: ContextFields,
     /// Ollama's extension: how long the model stays loaded after this request.
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
     /// Minerva's extension: what a conversation longer than the context gets (`error`,
     /// `auto`, `middle`; the server's `--truncation` by default).
     truncation: Option<Truncation>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub(super) struct MessageIn {
     role: String,
     content: Option<Content>,
@@ -60,14 +62,14 @@ pub(super) struct MessageIn {
 }
 
 /// A message's content: a string, or a list of parts of which only text is supported.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 struct Part {
     #[serde(rename = "type")]
     kind: String,
@@ -130,6 +132,13 @@ impl MessageIn {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = ChatRequest,
+    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (String = "text/event-stream"))))
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

@@ -18,7 +18,8 @@ use crate::state::AppState;
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 16;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 8}))]
 pub struct CompletionRequest {
     model: String,
     prompt: PromptSpec,
@@ -39,19 +40,29 @@ pub struct CompletionRequest {
     #[serde(flatten)]
     context: ContextFields,
     /// Ollama's extension: how long the model stays loaded after this request.
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of those.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum PromptSpec {
     Text(String),
     Texts(Vec<String>),
+    #[schema(value_type = Vec<i32>)]
     Tokens(Vec<TokenId>),
+    #[schema(value_type = Vec<Vec<i32>>)]
     TokenLists(Vec<Vec<TokenId>>),
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "openai",
+    request_body = CompletionRequest,
+    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (String = "text/event-stream"))))
+)]
 pub async fn completions(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

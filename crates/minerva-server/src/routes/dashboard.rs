@@ -66,12 +66,24 @@ pub async fn asset(Path(file): Path<String>) -> Response {
 }
 
 /// `GET /v1/monitor`: the monitor's snapshot now.
+#[utoipa::path(
+    get,
+    path = "/v1/monitor",
+    tag = "monitoring",
+    responses((status = 200, description = "Memory, loaded models, counters, latency percentiles, recent requests", body = serde_json::Value))
+)]
 pub async fn snapshot(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(monitor::snapshot(&state))
 }
 
 /// `GET /v1/monitor/events`: a snapshot at once, then one a second, until the client
 /// goes away.
+#[utoipa::path(
+    get,
+    path = "/v1/monitor/events",
+    tag = "monitoring",
+    responses((status = 200, description = "The snapshot once a second as server-sent events", content((String = "text/event-stream"))))
+)]
 pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(PERIOD));
     let stream = futures_util::StreamExt::map(ticks, move |_| {

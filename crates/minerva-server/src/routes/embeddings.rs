@@ -17,7 +17,8 @@ use crate::error::ApiError;
 use crate::extract::ApiJsonRaw;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "all-minilm-l6-v2", "input": ["A cat sits on the mat.", "Un chat est assis."]}))]
 pub struct EmbeddingRequest {
     model: String,
     input: Input,
@@ -32,11 +33,12 @@ pub struct EmbeddingRequest {
     /// `chunk` (overlapping windows embedded and averaged).
     long_input: Option<LongInput>,
     /// Ollama's extension: how long the model stays loaded after this request.
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
 /// What an input longer than the model reads gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LongInput {
     /// Its beginning is embedded.
@@ -50,7 +52,7 @@ pub enum LongInput {
 }
 
 /// `input`: a string, strings, token ids, or lists of token ids.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Input {
     Text(String),
@@ -86,7 +88,7 @@ impl Input {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
     #[default]
@@ -122,6 +124,13 @@ struct Usage {
     total_tokens: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "openai",
+    request_body = EmbeddingRequest,
+    responses((status = 200, description = "One embedding per input", body = serde_json::Value))
+)]
 pub async fn embeddings(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
@@ -362,6 +371,12 @@ pub fn check_input_counts(state: &AppState, count: usize, chars: usize) -> Resul
 
 /// `GET /v1/embeddings/stats`: the embedding cache and each loaded embedding model's
 /// batching counters.
+#[utoipa::path(
+    get,
+    path = "/v1/embeddings/stats",
+    tag = "minerva",
+    responses((status = 200, description = "The embedding cache and pipeline counters", body = serde_json::Value))
+)]
 pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
     let models: serde_json::Map<String, serde_json::Value> = state
         .pool

@@ -13,23 +13,29 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FeedbackRequest {
     /// The `id` of the answer being scored.
     id: String,
     score: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PromoteRequest {
     variant: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WeightsRequest {
     weights: HashMap<String, f64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/experiments",
+    tag = "minerva",
+    responses((status = 200, description = "The A/B experiments with their variants and tallies", body = serde_json::Value))
+)]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let table = state.routing.table();
     let data: Vec<Value> = table.experiments().map(|e| e.status()).collect();
@@ -45,10 +51,25 @@ fn find(state: &AppState, name: &str) -> Result<std::sync::Arc<crate::experiment
         .ok_or_else(|| ApiError::ModelNotFound(format!("no experiment {name:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{name}",
+    tag = "minerva",
+    params(("name" = String, Path, description = "The experiment's name")),
+    responses((status = 200, description = "One experiment", body = serde_json::Value))
+)]
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(find(&state, &name)?.status()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{name}/promote",
+    tag = "minerva",
+    params(("name" = String, Path, description = "The experiment's name")),
+    request_body = PromoteRequest,
+    responses((status = 200, description = "The variant now takes all traffic", body = serde_json::Value))
+)]
 pub async fn promote(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -61,6 +82,13 @@ pub async fn promote(
     Ok(Json(experiment.status()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{name}/rollback",
+    tag = "minerva",
+    params(("name" = String, Path, description = "The experiment's name")),
+    responses((status = 200, description = "The experiment is back to its control", body = serde_json::Value))
+)]
 pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let experiment = find(&state, &name)?;
     experiment
@@ -69,6 +97,14 @@ pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>) -
     Ok(Json(experiment.status()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{name}/weights",
+    tag = "minerva",
+    params(("name" = String, Path, description = "The experiment's name")),
+    request_body = WeightsRequest,
+    responses((status = 200, description = "The new split", body = serde_json::Value))
+)]
 pub async fn weights(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -81,6 +117,13 @@ pub async fn weights(
     Ok(Json(experiment.status()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/feedback",
+    tag = "minerva",
+    request_body = FeedbackRequest,
+    responses((status = 200, description = "The score was recorded against the request's variant", body = serde_json::Value))
+)]
 pub async fn feedback(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<FeedbackRequest>,

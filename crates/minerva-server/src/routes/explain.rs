@@ -24,7 +24,8 @@ const MAX_UNITS: usize = 128;
 /// Most completion tokens scored (each variant returns a logits row per token).
 const MAX_COMPLETION_TOKENS: usize = 64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "The capital of France is", "max_tokens": 2}))]
 pub struct ExplainRequest {
     model: String,
     prompt: String,
@@ -39,7 +40,7 @@ pub struct ExplainRequest {
     baseline: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Granularity {
     #[default]
@@ -54,6 +55,13 @@ struct Unit {
     text: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/explain",
+    tag = "minerva",
+    request_body = ExplainRequest,
+    responses((status = 200, description = "Each prompt unit with how much removing it changes the completion", body = serde_json::Value))
+)]
 pub async fn explain(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ExplainRequest>,

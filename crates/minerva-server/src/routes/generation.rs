@@ -20,7 +20,7 @@ use crate::monitor::Monitor;
 use crate::state::AppState;
 
 /// `stop`: one string or a list of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
@@ -28,14 +28,14 @@ pub enum StopSpec {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling fields common to both completion APIs (OpenAI's, plus llama.cpp's extras).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -50,7 +50,7 @@ pub struct SamplingFields {
 }
 
 /// Context fields of chat and completion requests (llama-server's names).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ContextFields {
     /// Go on past the context by dropping the oldest tokens (the server's
     /// `--context-shift` by default).
@@ -215,7 +215,7 @@ pub fn options(
     top_logprobs: Option<usize>,
 ) -> Result<GenerateOptions, ApiError> {
     let max_tokens = match max_tokens {
-        None => state.config.default_max_tokens,
+        None => state.config.default_max_tokens.min(state.config.max_tokens),
         Some(n) if n < 1 => return Err(ApiError::invalid("max_tokens", "must be at least 1")),
         Some(n) if n as u64 > state.config.max_tokens as u64 => {
             return Err(ApiError::invalid(

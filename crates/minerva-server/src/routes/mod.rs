@@ -27,12 +27,24 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /health`: 200 once the server accepts requests, with the loaded models.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "monitoring",
+    responses((status = 200, description = "The server is up; its loaded models and free slots", body = serde_json::Value))
+)]
 pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let loaded: Vec<_> = state.pool.loaded().iter().map(|l| l.id.to_string()).collect();
     Json(serde_json::json!({ "status": "ok", "loaded_models": loaded, "free_slots": state.admission.available() }))
 }
 
 /// `GET /metrics` in Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::monitor::refresh(&state);
     (

@@ -16,8 +16,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Body of `POST /v1/models/{id}/load`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoadRequest {
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
@@ -40,6 +41,12 @@ fn entry(state: &AppState, id: &str) -> Result<ModelEntry, ApiError> {
         .map_err(|_| ApiError::ModelNotFound(format!("model {id:?} does not exist")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses((status = 200, description = "The models in the store", body = serde_json::Value))
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let models = state
         .pool
@@ -67,6 +74,12 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
 
 /// `POST /v1/admin/reload`: reads the configuration file's routes again; a bad file keeps
 /// the routes in use and says why (400).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reload",
+    tag = "minerva",
+    responses((status = 200, description = "The registry was re-read", body = serde_json::Value))
+)]
 pub async fn reload(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let routing = std::sync::Arc::clone(&state.routing);
     let table = tokio::task::spawn_blocking(move || routing.reload())
@@ -77,12 +90,27 @@ pub async fn reload(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(serde_json::json!({ "reloaded": true, "routes": routes })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    tag = "openai",
+    params(("id" = String, Path, description = "A model's id, alias or name:tag")),
+    responses((status = 200, description = "One model", body = serde_json::Value))
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(describe(&entry(&state, &id)?)))
 }
 
 /// Loads a model and answers when it is ready; an optional body `{"keep_alive": ...}` sets
 /// how long it stays.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{id}/load",
+    tag = "minerva",
+    params(("id" = String, Path, description = "A model's id, alias or name:tag")),
+    request_body(content = Option<LoadRequest>, description = "Optional", content_type = "application/json"),
+    responses((status = 200, description = "The model is loaded", body = serde_json::Value))
+)]
 pub async fn load(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -115,6 +143,13 @@ pub async fn load(
 }
 
 /// Starts loading in the background and answers at once (202).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{id}/preload",
+    tag = "minerva",
+    params(("id" = String, Path, description = "A model's id, alias or name:tag")),
+    responses((status = 200, description = "The load was started", body = serde_json::Value))
+)]
 pub async fn preload(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,6 +168,13 @@ pub async fn preload(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{id}",
+    tag = "minerva",
+    params(("id" = String, Path, description = "A model's id, alias or name:tag")),
+    responses((status = 200, description = "The model is unloaded (or was not loaded)", body = serde_json::Value))
+)]
 pub async fn unload(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -142,6 +184,12 @@ pub async fn unload(
     Ok(Json(serde_json::json!({ "id": id, "unloaded": was_loaded })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/stats",
+    tag = "minerva",
+    responses((status = 200, description = "The pool: memory, loads, evictions, per-model use", body = serde_json::Value))
+)]
 pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
     let stats: serde_json::Map<String, serde_json::Value> = state
         .pool
@@ -158,6 +206,12 @@ pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/loaded",
+    tag = "minerva",
+    responses((status = 200, description = "The loaded models with their bytes, leases and expiry", body = serde_json::Value))
+)]
 pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
     let stats: std::collections::HashMap<_, _> = state.pool.stats().into_iter().collect();
     let models: Vec<_> = state
@@ -190,6 +244,12 @@ pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /v1/models/patterns`: per model request counts, share, trend and heat over the
 /// last window, and the preload recommendations of every strategy with their reasons.
+#[utoipa::path(
+    get,
+    path = "/v1/models/patterns",
+    tag = "minerva",
+    responses((status = 200, description = "Usage patterns and the preload plan", body = serde_json::Value))
+)]
 pub async fn patterns(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(registry) = state.pool.registry().cloned() else {
         return Ok(Json(

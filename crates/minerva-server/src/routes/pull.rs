@@ -28,7 +28,7 @@ use crate::state::AppState;
 /// Progress lines are sent at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// What to pull: `hf.co/OWNER/REPO[:QUANT]`, `ollama.com/NAME:TAG`, `NAME:TAG` (the
@@ -50,6 +50,13 @@ pub struct PullRequest {
 }
 
 /// `POST /v1/models/pull`: one JSON answer when done (`"stream": true` for progress lines).
+#[utoipa::path(
+    post,
+    path = "/v1/models/pull",
+    tag = "minerva",
+    request_body = PullRequest,
+    responses((status = 200, description = "The model is in the store (with `stream: true`, progress as NDJSON lines)", content((serde_json::Value = "application/json"), (String = "application/x-ndjson"))))
+)]
 pub async fn pull_v1(
     State(state): State<AppState>,
     AnyJson(request): AnyJson<PullRequest>,
@@ -59,6 +66,13 @@ pub async fn pull_v1(
 }
 
 /// `POST /api/pull` (Ollama): NDJSON progress unless `"stream": false`.
+#[utoipa::path(
+    post,
+    path = "/api/pull",
+    tag = "ollama",
+    request_body = PullRequest,
+    responses((status = 200, description = "Progress lines, or one status object with `stream: false`", content((serde_json::Value = "application/json"), (String = "application/x-ndjson"))))
+)]
 pub async fn pull_ollama(
     State(state): State<AppState>,
     AnyJson(request): AnyJson<PullRequest>,
@@ -81,6 +95,9 @@ async fn run(state: AppState, request: PullRequest, streaming: bool, ollama: boo
         .transpose()
         .map_err(|e| ApiError::invalid("as", e.to_string()))?;
     let source = request.model;
+    // A source that cannot be parsed is the request's fault: a 400 before any stream
+    // starts (a stream has already said 200).
+    minerva_pull::Source::parse(&source).map_err(|e| ApiError::invalid("model", e.to_string()))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
     let task = tokio::task::spawn_blocking(move || {
         let mut last = Instant::now() - PROGRESS_EVERY;
@@ -144,13 +161,20 @@ async fn run(state: AppState, request: PullRequest, streaming: bool, ollama: boo
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct DeleteRequest {
     #[serde(alias = "name")]
     model: String,
 }
 
 /// `POST /v1/models/{id}/remove`: unloads the model and deletes it from the store.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{id}/remove",
+    tag = "minerva",
+    params(("id" = String, Path, description = "A model's id, alias or name:tag")),
+    responses((status = 200, description = "The model was removed from the store", body = serde_json::Value))
+)]
 pub async fn remove_v1(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -160,6 +184,13 @@ pub async fn remove_v1(
 }
 
 /// `DELETE /api/delete` (Ollama): `{"model": "NAME[:TAG]"}`.
+#[utoipa::path(
+    delete,
+    path = "/api/delete",
+    tag = "ollama",
+    request_body = DeleteRequest,
+    responses((status = 200, description = "The model was removed", body = serde_json::Value))
+)]
 pub async fn delete_ollama(
     State(state): State<AppState>,
     AnyJson(request): AnyJson<DeleteRequest>,

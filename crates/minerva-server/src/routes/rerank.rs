@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RerankRequest {
     model: String,
     query: String,
@@ -29,11 +29,12 @@ pub struct RerankRequest {
     /// The logits instead of the activated scores.
     #[serde(default)]
     raw_scores: bool,
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
 /// A document: a string, or Cohere's `{"text": ...}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Document {
     Text(String),
@@ -68,6 +69,13 @@ struct DocumentText {
     text: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rerank",
+    tag = "minerva",
+    request_body = RerankRequest,
+    responses((status = 200, description = "The documents scored against the query, best first", body = serde_json::Value))
+)]
 pub async fn rerank(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 const MAX_GRAMMAR_BYTES: usize = 64 << 10;
 
 /// `response_format`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     kind: String,
@@ -21,7 +21,7 @@ pub struct ResponseFormat {
 }
 
 /// `response_format.json_schema`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 struct JsonSchemaFormat {
     #[allow(dead_code)] // OpenAI requires it; it names the schema and changes nothing.
     name: Option<String>,
@@ -33,7 +33,7 @@ struct JsonSchemaFormat {
 
 /// The grammar fields of a request: OpenAI's `response_format`, and llama-server-style
 /// extensions.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct GrammarFields {
     pub response_format: Option<ResponseFormat>,
     /// A grammar in llguidance's Lark syntax (`start: ...`).

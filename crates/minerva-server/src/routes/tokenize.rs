@@ -11,7 +11,8 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "Hello, world"}))]
 pub struct TokenizeRequest {
     model: String,
     #[serde(alias = "content")]
@@ -29,12 +30,21 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "tokens": [19556, 28, 905]}))]
 pub struct DetokenizeRequest {
     model: String,
+    #[schema(value_type = Vec<i32>)]
     tokens: Vec<TokenId>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tokenize",
+    tag = "minerva",
+    request_body = TokenizeRequest,
+    responses((status = 200, description = "The token ids (and pieces)", body = serde_json::Value))
+)]
 pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenizeRequest>,
@@ -63,6 +73,13 @@ pub async fn tokenize(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/detokenize",
+    tag = "minerva",
+    request_body = DetokenizeRequest,
+    responses((status = 200, description = "The text", body = serde_json::Value))
+)]
 pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<DetokenizeRequest>,

@@ -22,14 +22,14 @@ use crate::error::ApiError;
 const MAX_TOOLS: usize = 64;
 
 /// `tools[i]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ToolSpec {
     #[serde(rename = "type")]
     kind: String,
     function: FunctionSpec,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 struct FunctionSpec {
     name: String,
     description: Option<String>,
@@ -37,20 +37,20 @@ struct FunctionSpec {
 }
 
 /// `tool_choice`: a mode or `{"type": "function", "function": {"name": ...}}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ToolChoice {
     Mode(String),
     Named { function: NamedFunction },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NamedFunction {
     name: String,
 }
 
 /// The tool fields of a chat request.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ToolFields {
     pub tools: Option<Vec<ToolSpec>>,
     pub tool_choice: Option<ToolChoice>,
@@ -259,13 +259,13 @@ pub fn call_id() -> String {
 }
 
 /// A past call in an assistant message (`messages[i].tool_calls[j]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ToolCallIn {
     pub id: Option<String>,
     pub function: FunctionCallIn,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct FunctionCallIn {
     pub name: String,
     /// The arguments' JSON text.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// How a prompt that does not fit is made to fit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Truncation {
     #[default]

@@ -19,7 +19,9 @@ use crate::routes::structured;
 use crate::routes::tools::{FunctionCallIn, ToolCallIn, ToolFields, ToolSpec, Tools};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaChatRequest)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "stream": false, "options": {"num_predict": 8}}))]
 pub struct ChatRequest {
     model: String,
     #[serde(default)]
@@ -29,6 +31,7 @@ pub struct ChatRequest {
     format: Option<serde_json::Value>,
     #[serde(default)]
     options: Options,
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
     /// Whether a generation that fills the context goes on, dropping its oldest tokens
     /// (Ollama's default), or ends.
@@ -36,7 +39,8 @@ pub struct ChatRequest {
     tools: Option<Vec<ToolSpec>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaMessage)]
 struct MessageIn {
     role: String,
     #[serde(default)]
@@ -48,12 +52,12 @@ struct MessageIn {
 }
 
 /// A call as Ollama writes it: arguments as an object, not a string.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 struct OllamaCall {
     function: OllamaFunction,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 struct OllamaFunction {
     name: String,
     #[serde(default)]
@@ -105,6 +109,13 @@ impl MessageIn {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/chat",
+    tag = "ollama",
+    request_body = ChatRequest,
+    responses((status = 200, description = "The reply (streamed as NDJSON unless `stream: false`)", content((serde_json::Value = "application/json"), (String = "application/x-ndjson"))))
+)]
 pub async fn chat(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

@@ -18,7 +18,8 @@ use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaCreateRequest)]
 pub struct CreateRequest {
     /// The new model's name (`name` in Ollama's older API).
     #[serde(alias = "name")]
@@ -37,13 +38,21 @@ pub struct CreateRequest {
     stream: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaCopyRequest)]
 pub struct CopyRequest {
     source: String,
     destination: String,
 }
 
 /// `POST /api/create`.
+#[utoipa::path(
+    post,
+    path = "/api/create",
+    tag = "ollama",
+    request_body = CreateRequest,
+    responses((status = 200, description = "The model was created (status lines unless `stream: false`)", content((serde_json::Value = "application/json"), (String = "application/x-ndjson"))))
+)]
 pub async fn create(State(state): State<AppState>, AnyJson(req): AnyJson<CreateRequest>) -> Result<Response, ApiError> {
     if req.files.is_some() || req.adapters.is_some() {
         return Err(ApiError::invalid(
@@ -92,6 +101,13 @@ pub async fn create(State(state): State<AppState>, AnyJson(req): AnyJson<CreateR
 }
 
 /// `POST /api/copy`: `destination` becomes a second name of `source` (no second copy).
+#[utoipa::path(
+    post,
+    path = "/api/copy",
+    tag = "ollama",
+    request_body = CopyRequest,
+    responses((status = 200, description = "The copy exists", body = serde_json::Value))
+)]
 pub async fn copy(State(state): State<AppState>, AnyJson(req): AnyJson<CopyRequest>) -> Result<Response, ApiError> {
     let source = model_id(&state, &req.source)?;
     state

@@ -14,30 +14,41 @@ use crate::routes::embeddings::{EmbedRequest, LongInput, check_input_counts, emb
 use crate::state::AppState;
 
 /// `input`: one string or several.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaInput)]
 #[serde(untagged)]
 enum Input {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "all-minilm-l6-v2", "input": "A cat sits on the mat."}))]
 pub struct EmbedBody {
     model: String,
     input: Input,
     /// Ollama truncates inputs longer than the model's context unless told not to.
     truncate: Option<bool>,
     dimensions: Option<usize>,
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsBody {
     model: String,
     prompt: String,
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/embed",
+    tag = "ollama",
+    request_body = EmbedBody,
+    responses((status = 200, description = "One embedding per input", body = serde_json::Value))
+)]
 pub async fn embed(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,
@@ -74,6 +85,13 @@ pub async fn embed(
     Ok(Json(reply))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/embeddings",
+    tag = "ollama",
+    request_body = EmbeddingsBody,
+    responses((status = 200, description = "One embedding (the older route)", body = serde_json::Value))
+)]
 pub async fn embeddings(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

@@ -23,7 +23,9 @@ use crate::state::AppState;
 /// Most tokens of `context` accepted.
 const MAX_CONTEXT_TOKENS: usize = 1 << 20;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaGenerateRequest)]
+#[schema(example = json!({"model": "gemma-3-270m", "prompt": "The capital of France is", "stream": false, "options": {"num_predict": 8}}))]
 pub struct GenerateRequest {
     model: String,
     #[serde(default)]
@@ -37,11 +39,13 @@ pub struct GenerateRequest {
     #[serde(default)]
     raw: bool,
     /// Tokens of an earlier exchange (the `context` of its reply) to continue from.
+    #[schema(value_type = Option<Vec<i32>>)]
     context: Option<Vec<TokenId>>,
     stream: Option<bool>,
     format: Option<serde_json::Value>,
     #[serde(default)]
     options: Options,
+    #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
     /// Whether a generation that fills the context goes on, dropping its oldest tokens
     /// (Ollama's default), or ends.
@@ -49,6 +53,13 @@ pub struct GenerateRequest {
     images: Option<Vec<String>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/generate",
+    tag = "ollama",
+    request_body = GenerateRequest,
+    responses((status = 200, description = "The completion (streamed as NDJSON unless `stream: false`)", content((serde_json::Value = "application/json"), (String = "application/x-ndjson"))))
+)]
 pub async fn generate(
     State(state): State<AppState>,
     scope: Option<axum::Extension<crate::middleware::Scope>>,

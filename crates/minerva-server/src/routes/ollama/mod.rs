@@ -20,12 +20,13 @@ mod options;
 
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use minerva_store::ModelId;
 
 use crate::error::ApiError;
@@ -35,21 +36,21 @@ use crate::state::AppState;
 pub const OLLAMA_API_VERSION: &str = "0.12.0";
 
 /// Ollama's routes, to be merged at the root.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .route("/", get(running).head(running))
-        .route("/api/version", get(models::version))
-        .route("/api/tags", get(models::tags))
-        .route("/api/ps", get(models::ps))
-        .route("/api/show", post(models::show))
-        .route("/api/chat", post(chat::chat))
-        .route("/api/generate", post(generate::generate))
-        .route("/api/embed", post(embed::embed))
-        .route("/api/embeddings", post(embed::embeddings))
-        .route("/api/pull", post(crate::routes::pull::pull_ollama))
-        .route("/api/delete", axum::routing::delete(crate::routes::pull::delete_ollama))
-        .route("/api/create", post(create::create))
-        .route("/api/copy", post(create::copy))
+        .routes(routes!(models::version))
+        .routes(routes!(models::tags))
+        .routes(routes!(models::ps))
+        .routes(routes!(models::show))
+        .routes(routes!(chat::chat))
+        .routes(routes!(generate::generate))
+        .routes(routes!(embed::embed))
+        .routes(routes!(embed::embeddings))
+        .routes(routes!(crate::routes::pull::pull_ollama))
+        .routes(routes!(crate::routes::pull::delete_ollama))
+        .routes(routes!(create::create))
+        .routes(routes!(create::copy))
 }
 
 /// `GET /`: what Ollama answers, so clients that probe for a server find one.

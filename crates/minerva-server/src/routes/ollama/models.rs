@@ -14,6 +14,12 @@ use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/version",
+    tag = "ollama",
+    responses((status = 200, description = "The Ollama API version followed", body = serde_json::Value))
+)]
 pub async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": OLLAMA_API_VERSION,
@@ -76,6 +82,12 @@ fn modified(entry: &ModelEntry) -> SystemTime {
 }
 
 /// `GET /api/tags`: every model of the store.
+#[utoipa::path(
+    get,
+    path = "/api/tags",
+    tag = "ollama",
+    responses((status = 200, description = "The models on disk", body = serde_json::Value))
+)]
 pub async fn tags(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let entries = state
         .pool
@@ -100,6 +112,12 @@ pub async fn tags(State(state): State<AppState>) -> Result<Json<serde_json::Valu
 }
 
 /// `GET /api/ps`: the loaded models, their memory and when they unload.
+#[utoipa::path(
+    get,
+    path = "/api/ps",
+    tag = "ollama",
+    responses((status = 200, description = "The loaded models", body = serde_json::Value))
+)]
 pub async fn ps(State(state): State<AppState>) -> Json<serde_json::Value> {
     let stats: std::collections::HashMap<ModelId, _> = state.pool.stats().into_iter().collect();
     let models: Vec<serde_json::Value> = state
@@ -135,7 +153,9 @@ pub async fn ps(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "models": models }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaShowRequest)]
+#[schema(example = json!({"model": "smollm2-135m-instruct"}))]
 pub struct ShowRequest {
     /// `model`, or `name` as older clients send it.
     #[serde(alias = "name")]
@@ -143,6 +163,13 @@ pub struct ShowRequest {
 }
 
 /// `POST /api/show`: one model's details, capabilities, chat template and metadata.
+#[utoipa::path(
+    post,
+    path = "/api/show",
+    tag = "ollama",
+    request_body = ShowRequest,
+    responses((status = 200, description = "One model's details, template and metadata", body = serde_json::Value))
+)]
 pub async fn show(
     State(state): State<AppState>,
     AnyJson(req): AnyJson<ShowRequest>,

@@ -16,7 +16,8 @@ const MAX_SCHEMA_BYTES: usize = 64 << 10;
 /// `options` of `/api/chat` and `/api/generate`. Options this server has no use for
 /// (`num_thread`, `mirostat`, `num_gpu`, ...) are ignored, as Ollama ignores the ones
 /// its runner does not know.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = OllamaOptions)]
 pub struct Options {
     /// The request's context. Minerva's session is sized once per model (`--ctx-size`,
     /// the model's `num_ctx` setting, the memory budget): a smaller `num_ctx` holds this
