@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh checkout: set-up (packages, models, build), then
 # formatting, dependency policy (cargo deny), every unit and end-to-end test on the real
 # models in release mode, the runtime's tests again in the debug profile, and the official
-# OpenAI and Ollama clients, the dashboard in headless Chromium, and a one-minute soak
-# against the server; then a minute of fuzzing per parser.
+# OpenAI and Ollama clients, the dashboard in headless Chromium, schemathesis against the
+# published API schema, and a one-minute soak against the server; then a minute of fuzzing
+# per parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ say "cargo deny check (bans: no openssl/md5/ring/quick-js; licenses; sources)"
 cargo deny check bans licenses sources
 
 say "cargo test --release --workspace"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast
 
 # The debug profile has debug assertions and overflow checks everywhere, as a newcomer's
 # `cargo run` does: the runtime (scheduler, pool, registry) must hold up there too.
@@ -35,6 +36,9 @@ scripts/test-openai-client.sh
 # A short soak (the long one: scripts/soak.sh 300 64): mixed load on three models under a
 # budget that holds two, clients leaving mid-stream; no error but the designed 429/503,
 # no descriptor left open.
+say "schemathesis against /openapi.json: 120 s"
+scripts/schemathesis.sh 120 25
+
 say "soak: 60 s, 32 clients"
 scripts/soak.sh 60 32
 

@@ -11,8 +11,8 @@ mod error;
 pub mod experiment;
 mod extract;
 mod middleware;
-pub mod openapi;
 pub mod monitor;
+pub mod openapi;
 pub mod otlp;
 pub mod remote;
 pub mod request_log;
@@ -27,9 +27,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
 use axum::routing::{get, post};
-use utoipa::OpenApi as _;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use minerva_pool::ModelPool;
 use minerva_workers::embedding::EmbeddingCache;
@@ -37,6 +34,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
@@ -136,10 +136,13 @@ pub fn app(state: AppState) -> Router {
     let mut router = documented
         // text-embeddings-inference's path (documented as /v1/rerank).
         .route("/rerank", post(routes::rerank::rerank))
-        .route("/openapi.json", get(move || {
-            let api = api.clone();
-            async move { ([(header::CONTENT_TYPE, "application/json")], api) }
-        }))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let api = api.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], api) }
+            }),
+        )
         .route("/dashboard", get(routes::dashboard::page))
         .route("/dashboard/{*file}", get(routes::dashboard::asset))
         .fallback(routes::not_found)

@@ -76,7 +76,10 @@ const ERRORS: &[(&str, &str)] = &[
     ("409", "The model's files failed their integrity check"),
     ("413", "The body is larger than the server accepts"),
     ("502", "A hub or remote backend failed"),
-    ("503", "Overloaded or no memory free right now; retry after the Retry-After header"),
+    (
+        "503",
+        "Overloaded or no memory free right now; retry after the Retry-After header",
+    ),
     ("504", "The request exceeded the server's timeout"),
     ("507", "The model can never fit in the memory budget"),
 ];

@@ -372,3 +372,67 @@ async fn a_keep_alive_beyond_the_clock_keeps_the_model_and_the_server() {
     .await;
     still_serves(&server).await;
 }
+
+/// `/openapi.json` describes the routes a client uses, with their bodies and the error
+/// body every refusal has; a route's refusals are documented as what they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_schema_documents_the_routes_their_bodies_and_errors() {
+    let server = TestServer::shared();
+    let api = server.ok_get("/openapi.json").await;
+    assert!(
+        api["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        api["openapi"]
+    );
+    let paths = api["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/chat/completions", "post"),
+        ("/v1/completions", "post"),
+        ("/v1/embeddings", "post"),
+        ("/v1/models", "get"),
+        ("/v1/models/{id}", "delete"),
+        ("/v1/models/{id}/load", "post"),
+        ("/v1/tokenize", "post"),
+        ("/api/chat", "post"),
+        ("/api/tags", "get"),
+        ("/health", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    // The chat body is the handler's type: its required fields, its flattened sampling.
+    let schemas = &api["components"]["schemas"];
+    let chat = serde_json::to_string(&schemas["ChatRequest"]).unwrap();
+    assert!(chat.contains("\"required\":[\"model\",\"messages\"]"), "{chat}");
+    assert!(chat.contains("SamplingFields"), "{chat}");
+    assert!(schemas["SamplingFields"]["properties"]["temperature"].is_object());
+    // A 404 on an OpenAI route has OpenAI's error body, on an Ollama route Ollama's.
+    let not_found = |path: &str, method: &str| {
+        api["paths"][path][method]["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].clone()
+    };
+    assert_eq!(
+        not_found("/v1/chat/completions", "post"),
+        "#/components/schemas/ErrorBody"
+    );
+    assert_eq!(not_found("/api/chat", "post"), "#/components/schemas/OllamaErrorBody");
+    // And the server's real 404 matches the documented body.
+    let error = expect_error(
+        server
+            .post(
+                "/v1/chat/completions",
+                &chat_body("Hi", json!({ "model": "no-such-model" })),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        Some("model"),
+    )
+    .await;
+    for field in schemas["ErrorDetail"]["required"].as_array().unwrap() {
+        assert!(
+            error.get(field.as_str().unwrap()).is_some(),
+            "{field} missing from {error}"
+        );
+    }
+}

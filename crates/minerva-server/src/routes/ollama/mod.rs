@@ -20,14 +20,14 @@ mod options;
 
 use std::time::{Duration, SystemTime};
 
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use minerva_store::ModelId;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::state::AppState;
