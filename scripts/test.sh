@@ -39,6 +39,12 @@ scripts/test-openai-client.sh
 say "schemathesis against /openapi.json: 120 s"
 scripts/schemathesis.sh 120 25
 
+# Chaos (the long one: scripts/chaos.sh 20): SIGKILL during imports, pulls, loads and a
+# shutdown with an embedding-cache file, each followed by verify and a restart; a full
+# disk and a read-only models directory on a tmpfs.
+say "chaos: 8 rounds"
+scripts/chaos.sh 8
+
 say "soak: 60 s, 32 clients"
 scripts/soak.sh 60 32
 

@@ -309,3 +309,51 @@ async fn the_dashboard_is_served_from_the_binary_and_its_data_asks_for_the_key()
     assert_eq!(snapshot["object"], "monitor");
     assert!(snapshot["memory"]["budget_bytes"].as_u64().unwrap() > 0);
 }
+
+/// A client that leaves mid-stream gives back what it held: its admission slot (as
+/// `/health`'s `free_slots` shows) and its sequence in the model's scheduler (running 0,
+/// its KV cells cleared), while the stream would have gone on for 1,500 tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
+    let server = TestServer::start(ServerConfig {
+        max_concurrent_requests: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let free = |health: &Value| health["free_slots"].as_u64().unwrap();
+    assert_eq!(free(&server.ok_get("/health").await), 2);
+
+    let mut bias = serde_json::Map::new();
+    for token in ["<|im_end|>", "<|endoftext|>"] {
+        let ids = server
+            .ok("/v1/tokenize", &json!({ "model": CHAT, "prompt": token, "parse_special": true }))
+            .await;
+        for id in ids["tokens"].as_array().unwrap() {
+            bias.insert(id.to_string(), json!(-100));
+        }
+    }
+    let body = completion_body(
+        CHAT,
+        "Once upon a time",
+        json!({ "max_tokens": 1500, "stream": true, "temperature": 0, "logit_bias": bias }),
+    );
+    let response = server.client.post(server.url("/v1/completions")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = SseReader::new(response);
+    stream.next().await.expect("a first chunk");
+    assert_eq!(free(&server.ok_get("/health").await), 1, "the stream holds a slot");
+
+    drop(stream);
+    let freed = eventually(Duration::from_secs(30), || async {
+        let slots = free(&server.ok_get("/health").await);
+        let monitor = server.ok_get("/v1/monitor").await;
+        let model = monitor["models"].as_array().unwrap().iter().find(|m| m["id"] == CHAT).cloned();
+        slots == 2 && model.is_some_and(|m| m["running"] == 0 && m["kv_usage"].as_f64() == Some(0.0))
+    })
+    .await;
+    assert!(freed, "the slot or the sequence of a client that left is still held");
+    // And the slot serves the next request.
+    server
+        .ok("/v1/completions", &completion_body(CHAT, "Hello", json!({ "max_tokens": 2 })))
+        .await;
+}
