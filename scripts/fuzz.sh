@@ -2,7 +2,7 @@
 # Fuzzes Minerva's input parsers with cargo fuzz (libFuzzer, AddressSanitizer): the GGUF
 # reader and validator, the safetensors header reader, the Modelfile parser, model ids
 # (which become file names), the chat-template renderer on hostile templates and the
-# streaming detokenizer's UTF-8 assembly. Each target starts from its committed seed corpus
+# streaming detokenizer's UTF-8 assembly, and the prefix cache's matching and eviction. Each target starts from its committed seed corpus
 # (fuzz/corpus/TARGET: real headers, hostile cases of the tests) and writes what it
 # finds to target/fuzz-corpus/TARGET; a crash stops the run with the input saved under
 # fuzz/artifacts/TARGET/ (fix it, and add a regression test named after it).
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf safetensors_header modelfile model_id chat_template utf8_stream)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf safetensors_header modelfile model_id chat_template utf8_stream prefix_cache)
 say() { printf '\033[1m[fuzz]\033[0m %s\n' "$*" >&2; }
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -326,7 +326,10 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
     let mut bias = serde_json::Map::new();
     for token in ["<|im_end|>", "<|endoftext|>"] {
         let ids = server
-            .ok("/v1/tokenize", &json!({ "model": CHAT, "prompt": token, "parse_special": true }))
+            .ok(
+                "/v1/tokenize",
+                &json!({ "model": CHAT, "prompt": token, "parse_special": true }),
+            )
             .await;
         for id in ids["tokens"].as_array().unwrap() {
             bias.insert(id.to_string(), json!(-100));
@@ -337,7 +340,13 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
         "Once upon a time",
         json!({ "max_tokens": 1500, "stream": true, "temperature": 0, "logit_bias": bias }),
     );
-    let response = server.client.post(server.url("/v1/completions")).json(&body).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = SseReader::new(response);
     stream.next().await.expect("a first chunk");
@@ -347,13 +356,21 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
     let freed = eventually(Duration::from_secs(30), || async {
         let slots = free(&server.ok_get("/health").await);
         let monitor = server.ok_get("/v1/monitor").await;
-        let model = monitor["models"].as_array().unwrap().iter().find(|m| m["id"] == CHAT).cloned();
+        let model = monitor["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == CHAT)
+            .cloned();
         slots == 2 && model.is_some_and(|m| m["running"] == 0 && m["kv_usage"].as_f64() == Some(0.0))
     })
     .await;
     assert!(freed, "the slot or the sequence of a client that left is still held");
     // And the slot serves the next request.
     server
-        .ok("/v1/completions", &completion_body(CHAT, "Hello", json!({ "max_tokens": 2 })))
+        .ok(
+            "/v1/completions",
+            &completion_body(CHAT, "Hello", json!({ "max_tokens": 2 })),
+        )
         .await;
 }

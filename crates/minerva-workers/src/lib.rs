@@ -23,3 +23,10 @@ mod worker_thread;
 pub use llm_worker::{GenerationEvent, LlmWorker, LlmWorkerConfig};
 pub use memory::{resident_bytes, return_free_memory};
 pub use scheduler::SchedulerStats;
+
+/// Entry points for `fuzz/` (cargo fuzz): internal structures driven by arbitrary input,
+/// checking their invariants. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::prefix_cache::fuzz_operations as prefix_cache;
+}

@@ -119,6 +119,66 @@ pub(crate) fn common_prefix(a: &[TokenId], b: &[TokenId]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Runs the operations `data` encodes on a cache and checks its invariants after each:
+/// the token cap holds, no entry is a prefix of another, a lookup finds an entry sharing
+/// the longest prefix any entry shares with the prompt, and logits come back only for the
+/// exact prompt that left them. Tokens come from a 4-symbol alphabet so that prompts share
+/// prefixes often. (The entry point of the `prefix_cache` fuzz target.)
+pub fn fuzz_operations(data: &[u8]) {
+    let Some((&cap, ops)) = data.split_first() else { return };
+    let mut cache = PrefixCache::<usize>::new(usize::from(cap));
+    let mut next_state = 0usize;
+    for op in ops.chunks(9) {
+        let (&kind, rest) = op.split_first().expect("chunks are not empty");
+        let tokens: Vec<TokenId> = rest
+            .iter()
+            .take(usize::from(kind >> 2) % 9)
+            .map(|b| TokenId::from(b & 3))
+            .collect();
+        if kind & 1 == 0 {
+            let logits = (kind & 2 != 0).then(|| (tokens.len(), vec![tokens.len() as f32]));
+            cache.insert(next_state, tokens, logits);
+            next_state += 1;
+        } else {
+            let best = cache
+                .entries
+                .iter()
+                .map(|e| common_prefix(&e.tokens, &tokens))
+                .max()
+                .unwrap_or(0);
+            let states: Vec<(usize, Vec<TokenId>, Option<usize>)> = cache
+                .entries
+                .iter()
+                .map(|e| (e.state, e.tokens.clone(), e.prompt_logits.as_ref().map(|(n, _)| *n)))
+                .collect();
+            match cache.longest_match(&tokens) {
+                None => assert_eq!(best, 0, "no match although an entry shares {best} tokens"),
+                Some(found) => {
+                    assert_eq!(found.len, best, "the match is not the longest");
+                    let (_, entry, logits_at) = states
+                        .iter()
+                        .find(|(s, _, _)| s == found.state)
+                        .expect("a cached state");
+                    assert_eq!(common_prefix(entry, &tokens), found.len);
+                    if found.logits.is_some() {
+                        assert_eq!(*logits_at, Some(tokens.len()));
+                        assert!(found.len >= tokens.len());
+                    }
+                }
+            }
+        }
+        assert!(cache.cached_tokens() <= cache.max_tokens, "over the token cap");
+        for (i, a) in cache.entries.iter().enumerate() {
+            for (j, b) in cache.entries.iter().enumerate() {
+                assert!(
+                    i == j || !b.tokens.starts_with(&a.tokens),
+                    "an entry is a prefix of another"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
