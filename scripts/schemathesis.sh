@@ -19,50 +19,17 @@ venv=target/schemathesis-venv
 req=tests/schemathesis/requirements.txt
 say() { printf '\033[1m[schemathesis]\033[0m %s\n' "$*" >&2; }
 
+source scripts/lib.sh
 [ -x "$BIN" ] || { say "no binary at $BIN (cargo build --release --bin minerva)"; exit 1; }
-for m in smollm2-135m-instruct.gguf gemma-3-270m.gguf all-minilm-l6-v2; do
-  [ -e "$MODELS/$m" ] || { say "$MODELS/$m is missing: run scripts/fetch-models.sh"; exit 1; }
-done
+require_default_models
+ensure_venv "$venv" "$req"
 
-if [[ ! -x "$venv/bin/python" ]]; then
-  say "creating virtualenv $venv"
-  python3 -m venv "$venv"
-fi
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
-  say "installing pinned packages from $req"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-  echo "$want" >"$stamp"
-fi
-
-home="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$home"
-}
-trap cleanup EXIT
-mkdir -p "$home/models"
-cp -al "$MODELS/." "$home/models/" 2>/dev/null || cp -a "$MODELS/." "$home/models/"
-
-log="$home/server.log"
 # Generation is capped so that a generated max_tokens of 10^18 costs a second, not hours:
 # the run tests what the server accepts and answers, not how long it can write.
-MINERVA_HOME="$home" "$BIN" serve --addr 127.0.0.1:0 --threads 1 --max-tokens 16 \
-  --request-timeout 60 --preload off --warm-start 0 > "$log" 2>&1 &
-pid=$!
-port=""
-for _ in $(seq 1 300); do
-  port="$(sed -n 's/.*minerva listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)"
-  [ -n "$port" ] && break
-  kill -0 "$pid" 2>/dev/null || { say "the server exited:"; tail -20 "$log" >&2; exit 1; }
-  sleep 0.2
-done
-[ -n "$port" ] || { say "the server did not say where it listens"; exit 1; }
+serve_in_temp_home --threads 1 --max-tokens 16 --request-timeout 60 --preload off --warm-start 0
 base="http://127.0.0.1:$port"
 
-mkdir -p target/schemathesis
+rm -rf target/schemathesis && mkdir -p target/schemathesis
 say "schemathesis $("$venv/bin/schemathesis" --version | awk '{print $NF}') against $base/openapi.json, ${MAX_TIME}s, at most $MAX_EXAMPLES cases per route"
 rc=0
 # /v1/monitor/events never ends (one snapshot a second); its shape is the one of

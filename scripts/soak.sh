@@ -20,39 +20,12 @@ BIN="${MINERVA_BIN:-target/release/minerva}"
 MODELS="${MINERVA_HOME:-$HOME/.local/share/minerva}/models"
 say() { printf '\033[1m[soak]\033[0m %s\n' "$*" >&2; }
 
+source scripts/lib.sh
 [ -x "$BIN" ] || { say "no binary at $BIN (cargo build --release --bin minerva)"; exit 1; }
-for m in smollm2-135m-instruct.gguf gemma-3-270m.gguf all-minilm-l6-v2; do
-  [ -e "$MODELS/$m" ] || { say "$MODELS/$m is missing: run scripts/fetch-models.sh"; exit 1; }
-done
+require_default_models
 
-home="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$home"
-}
-trap cleanup EXIT
-# Hard links: no copy of the weights (the same filesystem as the default home).
-mkdir -p "$home/models"
-cp -al "$MODELS/." "$home/models/" 2>/dev/null || cp -a "$MODELS/." "$home/models/"
-
-log="$home/server.log"
 say "minerva serve, budget $BUDGET, $CLIENTS clients for ${DURATION}s"
-MINERVA_HOME="$home" "$BIN" serve --addr 127.0.0.1:0 --memory-budget "$BUDGET" \
-  --max-queued 256 --keep-alive 30s --preload off --warm-start 0 > "$log" 2>&1 &
-pid=$!
-port=""
-for _ in $(seq 1 300); do
-  port="$(sed -n 's/.*minerva listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)"
-  [ -n "$port" ] && break
-  kill -0 "$pid" 2>/dev/null || { say "the server exited:"; tail -20 "$log" >&2; exit 1; }
-  sleep 0.2
-done
-[ -n "$port" ] || { say "the server did not say where it listens"; exit 1; }
-until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null; do
-  kill -0 "$pid" 2>/dev/null || { say "the server exited:"; tail -20 "$log" >&2; exit 1; }
-  sleep 0.2
-done
+serve_in_temp_home --memory-budget "$BUDGET" --max-queued 256 --keep-alive 30s --preload off --warm-start 0
 
 mkdir -p target
 rc=0

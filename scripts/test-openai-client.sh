@@ -29,21 +29,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
 fi
 
-if [[ ! -x "$venv/bin/python" ]]; then
-  say "creating virtualenv $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-fi
-# Reinstall only when requirements.txt changed since the last successful install.
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
-  say "installing pinned packages from $req"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-  echo "$want" >"$stamp"
-else
-  say "virtualenv $venv is up to date"
-fi
+source scripts/lib.sh
+ensure_venv "$venv" "$req"
 say "$("$venv/bin/python" -c 'import openai, pytest; print(f"openai {openai.__version__}, pytest {pytest.__version__}")')"
 
 say "pytest tests/openai (MINERVA_BIN=$MINERVA_BIN)"

@@ -121,16 +121,11 @@ async fn every_family_is_described_and_a_generation_fills_its_models_histograms(
     assert!(model_bytes > 0.0 && model_bytes <= budget, "{model_bytes} of {budget}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_monitor_sees_a_generation_run_and_lists_its_stages_when_done() {
-    let server = TestServer::shared();
-    let before = server.ok_get("/v1/monitor").await;
-    let generated_before = before["totals"]["generated_tokens"].as_u64().unwrap();
-
-    // A long stream (the end-of-text tokens banned), read up to its first token.
-    let vocab_end = ["<|im_end|>", "<|endoftext|>"];
+/// A stream of up to 1,500 tokens with the end-of-text tokens banned, read up to its first
+/// chunk: a generation that runs until its client leaves.
+async fn long_stream(server: &TestServer) -> SseReader {
     let mut bias = serde_json::Map::new();
-    for token in vocab_end {
+    for token in ["<|im_end|>", "<|endoftext|>"] {
         let ids = server
             .ok(
                 "/v1/tokenize",
@@ -156,6 +151,16 @@ async fn the_monitor_sees_a_generation_run_and_lists_its_stages_when_done() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = SseReader::new(response);
     stream.next().await.expect("a first chunk");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_sees_a_generation_run_and_lists_its_stages_when_done() {
+    let server = TestServer::shared();
+    let before = server.ok_get("/v1/monitor").await;
+    let generated_before = before["totals"]["generated_tokens"].as_u64().unwrap();
+
+    let stream = long_stream(&server).await;
 
     let during = server.ok_get("/v1/monitor").await;
     let model = during["models"]
@@ -323,33 +328,7 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
     let free = |health: &Value| health["free_slots"].as_u64().unwrap();
     assert_eq!(free(&server.ok_get("/health").await), 2);
 
-    let mut bias = serde_json::Map::new();
-    for token in ["<|im_end|>", "<|endoftext|>"] {
-        let ids = server
-            .ok(
-                "/v1/tokenize",
-                &json!({ "model": CHAT, "prompt": token, "parse_special": true }),
-            )
-            .await;
-        for id in ids["tokens"].as_array().unwrap() {
-            bias.insert(id.to_string(), json!(-100));
-        }
-    }
-    let body = completion_body(
-        CHAT,
-        "Once upon a time",
-        json!({ "max_tokens": 1500, "stream": true, "temperature": 0, "logit_bias": bias }),
-    );
-    let response = server
-        .client
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut stream = SseReader::new(response);
-    stream.next().await.expect("a first chunk");
+    let stream = long_stream(&server).await;
     assert_eq!(free(&server.ok_get("/health").await), 1, "the stream holds a slot");
 
     drop(stream);
