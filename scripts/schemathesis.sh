@@ -25,8 +25,11 @@ require_default_models
 ensure_venv "$venv" "$req"
 
 # Generation is capped so that a generated max_tokens of 10^18 costs a second, not hours:
-# the run tests what the server accepts and answers, not how long it can write.
-serve_in_temp_home --threads 1 --max-tokens 16 --request-timeout 60 --preload off --warm-start 0
+# the run tests what the server accepts and answers, not how long it can write. Offline:
+# a generated pull of a valid name ("if") must not reach a real registry (it would answer
+# the designed 502 of an unreachable upstream); pulls are refused with a 400 instead, and
+# tested against a local hub elsewhere.
+serve_in_temp_home --offline --threads 1 --max-tokens 16 --request-timeout 60 --preload off --warm-start 0
 base="http://127.0.0.1:$port"
 
 rm -rf target/schemathesis && mkdir -p target/schemathesis
