@@ -381,14 +381,15 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="minerva-chaos-", dir=args.models.parent))
-    served_file = root / "served.gguf"
-    os.link(args.models / FILES[CHAT], served_file)
-    server, port = file_server(served_file, rate=64 << 20)
-    url, digest = f"http://127.0.0.1:{port}/{CHAT}.gguf", sha256(served_file)
-    kinds = ["import", "pull", "load", "cache"]
-    results = {k: {"run": 0, "survived": 0} for k in kinds}
-    failures = []
+    server = None
     try:
+        served_file = root / "served.gguf"
+        os.link(args.models / FILES[CHAT], served_file)
+        server, port = file_server(served_file, rate=64 << 20)
+        url, digest = f"http://127.0.0.1:{port}/{CHAT}.gguf", sha256(served_file)
+        kinds = ["import", "pull", "load", "cache"]
+        results = {k: {"run": 0, "survived": 0} for k in kinds}
+        failures = []
         for i in range(args.rounds):
             kind = kinds[i % len(kinds)]
             results[kind]["run"] += 1
@@ -423,7 +424,8 @@ def main() -> int:
         print(json.dumps(summary))
         return 1 if failures else 0
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
 
