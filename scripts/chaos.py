@@ -221,43 +221,38 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def round_import(bin_, root, models, rng, i):
-    home = new_home(root, f"import-{i}", models, [CHAT])
-    source = models / FILES[CHAT]
-    proc = spawn(bin_, home, "import", str(source), "--id", f"copy-{i}")
-    delay = rng.uniform(0.0, 0.6)
+def kill_a_store_write(bin_, root, models, rng, name, args, max_delay, what_again):
+    """Runs `minerva ARGS` (an import or a pull registering NAME), SIGKILLs it after a
+    random delay, checks the store, then: if NAME is listed, the kill came after the
+    commit and recovery finished it; if not, the same command run again must succeed."""
+    home = new_home(root, name, models, [CHAT])
+    proc = spawn(bin_, home, *args)
+    delay = rng.uniform(0.0, max_delay)
     time.sleep(delay)
     kill9(proc)
     check_store(bin_, home)
-    if f"copy-{i}" in listed(bin_, home):
-        # Killed after the import committed: recovery finished it, and verify passed.
+    try:
+        if name in listed(bin_, home):
+            return f"killed after {delay * 1000:.0f} ms, after the commit: finished by recovery"
+        again = run(bin_, home, *args, timeout=300)
+        if again.returncode != 0:
+            raise Failure(f"{args[0]} after the kill failed: {again.stderr[-1500:]}")
+        check_store(bin_, home)
+        return f"killed after {delay * 1000:.0f} ms, before the commit: {what_again}"
+    finally:
         shutil.rmtree(home)
-        return f"killed after {delay * 1000:.0f} ms, after the commit: finished by recovery"
-    # Killed before: the same import again succeeds, nothing half-made is in its way.
-    again = run(bin_, home, "import", str(source), "--id", f"copy-{i}")
-    if again.returncode != 0:
-        raise Failure(f"the import after the kill failed: {again.stderr[-1500:]}")
-    check_store(bin_, home)
-    shutil.rmtree(home)
-    return f"killed after {delay * 1000:.0f} ms, before the commit: imported again"
+
+
+def round_import(bin_, root, models, rng, i):
+    name = f"copy-{i}"
+    args = ["import", str(models / FILES[CHAT]), "--id", name]
+    return kill_a_store_write(bin_, root, models, rng, name, args, 0.6, "imported again")
 
 
 def round_pull(bin_, root, models, rng, i, url, digest):
-    home = new_home(root, f"pull-{i}", models, [CHAT])
-    proc = spawn(bin_, home, "pull", url, "--sha256", digest, "--as", f"pulled-{i}")
-    delay = rng.uniform(0.0, 2.5)
-    time.sleep(delay)
-    kill9(proc)
-    check_store(bin_, home)
-    if f"pulled-{i}" in listed(bin_, home):
-        shutil.rmtree(home)
-        return f"killed after {delay * 1000:.0f} ms, after the commit: finished by recovery"
-    again = run(bin_, home, "pull", url, "--sha256", digest, "--as", f"pulled-{i}", timeout=300)
-    if again.returncode != 0:
-        raise Failure(f"the pull after the kill failed: {again.stderr[-1500:]}")
-    check_store(bin_, home)
-    shutil.rmtree(home)
-    return f"killed after {delay * 1000:.0f} ms, mid-download: the pull again resumed and registered it"
+    name = f"pulled-{i}"
+    args = ["pull", url, "--sha256", digest, "--as", name]
+    return kill_a_store_write(bin_, root, models, rng, name, args, 2.5, "the pull again resumed and registered it")
 
 
 def round_load(bin_, root, models, rng, i):
