@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
 scripts/setup.sh
+# Redis and HAProxy, which the tests of the shared embedding cache and of load balancing
+# start on loopback ports.
+scripts/install-services.sh
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

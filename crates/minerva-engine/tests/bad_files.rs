@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use minerva_engine::EngineError;
+use minerva_engine::embed::EmbeddingDtype;
 use minerva_engine::llm::llama::LlamaCppModel;
 use minerva_gguf::GgufErrorKind;
 
@@ -137,4 +138,40 @@ fn embedding_model_missing_weights_or_config_is_a_clear_error() {
     std::fs::write(dir.path().join("config.json"), b"{ not json").unwrap();
     assert!(embedding_error(dir.path()).contains("config.json"));
     assert!(embedding_error(&dir.path().join("absent")).contains("not a model directory"));
+}
+
+/// Sizes no model has (found by reading the estimate while writing the `embedding_dir`
+/// fuzz target): the memory estimate refuses them instead of overflowing, which panicked
+/// (overflow checks are on in every profile) or wrapped to a tiny estimate.
+#[test]
+fn memory_estimate_of_sizes_that_overflow_is_an_invalid_model() {
+    let dir = embedding_copy();
+    let mut header = br#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}}"#.to_vec();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.append(&mut header);
+    bytes.extend_from_slice(&[0u8; 4]);
+    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16] {
+        match minerva_engine::embed::memory(dir.path(), dtype) {
+            Err(EngineError::InvalidEmbeddingModel { reason, .. }) => {
+                assert!(reason.contains("more elements"), "{reason}")
+            }
+            other => panic!("expected an invalid model, got {other:?}"),
+        }
+    }
+
+    // A plausible file, an absurd configuration.
+    let minilm = common::model_path("all-minilm-l6-v2");
+    std::fs::copy(minilm.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = serde_json::json!(u64::MAX / 2);
+    config["hidden_size"] = serde_json::json!(u64::MAX / 3);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16] {
+        match minerva_engine::embed::memory(dir.path(), dtype) {
+            Err(EngineError::InvalidEmbeddingModel { reason, .. }) => assert!(reason.contains("too large"), "{reason}"),
+            other => panic!("expected an invalid model, got {other:?}"),
+        }
+    }
 }

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The embedding cache: size, time-to-live, file kept across restarts.
     pub embedding_cache: CacheConfig,
+    /// The Redis database behind the embedding cache, shared with other servers
+    /// (`redis://HOST:PORT/DB`); `None`: this server's cache only.
+    pub shared_embedding_cache: Option<String>,
     /// What a chat longer than the context gets when its request does not say.
     pub truncation: crate::Truncation,
     /// Whether generations go on past the context (context shift) when their request
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             embedding_cache: CacheConfig::default(),
+            shared_embedding_cache: None,
             truncation: crate::Truncation::Error,
             context_shift: false,
             monitoring: true,

@@ -45,10 +45,16 @@ pub use state::AppState;
 
 /// Builds the shared state for `config` over `pool`.
 pub fn state(config: ServerConfig, pool: Arc<ModelPool>) -> AppState {
-    let embedding_cache = EmbeddingCache::open(config.embedding_cache.clone()).unwrap_or_else(|e| {
+    let mut embedding_cache = EmbeddingCache::open(config.embedding_cache.clone()).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "starting with an empty embedding cache");
         EmbeddingCache::new(config.embedding_cache.clone())
     });
+    if let Some(url) = &config.shared_embedding_cache {
+        match minerva_shared::RedisLevel::new(url, minerva_shared::RedisLevelConfig::default()) {
+            Ok(level) => embedding_cache = embedding_cache.with_shared(Arc::new(level)),
+            Err(e) => tracing::error!(error = %e, "the embedding cache is not shared"),
+        }
+    }
     let monitoring = config.monitoring;
     let request_log = config.request_log.clone().and_then(|c| {
         request_log::RequestLog::start(c)

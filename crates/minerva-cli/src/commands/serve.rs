@@ -110,6 +110,11 @@ pub struct Settings {
     /// File the embedding cache is loaded from at start and saved to at shutdown.
     #[arg(long, env = "MINERVA_EMBEDDING_CACHE_FILE")]
     embedding_cache_file: Option<PathBuf>,
+    /// A second level of the embedding cache shared by several servers:
+    /// redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS). A vector one server computed
+    /// is a hit on the others; Redis down, each serves from its own cache.
+    #[arg(long, env = "MINERVA_EMBEDDING_CACHE")]
+    embedding_cache: Option<String>,
     /// Generations each language model runs at once, batched together [default: 16].
     #[arg(long, env = "MINERVA_PARALLEL")]
     parallel: Option<usize>,
@@ -217,6 +222,7 @@ impl Settings {
             embedding_cache_bytes: self.embedding_cache_bytes.or(file.embedding_cache_bytes),
             embedding_cache_ttl: self.embedding_cache_ttl.or(file.embedding_cache_ttl),
             embedding_cache_file: self.embedding_cache_file.or(file.embedding_cache_file),
+            embedding_cache: self.embedding_cache.or(file.embedding_cache),
             parallel: self.parallel.or(file.parallel),
             draft_max: self.draft_max.or(file.draft_max),
             prefix_cache_tokens: self.prefix_cache_tokens.or(file.prefix_cache_tokens),
@@ -290,6 +296,12 @@ impl Settings {
                     None => defaults.embedding_cache.ttl,
                 },
                 file: self.embedding_cache_file,
+            },
+            shared_embedding_cache: match self.embedding_cache {
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                    anyhow::bail!("--embedding-cache: expected redis://HOST:PORT/DB or rediss://…")
+                }
+                url => url,
             },
             truncation: match &self.truncation {
                 None => defaults.truncation,

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::EmbeddingInput;
+use super::shared::{SharedLevel, SharedStats};
 use minerva_engine::embed::{EmbeddingDtype, Pooling};
 
 /// Bytes of bookkeeping per entry besides key and vector (moka's node, the `Arc`).
@@ -73,6 +74,11 @@ pub struct KeyContext<'a> {
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
+    /// The key's bytes (a shared level names its entries by them).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The key of `input` under `context`.
     pub fn new(context: &KeyContext<'_>, input: &EmbeddingInput) -> Self {
         let mut h = Sha256::new();
@@ -155,6 +161,9 @@ pub struct CacheStats {
     pub inserts: u64,
     /// Time-to-live in seconds, if any.
     pub ttl_seconds: Option<u64>,
+    /// The level shared with other servers behind this one, if any (its hits are not in
+    /// `hits`: a lookup that misses here and hits there counts a miss here).
+    pub shared: Option<SharedStats>,
 }
 
 /// Vectors by content, bounded in bytes; cheap to share (`Arc` inside).
@@ -162,6 +171,7 @@ pub struct EmbeddingCache {
     entries: Option<moka::sync::Cache<CacheKey, Entry>>,
     counters: Arc<Counters>,
     config: CacheConfig,
+    shared: Option<Arc<dyn SharedLevel>>,
 }
 
 /// Why the cache file could not be read or written.
@@ -213,6 +223,46 @@ impl EmbeddingCache {
             entries,
             counters,
             config,
+            shared: None,
+        }
+    }
+
+    /// This cache with `level` behind it: misses here are looked up there, and what is
+    /// computed is stored in both.
+    pub fn with_shared(mut self, level: Arc<dyn SharedLevel>) -> Self {
+        self.shared = Some(level);
+        self
+    }
+
+    /// Whether a shared level is behind this cache.
+    pub fn has_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The vectors the shared level holds for `keys` (none without one); each hit is kept
+    /// here as well.
+    pub async fn get_shared(&self, keys: &[CacheKey]) -> Vec<Option<Cached>> {
+        let Some(shared) = &self.shared else {
+            return vec![None; keys.len()];
+        };
+        let found = shared.get(keys).await;
+        for (key, hit) in keys.iter().zip(&found) {
+            if let Some(hit) = hit {
+                self.insert(*key, hit.clone());
+            }
+        }
+        found
+    }
+
+    /// Stores freshly computed `entries` here and in the shared level.
+    pub fn insert_computed(&self, entries: Vec<(CacheKey, Cached)>) {
+        for (key, cached) in &entries {
+            self.insert(*key, cached.clone());
+        }
+        if let Some(shared) = &self.shared
+            && !entries.is_empty()
+        {
+            shared.put(entries, self.config.ttl);
         }
     }
 
@@ -286,6 +336,7 @@ impl EmbeddingCache {
             expirations: self.counters.expirations.load(Ordering::Relaxed),
             inserts: self.counters.inserts.load(Ordering::Relaxed),
             ttl_seconds: self.config.ttl.map(|t| t.as_secs()),
+            shared: self.shared.as_ref().map(|s| s.stats()),
         }
     }
 

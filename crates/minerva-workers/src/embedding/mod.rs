@@ -6,12 +6,14 @@
 //! - [`optimizer::BatchOptimizer`]: the token budget hill-climbs on measured throughput.
 //! - [`strategy`]: the system's memory use picks how large a batch may be, down to one
 //!   input at a time (streaming) when memory is critical.
-//! - [`EmbeddingCache`]: vectors by content hash, shared by every model of a server.
+//! - [`EmbeddingCache`]: vectors by content hash, shared by every model of a server, with
+//!   an optional [`shared::SharedLevel`] behind it that servers share (Redis).
 
 pub mod batcher;
 mod cache;
 pub mod optimizer;
 mod service;
+pub mod shared;
 pub mod strategy;
 
 pub use cache::{CacheConfig, CacheFileError, CacheKey, CacheStats, Cached, EmbeddingCache, KeyContext};

@@ -370,6 +370,25 @@ impl EmbeddingService {
             missing,
             settings,
         } = lookup;
+        // What this server missed, another may have computed: one round trip asks the
+        // shared level for all of it.
+        let missing = match cache {
+            Some(cache) if cache.has_shared() && !missing.is_empty() => {
+                let keys: Vec<CacheKey> = missing.iter().filter_map(|(_, key, _)| *key).collect();
+                let mut hits = cache.get_shared(&keys).await.into_iter();
+                missing
+                    .into_iter()
+                    .filter_map(|(index, key, input)| {
+                        if let Some(hit) = key.and_then(|_| hits.next().flatten()) {
+                            found[index] = Some(hit);
+                            return None;
+                        }
+                        Some((index, key, input))
+                    })
+                    .collect()
+            }
+            _ => missing,
+        };
         let cached = found.len() - missing.len();
         if !missing.is_empty() {
             let (slots, inputs): (Vec<_>, Vec<_>) = missing
@@ -377,12 +396,16 @@ impl EmbeddingService {
                 .map(|(index, key, input)| ((index, key), (index, input)))
                 .unzip();
             let (vectors, tokens) = self.submit(inputs, settings).await?;
+            let mut computed_entries = Vec::new();
             for (((index, key), vector), tokens) in slots.into_iter().zip(vectors).zip(tokens) {
                 let computed = Cached { vector, tokens };
-                if let (Some(cache), Some(key)) = (cache, key) {
-                    cache.insert(key, computed.clone());
+                if let Some(key) = key {
+                    computed_entries.push((key, computed.clone()));
                 }
                 found[index] = Some(computed);
+            }
+            if let Some(cache) = cache {
+                cache.insert_computed(computed_entries);
             }
         }
         let (vectors, tokens) = found

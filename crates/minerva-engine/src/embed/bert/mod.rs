@@ -330,26 +330,50 @@ impl Bert {
 
 /// See [`super::memory`].
 pub(super) fn memory(dir: &Path, dtype: EmbeddingDtype) -> Result<super::EncoderMemory> {
-    let config: BertConfig = read_json(&dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    let config: BertConfig = read_json(&config_path)?;
     let mut weights = weights::f32_bytes(&dir.join("model.safetensors"))?;
+    let (h, inner, layers, positions) = (
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+        config.num_hidden_layers as u64,
+        config.max_position_embeddings as u64,
+    );
+    // Sizes a real model has fit easily; a configuration whose sizes overflow is not one.
+    let too_large = || EngineError::InvalidEmbeddingModel {
+        path: config_path.clone(),
+        reason: "the sizes in config.json are too large for any model".into(),
+    };
     if dtype == EmbeddingDtype::Bf16 {
-        // The layers' matrices (all but the embedding tables and norms) at 2 bytes.
-        let (h, inner, layers) = (
-            config.hidden_size as u64,
-            config.intermediate_size as u64,
-            config.num_hidden_layers as u64,
-        );
-        weights -= layers * (4 * h * h + 2 * h * inner) * 2;
+        // The layers' matrices (all but the embedding tables and norms) at 2 bytes, when
+        // the file holds them (a file without them fails to load anyway).
+        let matrices = h
+            .checked_mul(h)
+            .and_then(|hh| hh.checked_mul(4))
+            .and_then(|a| h.checked_mul(inner)?.checked_mul(2)?.checked_add(a))
+            .and_then(|m| m.checked_mul(layers)?.checked_mul(2))
+            .ok_or_else(too_large)?;
+        weights = weights.saturating_sub(matrices);
     }
-    let (h, inner) = (config.hidden_size as u64, config.intermediate_size as u64);
-    // x, y, context (h each), qkv (3h), inner; and per thread one sequence's scores.
-    // x, y, context (h each), qkv (3h), inner; bf16 adds the rounded operand.
-    let per_token = 4 * (6 * h + inner) + 2 * h.max(inner);
-    let scores = 4 * (config.max_position_embeddings as u64).pow(2) * rayon::current_num_threads() as u64;
-    Ok(super::EncoderMemory {
-        weights,
-        activations: super::BATCH_TOKENS as u64 * per_token + scores,
-    })
+    // x, y, context (h each), qkv (3h), inner; bf16 adds the rounded operand; and per
+    // thread one sequence's scores.
+    let activations = h
+        .checked_mul(6)
+        .and_then(|x| {
+            x.checked_add(inner)?
+                .checked_mul(4)?
+                .checked_add(h.max(inner).checked_mul(2)?)
+        })
+        .and_then(|per_token| per_token.checked_mul(super::BATCH_TOKENS as u64))
+        .and_then(|a| {
+            let scores = positions
+                .checked_mul(positions)?
+                .checked_mul(4)?
+                .checked_mul(rayon::current_num_threads() as u64)?;
+            a.checked_add(scores)
+        })
+        .ok_or_else(too_large)?;
+    Ok(super::EncoderMemory { weights, activations })
 }
 
 /// `v · W + b` for one vector (a head's small product; W is `inputs × outputs`).

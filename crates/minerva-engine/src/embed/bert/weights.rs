@@ -265,16 +265,18 @@ pub(super) fn f32_bytes(path: &Path) -> Result<u64> {
     file.read_exact(&mut header).map_err(|e| invalid(e.to_string()))?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| invalid(format!("invalid safetensors header: {e}")))?;
-    Ok(header
+    // The file holds every element it declares, so a sum that overflows is a lie.
+    header
         .iter()
         .filter(|(name, _)| *name != "__metadata__")
         .filter_map(|(_, t)| {
             t.get("shape")?
                 .as_array()
-                .map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>())
+                .map(|s| s.iter().filter_map(|d| d.as_u64()).try_fold(1u64, u64::checked_mul))
         })
-        .sum::<u64>()
-        * 4)
+        .try_fold(0u64, |sum, elements| sum.checked_add(elements?))
+        .and_then(|elements| elements.checked_mul(4))
+        .ok_or_else(|| invalid("the header declares more elements than any file holds".into()))
 }
 
 /// Concatenates the outputs of linear layers with the same inputs.
