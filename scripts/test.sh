@@ -36,6 +36,9 @@ cargo test --locked -p minerva-store -p minerva-workers -p minerva-pool
 say "the official OpenAI and Ollama Python clients against minerva serve"
 scripts/test-openai-client.sh
 
+say "deployment files: Kubernetes overlays rendered and validated offline, HAProxy"
+scripts/check-deploy.sh
+
 # A short soak (the long one: scripts/soak.sh 300 64): mixed load on three models under a
 # budget that holds two, clients leaving mid-stream; no error but the designed 429/503,
 # no descriptor left open.

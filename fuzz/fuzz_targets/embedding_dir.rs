@@ -28,6 +28,17 @@ const FILES: [&str; 6] = [
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // The tokenizers crate panics on some malformed files; Minerva catches those
+        // panics (embed/tokenizer.rs) and answers an invalid model. libfuzzer-sys's hook
+        // aborts on every panic, caught or not, so this one lets the tokenizers crate's
+        // own panics unwind to that catch and aborts on any other.
+        let abort_on = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.location().is_some_and(|l| l.file().contains("/tokenizers-")) {
+                abort_on(info);
+                std::process::abort();
+            }
+        }));
         let dir = std::env::temp_dir().join(format!("minerva-fuzz-embedding-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
         dir

@@ -1,6 +1,7 @@
 //! Every route that reads a body, through the server's real router (its extractors,
 //! validation, limits and layers), on arbitrary bytes: the first byte picks the route,
-//! the rest is the body. The store is empty and pulls are offline, so each request ends
+//! the rest is the body. The store is empty (with its registry, as `minerva serve` runs)
+//! and pulls are offline, so each request ends
 //! in its parser, its validation or the model lookup; none may answer a 5xx other than
 //! the designed 503, and every error body is JSON (OpenAI's shape, or Ollama's on its
 //! routes). The seeds are the requests of the server's tests and the README.
@@ -51,8 +52,14 @@ fn fixture() -> &'static Fixture {
         std::fs::create_dir_all(&home).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let app = runtime.block_on(async {
+            // As `minerva serve` runs: a store with its registry.
             let store = minerva_store::ModelStore::new(home);
-            let pool = minerva_pool::ModelPool::new(store, minerva_pool::PoolConfig::new(1, 512));
+            let registry = minerva_store::Registry::open(&minerva_store::Registry::default_path(&store)).unwrap();
+            let pool = minerva_pool::ModelPool::with_registry(
+                store,
+                minerva_pool::PoolConfig::new(1, 512),
+                Arc::new(registry),
+            );
             let mut config = minerva_server::ServerConfig::default();
             config.pull.offline = true;
             config.monitoring = false;

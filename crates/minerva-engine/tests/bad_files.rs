@@ -175,3 +175,28 @@ fn memory_estimate_of_sizes_that_overflow_is_an_invalid_model() {
         }
     }
 }
+
+/// fuzz/corpus/embedding_dir/crash-f39626775a78-tokenizer-decoder: a syntax error inside
+/// tokenizer.json's `decoder` section made the tokenizers crate panic (its deserializer's
+/// `expect("Helper")`) where any other malformed part is an error. The load must refuse
+/// the directory as an invalid model naming the file, and not unwind into the pool.
+#[test]
+fn a_tokenizer_json_whose_decoder_panics_the_tokenizers_crate_is_an_invalid_model() {
+    let dir = embedding_copy();
+    let minilm = common::model_path("all-minilm-l6-v2");
+    std::fs::copy(minilm.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replacen(
+        r###""decoder":{"type":"WordPiece","prefix":"##""###,
+        r###""decoder":{"type":"WordPiece","prefix" "##""###,
+        1,
+    );
+    assert_ne!(broken, text, "the decoder section was found");
+    std::fs::write(&path, broken).unwrap();
+    let message = embedding_error(dir.path());
+    assert!(message.contains("tokenizer.json"), "{message}");
+    // The intact file still loads: the catch changed nothing else.
+    std::fs::write(&path, text).unwrap();
+    assert!(minerva_engine::embed::load(dir.path()).is_ok());
+}

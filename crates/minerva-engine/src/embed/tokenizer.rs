@@ -8,6 +8,23 @@ use tokenizers::{Tokenizer, TruncationDirection};
 use super::EmbeddingInput;
 use crate::{EngineError, Result};
 
+/// The tokenizer in `path`. The `tokenizers` crate panics on some malformed files instead
+/// of returning an error (a `decoder` section that is not an object of a known shape:
+/// `expect("Helper")` in its deserializer; found by the `embedding_dir` fuzz target), so
+/// the parse runs under `catch_unwind` and such a panic is an invalid model like any other
+/// parse error. Its parse touches no state of ours, so nothing is left inconsistent.
+fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let invalid = |reason: String| EngineError::InvalidEmbeddingModel {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
+        Ok(parsed) => parsed.map_err(|e| invalid(e.to_string())),
+        Err(_) => Err(invalid("malformed tokenizer (the tokenizers crate could not parse it)".into())),
+    }
+}
+
 /// The tokenizer every embedding backend shares.
 pub struct EncoderTokenizer {
     tokenizer: Tokenizer,
@@ -23,10 +40,7 @@ impl EncoderTokenizer {
     /// special tokens included.
     pub(super) fn load(dir: &Path, max_tokens: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EngineError::InvalidEmbeddingModel {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut tokenizer = read_tokenizer(&path)?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
