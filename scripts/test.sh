@@ -38,6 +38,8 @@ scripts/test-openai-client.sh
 
 say "deployment files: Kubernetes overlays rendered and validated offline, HAProxy"
 scripts/check-deploy.sh
+say "the Containerfile's runtime stage in a debootstrap chroot, serving the default models"
+scripts/check-image.sh
 
 # A short soak (the long one: scripts/soak.sh 300 64): mixed load on three models under a
 # budget that holds two, clients leaving mid-stream; no error but the designed 429/503,
