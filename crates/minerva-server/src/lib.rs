@@ -10,6 +10,7 @@ mod config;
 mod error;
 pub mod experiment;
 mod extract;
+pub mod live_feed;
 mod middleware;
 pub mod monitor;
 pub mod openapi;

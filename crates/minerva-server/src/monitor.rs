@@ -288,6 +288,8 @@ pub struct Monitor {
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     embedded_inputs: AtomicU64,
+    /// What `/v1/monitor/events` streams.
+    pub feed: crate::live_feed::LiveFeed,
 }
 
 impl Monitor {
@@ -305,6 +307,7 @@ impl Monitor {
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             embedded_inputs: AtomicU64::new(0),
+            feed: crate::live_feed::LiveFeed::new(std::time::Duration::from_secs(1)),
         }
     }
 }

@@ -353,3 +353,60 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
         )
         .await;
 }
+
+/// The live feed is bounded: as many watchers as it allows get their stream, one more is
+/// a 503 with an OpenAI-style body, and a watcher that leaves gives its place back. All
+/// watchers see the same snapshots (one task takes them for all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_feed_has_a_bounded_number_of_watchers_who_share_its_snapshots() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut watchers = Vec::new();
+    for _ in 0..minerva_server::live_feed::MAX_SUBSCRIBERS {
+        let response = server.get("/v1/monitor/events").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        watchers.push(SseReader::new(response));
+    }
+    let error = expect_error(
+        server.get("/v1/monitor/events").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+    )
+    .await;
+    assert!(
+        error["message"].as_str().unwrap().contains("live monitor feed"),
+        "{error}"
+    );
+    // The plain snapshot is still served.
+    assert_eq!(server.ok_get("/v1/monitor").await["object"], "monitor");
+
+    // Two watchers read the same snapshot (the same instant) once the feed has ticked.
+    let time = |data: Option<SseData>| match data {
+        Some(SseData::Json(v)) => v["time_ms"].as_u64().unwrap(),
+        other => panic!("not a snapshot: {other:?}"),
+    };
+    let (mut a, mut b) = (watchers.pop().unwrap(), watchers.pop().unwrap());
+    let (mut ta, mut tb) = (time(a.next().await), time(b.next().await));
+    for _ in 0..5 {
+        if ta == tb {
+            break;
+        }
+        if ta < tb {
+            ta = time(a.next().await);
+        } else {
+            tb = time(b.next().await);
+        }
+    }
+    assert_eq!(ta, tb, "the watchers share the feed's snapshots");
+
+    // One leaves: its place is free again (given back when its connection closes).
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = server.get("/v1/monitor/events").await;
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

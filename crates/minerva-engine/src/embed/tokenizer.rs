@@ -21,7 +21,9 @@ fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
     let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
     match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
         Ok(parsed) => parsed.map_err(|e| invalid(e.to_string())),
-        Err(_) => Err(invalid("malformed tokenizer (the tokenizers crate could not parse it)".into())),
+        Err(_) => Err(invalid(
+            "malformed tokenizer (the tokenizers crate could not parse it)".into(),
+        )),
     }
 }
 

@@ -5,7 +5,6 @@
 //! other route, and the page asks the user for it when they answer 401.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -14,11 +13,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 
+use crate::error::ApiError;
 use crate::monitor;
 use crate::state::AppState;
-
-/// How often the live stream sends a snapshot.
-const PERIOD: Duration = Duration::from_secs(1);
 
 /// The embedded files: name, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -76,18 +73,29 @@ pub async fn snapshot(State(state): State<AppState>) -> Json<serde_json::Value> 
     Json(monitor::snapshot(&state))
 }
 
-/// `GET /v1/monitor/events`: a snapshot at once, then one a second, until the client
-/// goes away.
+/// `GET /v1/monitor/events`: the latest snapshot at once, then one a second, until the
+/// client goes away. Every subscriber gets the same snapshots (one task takes them); at
+/// most [`crate::live_feed::MAX_SUBSCRIBERS`] watch at once.
 #[utoipa::path(
     get,
     path = "/v1/monitor/events",
     tag = "monitoring",
-    responses((status = 200, description = "The snapshot once a second as server-sent events", content((String = "text/event-stream"))))
+    responses(
+        (status = 200, description = "The snapshot once a second as server-sent events", content((String = "text/event-stream"))),
+        (status = 503, description = "As many clients as the server allows are watching already", body = crate::openapi::ErrorBody)
+    )
 )]
-pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(PERIOD));
-    let stream = futures_util::StreamExt::map(ticks, move |_| {
-        Ok(Event::default().data(monitor::snapshot(&state).to_string()))
+pub async fn events(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subscription = state.monitor.feed.subscribe(&state).ok_or(ApiError::Overloaded(
+        "too many clients are watching the live monitor feed; close a dashboard, or poll the monitor's snapshot instead",
+    ))?;
+    let crate::live_feed::Subscription { snapshots, place } = subscription;
+    let stream = futures_util::StreamExt::map(tokio_stream::wrappers::WatchStream::new(snapshots), move |snapshot| {
+        // The place among the subscribers goes back when the client does.
+        let _place = &place;
+        Ok(Event::default().data(snapshot.as_ref()))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
