@@ -3,31 +3,11 @@
 
 mod common;
 
-use common::{EMBED, TestServer, models_dir, pool};
+use common::{EMBED, TestServer, bits, models_dir, pool, vectors};
 use minerva_engine::embed::cosine_similarity as cosine;
 use minerva_server::ServerConfig;
 use minerva_workers::embedding::CacheConfig;
 use serde_json::{Value, json};
-
-fn vectors(body: &Value) -> Vec<Vec<f32>> {
-    body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|d| {
-            d["embedding"]
-                .as_array()
-                .expect("embedding")
-                .iter()
-                .map(|x| x.as_f64().expect("float") as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 fn config(cache: CacheConfig) -> ServerConfig {
     ServerConfig {

@@ -8,25 +8,14 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use common::{EMBED, TestServer};
+use common::{EMBED, TestServer, bits, vectors};
 use minerva_server::ServerConfig;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 
-fn vectors(body: &Value) -> Vec<Vec<u32>> {
-    body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|d| {
-            d["embedding"]
-                .as_array()
-                .expect("embedding")
-                .iter()
-                .map(|x| (x.as_f64().expect("float") as f32).to_bits())
-                .collect()
-        })
-        .collect()
+/// The exact bits of the response's vectors.
+fn vector_bits(body: &Value) -> Vec<Vec<u32>> {
+    vectors(body).iter().map(|v| bits(v)).collect()
 }
 
 async fn shared(server: &TestServer) -> Value {
@@ -58,7 +47,7 @@ async fn a_vector_computed_by_one_replica_is_a_hit_on_the_other_and_redis_down_f
     );
 
     let from_redis = second.ok("/v1/embeddings", &body).await;
-    assert_eq!(vectors(&from_redis), vectors(&computed), "bit-identical");
+    assert_eq!(vector_bits(&from_redis), vector_bits(&computed), "bit-identical");
     assert_eq!(
         from_redis["usage"], computed["usage"],
         "token counts travel with the vectors"
@@ -75,7 +64,7 @@ async fn a_vector_computed_by_one_replica_is_a_hit_on_the_other_and_redis_down_f
     // Redis gone: the replicas answer from their own caches and compute the rest.
     redis.stop();
     let again = second.ok("/v1/embeddings", &body).await;
-    assert_eq!(vectors(&again), vectors(&computed));
+    assert_eq!(vector_bits(&again), vector_bits(&computed));
     let fresh = json!({ "model": EMBED, "input": "a sentence nobody embedded before" });
     let answered = second.ok("/v1/embeddings", &fresh).await;
     assert_eq!(answered["data"][0]["embedding"].as_array().unwrap().len(), 384);

@@ -490,3 +490,25 @@ pub async fn scheduler_count(server: &TestServer, field: &str) -> u64 {
         .and_then(|m| m["scheduler"][field].as_u64())
         .unwrap_or(0)
 }
+
+/// The vectors of an embeddings response, in order.
+pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
+    body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("float") as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// The bits of `v`, to compare vectors exactly.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
