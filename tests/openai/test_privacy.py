@@ -54,16 +54,45 @@ def test_no_log_holds_a_prompt_or_an_output(tmp_path):
     assert reply.strip() and reply.strip() not in text, reply
 
 
+def leave_a_stream(url) -> str:
+    """Starts a long streamed chat, reads its first text chunk and hangs up; that text."""
+    import http.client
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "model": CHAT, "max_tokens": 1500, "temperature": 0, "stream": True,
+        "messages": [{"role": "user", "content": f"Count to one thousand, {MARKER}."}]}),
+        {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    text = ""
+    while not text:
+        line = response.readline().decode()
+        if line.startswith("data: ") and line.strip() != "data: [DONE]":
+            text = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    conn.close()
+    return text
+
+
 def test_the_request_log_holds_generations_when_asked_for(tmp_path):
     logs = tmp_path / "requests"
     proc, out, log, url = serve(tmp_path, "logged", ["--request-log", str(logs), "--request-log-days", "3"])
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    path = logs / f"requests-{day}.jsonl"
     try:
         reply = ask(url)
+        first = leave_a_stream(url)
+        # The dropped stream's line is written when the server sees the client gone.
+        deadline = time.monotonic() + 30
+        while not path.exists() or len(path.read_text().splitlines()) < 2:
+            assert time.monotonic() < deadline, path.exists() and path.read_text()
+            time.sleep(0.05)
     finally:
         stop(proc, out)
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    lines = [json.loads(line) for line in (logs / f"requests-{day}.jsonl").read_text().splitlines()]
-    assert len(lines) == 1, lines
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2, lines
+    dropped = lines[1]
+    assert dropped["finish_reason"] == "client_disconnected" and MARKER in dropped["prompt"]
+    assert dropped["output"].startswith(first), (dropped["output"], first)
     entry = lines[0]
     assert MARKER in entry["prompt"] and entry["output"] == reply
     assert entry["model"] == CHAT and entry["api"] == "chat"

@@ -106,6 +106,14 @@ pub(crate) fn describe() {
         "Prompt tokens of finished generations, per model."
     );
     describe_counter!("minerva_generated_tokens_total", "Tokens generated, per model.");
+    describe_counter!(
+        "minerva_embedding_cache_shared_errors_total",
+        "Operations on the shared embedding cache (Redis) that failed or timed out; their lookups counted as misses."
+    );
+    describe_counter!(
+        "minerva_streams_dropped_total",
+        "Streamed generations whose client went away before the end (the generation stopped), per model."
+    );
     describe_counter!("minerva_embedded_inputs_total", "Inputs embedded, per model.");
     describe_counter!("minerva_reranked_documents_total", "Documents reranked, per model.");
     // Schedulers.
@@ -288,6 +296,7 @@ pub struct Monitor {
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     embedded_inputs: AtomicU64,
+    dropped: AtomicU64,
     /// What `/v1/monitor/events` streams.
     pub feed: crate::live_feed::LiveFeed,
 }
@@ -307,6 +316,7 @@ impl Monitor {
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             embedded_inputs: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             feed: crate::live_feed::LiveFeed::new(std::time::Duration::from_secs(1)),
         }
     }
@@ -332,6 +342,12 @@ impl Monitor {
     /// Counts embedded inputs.
     pub fn embedded(&self, inputs: usize) {
         self.embedded_inputs.fetch_add(inputs as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a stream whose client left before its end.
+    pub fn dropped(&self, model: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("minerva_streams_dropped_total", "model" => model.to_owned()).increment(1);
     }
 
     /// The request log, when one is on.
@@ -547,6 +563,7 @@ pub fn snapshot(state: &AppState) -> Value {
             "prompt_tokens": monitor.prompt_tokens.load(Ordering::Relaxed),
             "generated_tokens": monitor.generated_tokens.load(Ordering::Relaxed),
             "embedded_inputs": monitor.embedded_inputs.load(Ordering::Relaxed),
+            "dropped_streams": monitor.dropped.load(Ordering::Relaxed),
             "loads": loads,
             "evictions": evictions,
         },

@@ -345,6 +345,20 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_its_sequence() {
     })
     .await;
     assert!(freed, "the slot or the sequence of a client that left is still held");
+    // The stream is counted as dropped, for its model.
+    let monitor = server.ok_get("/v1/monitor").await;
+    assert!(
+        monitor["totals"]["dropped_streams"].as_u64() >= Some(1),
+        "{}",
+        monitor["totals"]
+    );
+    let text = server.get("/metrics").await.text().await.unwrap();
+    let families = parse_exposition(&text);
+    let dropped = sample(
+        &families["minerva_streams_dropped_total"],
+        &[&format!("model=\"{CHAT}\"")],
+    );
+    assert!(dropped >= Some(1.0), "{:?}", families["minerva_streams_dropped_total"]);
     // And the slot serves the next request.
     server
         .ok(

@@ -340,6 +340,7 @@ pub fn generate_span(prepared: &Prepared) -> tracing::Span {
         prefill_ms = tracing::field::Empty,
         decode_ms = tracing::field::Empty,
         ttft_ms = tracing::field::Empty,
+        dropped = tracing::field::Empty,
     )
 }
 
@@ -397,6 +398,31 @@ pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
         }));
     }
     prepared.monitor.generated(&model, prepared.api, stages);
+}
+
+/// Records a streamed generation whose client went away before its end: counted per
+/// model (`minerva_streams_dropped_total`, the monitor's `dropped`) and, with the request
+/// log on, logged with the text it had been sent (`sent`) and `finish_reason`
+/// `client_disconnected`.
+pub fn record_dropped(prepared: &Prepared, sent: Option<&str>) {
+    let model = prepared.lease.lease().id.to_string();
+    tracing::Span::current().record("dropped", true);
+    if let (Some(log), Some(sent)) = (prepared.monitor.request_log(), sent) {
+        let prompt: Vec<u8> = prepared
+            .prompt
+            .iter()
+            .flat_map(|&t| prepared.model().token_bytes(t, true))
+            .collect();
+        log.record(serde_json::json!({
+            "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "model": model,
+            "api": prepared.api,
+            "prompt": String::from_utf8_lossy(&prompt),
+            "output": sent,
+            "finish_reason": "client_disconnected",
+        }));
+    }
+    prepared.monitor.dropped(&model);
 }
 
 /// OpenAI's `finish_reason`.

@@ -84,23 +84,33 @@ pub enum Outcome<'a> {
 
 /// Submits `prepared` and hands each of its events to `send` until the generation ends,
 /// `send` returns `false` (the client is gone) or `closed` resolves (likewise). Dropping
-/// the receiver on return cancels a generation that is still running.
+/// the receiver on return cancels a generation that is still running; a generation the
+/// client left is recorded as dropped, with the text it had been sent.
 pub async fn forward<S>(prepared: &Prepared, closed: impl std::future::Future<Output = ()>, mut send: S)
 where
     S: FnMut(Outcome<'_>) -> bool,
 {
     let mut events = prepared.submit();
+    // The text sent so far, kept only for the request log.
+    let mut sent = prepared.monitor.request_log().map(|_| String::new());
     tokio::pin!(closed);
     loop {
         let event = tokio::select! {
-            () = &mut closed => return,
+            () = &mut closed => {
+                generation::record_dropped(prepared, sent.as_deref());
+                return;
+            }
             event = events.recv() => event,
         };
         match event {
             None => return,
             Some(GenerationEvent::Text(text)) => {
                 if !send(Outcome::Text(&text)) {
+                    generation::record_dropped(prepared, sent.as_deref());
                     return;
+                }
+                if let Some(sent) = &mut sent {
+                    sent.push_str(&text);
                 }
             }
             Some(GenerationEvent::Done(Ok(g))) => {
