@@ -161,13 +161,23 @@ pub async fn require_api_key(State(state): State<AppState>, mut req: Request, ne
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let matches = |keys: &[String], key: &str| keys.iter().any(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())));
+    // A refused administrative attempt is audited too: who tried (a wrong key by its
+    // fingerprint, never the key) and the refusal.
+    let refuse = |req: &Request, error: ApiError| {
+        let response = error.into_response();
+        if required_scope(req) == Scope::Admin {
+            let actor = presented.map_or_else(|| Actor("anonymous".to_owned()), Actor::of_key);
+            write_audit(&state, AuditedRequest::of(req), actor, response.status().as_u16());
+        }
+        response
+    };
     let scope = match presented {
         Some(key) if matches(&config.admin_api_keys, key) => Scope::Admin,
         Some(key) if matches(&config.api_keys, key) => Scope::Inference,
-        _ => return ApiError::Unauthorized.into_response(),
+        _ => return refuse(&req, ApiError::Unauthorized),
     };
     if scope < required_scope(&req) {
-        return ApiError::AdminRequired("this route").into_response();
+        return refuse(&req, ApiError::AdminRequired("this route"));
     }
     let actor = Actor::of_key(presented.unwrap_or_default());
     req.extensions_mut().insert(scope);
@@ -197,28 +207,48 @@ pub async fn audit(State(state): State<AppState>, req: Request, next: Next) -> R
     if required_scope(&req) < Scope::Admin {
         return next.run(req).await;
     }
-    let Some(registry) = state.pool.registry().cloned() else {
-        return next.run(req).await;
-    };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let action = format!("{} {route}", req.method());
-    let target = req.uri().path().to_owned();
+    let audited = AuditedRequest::of(&req);
     let actor = req
         .extensions()
         .get::<Actor>()
-        .map_or_else(|| "unknown".to_owned(), |a| a.0.clone());
+        .cloned()
+        .unwrap_or_else(|| Actor("unknown".to_owned()));
     let response = next.run(req).await;
-    let outcome = response.status().as_u16().to_string();
-    let entry = minerva_store::AuditEntry::now(action, target, actor, outcome);
+    write_audit(&state, audited, actor, response.status().as_u16());
+    response
+}
+
+/// What the audit log says of a request: its method and route, and its path.
+struct AuditedRequest {
+    action: String,
+    target: String,
+}
+
+impl AuditedRequest {
+    fn of(req: &Request) -> Self {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        Self {
+            action: format!("{} {route}", req.method()),
+            target: req.uri().path().to_owned(),
+        }
+    }
+}
+
+/// Writes one audit row on a blocking thread (nothing when the server has no registry);
+/// a failure is a warning, never the request's.
+fn write_audit(state: &AppState, request: AuditedRequest, actor: Actor, status: u16) {
+    let Some(registry) = state.pool.registry().cloned() else {
+        return;
+    };
+    let entry = minerva_store::AuditEntry::now(request.action, request.target, actor.0, status.to_string());
     tokio::task::spawn_blocking(move || {
         if let Err(e) = registry.audit(&entry) {
             tracing::warn!(error = %e, "an administrative action was not written to the audit log");
         }
     });
-    response
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as

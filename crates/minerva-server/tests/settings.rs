@@ -438,11 +438,32 @@ async fn administrative_requests_are_audited_with_the_keys_fingerprint_not_the_k
         send(reqwest::Method::POST, missing.clone(), "admin-key", None).await,
         StatusCode::NOT_FOUND
     );
+    // Refused attempts are audited as well: an inference key on an admin route (403), a
+    // wrong key (401, by its fingerprint), none at all (401, anonymous).
+    assert_eq!(
+        send(reqwest::Method::POST, load.clone(), "user-key", None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(reqwest::Method::POST, load.clone(), "guessed-key", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let anonymous = server.client.post(server.url(&load)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // A refused inference request is not an administrative action.
+    let refused_chat = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({ "model": CHAT, "messages": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused_chat.status(), StatusCode::UNAUTHORIZED);
 
-    // Written off the request's path: wait for the three rows.
+    // Written off the request's path: wait for the six rows.
     let written = common::eventually(std::time::Duration::from_secs(10), || {
         let registry = Arc::clone(&registry);
-        async move { registry.audit_since(0).unwrap().len() >= 3 }
+        async move { registry.audit_since(0).unwrap().len() >= 6 }
     })
     .await;
     assert!(written, "{:?}", registry.audit_since(0).unwrap());
@@ -460,12 +481,46 @@ async fn administrative_requests_are_audited_with_the_keys_fingerprint_not_the_k
         .collect();
     rows.sort();
     let actor = format!("key:{fingerprint}");
+    let of = |key: &str| {
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        format!(
+            "key:{}",
+            digest.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
     let mut want: Vec<(String, String, String, String)> = vec![
-        ("POST /v1/models/{id}/load".into(), load, actor.clone(), "200".into()),
+        (
+            "POST /v1/models/{id}/load".into(),
+            load.clone(),
+            actor.clone(),
+            "200".into(),
+        ),
         ("DELETE /v1/models/{id}".into(), unload, actor.clone(), "200".into()),
         ("POST /v1/models/{id}/load".into(), missing, actor, "404".into()),
+        (
+            "POST /v1/models/{id}/load".into(),
+            load.clone(),
+            of("user-key"),
+            "403".into(),
+        ),
+        (
+            "POST /v1/models/{id}/load".into(),
+            load.clone(),
+            of("guessed-key"),
+            "401".into(),
+        ),
+        (
+            "POST /v1/models/{id}/load".into(),
+            load,
+            "anonymous".into(),
+            "401".into(),
+        ),
     ];
     want.sort();
     assert_eq!(rows, want);
-    assert!(log.iter().all(|e| !format!("{e:?}").contains("admin-key")));
+    assert!(log.iter().all(|e| {
+        !["admin-key", "user-key", "guessed-key"]
+            .iter()
+            .any(|k| format!("{e:?}").contains(k))
+    }));
 }
