@@ -199,8 +199,50 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `error` and its causes, joined by ": ", each cause once: many errors already name
+/// their cause in their own message (`PATH: No space left on device`), and the chain
+/// would repeat it.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    #[test]
+    fn an_error_names_its_cause_once() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let error = anyhow::Error::new(minerva_store::RegistryError::Io {
+            path: "/m/.import-x.partial".into(),
+            source: full,
+        })
+        .context("importing x.gguf");
+        let message = error_message(&error);
+        assert_eq!(message.matches("os error 28").count(), 1, "{message}");
+        assert!(
+            message.starts_with("importing x.gguf: /m/.import-x.partial: "),
+            "{message}"
+        );
+        // A cause the message does not name is still shown.
+        let plain = anyhow::anyhow!("disk").context("saving");
+        assert_eq!(error_message(&plain), "saving: disk");
     }
 }
