@@ -228,7 +228,9 @@ fn redact_paths(text: &str) -> String {
             .map_or(rest.len(), |n| start + n);
         let token = &rest[start..end];
         out.push_str(&rest[..start]);
-        if starts_token && token[1..].contains('/') {
+        // The server's own routes ("use /v1/embeddings") are not files.
+        let route = ["/v1/", "/api/"].iter().any(|p| token.starts_with(p));
+        if starts_token && token[1..].contains('/') && !route {
             // Keep a trailing ':' (as in "PATH: reason") outside the kept name.
             let (path, colon) = token.strip_suffix(':').map_or((token, ""), |p| (p, ":"));
             out.push_str(path.rsplit('/').find(|c| !c.is_empty()).unwrap_or(""));
@@ -268,5 +270,14 @@ mod tests {
         );
         assert_eq!(redact_paths("in (/a/b/c) and \"/d/e\""), "in (c) and \"e\"");
         assert_eq!(redact_paths("1/2 of the budget, /v1"), "1/2 of the budget, /v1");
+        // Routes named in advice stay whole (they were cut to "embeddings", "chat").
+        assert_eq!(
+            redact_paths("m is an embedding model; use /v1/embeddings"),
+            "m is an embedding model; use /v1/embeddings"
+        );
+        assert_eq!(
+            redact_paths("see /api/chat and /v1/models/x/load"),
+            "see /api/chat and /v1/models/x/load"
+        );
     }
 }

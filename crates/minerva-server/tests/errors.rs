@@ -77,6 +77,13 @@ async fn malformed_chat_bodies_are_400() {
     // Where the body names the field, the error says which one.
     let response = server.post_raw("/v1/chat/completions", bodies[9]).await;
     expect_error(response, StatusCode::BAD_REQUEST, Some("messages")).await;
+    // The advice names the route to use, whole (the path redaction once cut it).
+    let response = server.post_raw("/v1/chat/completions", bodies[21]).await;
+    let error = expect_error(response, StatusCode::BAD_REQUEST, Some("model")).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("use /v1/embeddings"),
+        "{error}"
+    );
     // A body without the JSON content type is refused as well.
     let response = server
         .client
