@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
-use super::timing::Clock;
+use super::timing::{Clock, Stages};
 use crate::error::ApiError;
 use crate::monitor::Monitor;
 use crate::state::AppState;
@@ -381,23 +381,40 @@ pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
     span.record("prefill_ms", stages.prefill_ms);
     span.record("decode_ms", stages.decode_ms);
     span.record("ttft_ms", stages.ttft_ms);
-    if let Some(log) = prepared.monitor.request_log() {
-        let prompt: Vec<u8> = prepared
-            .prompt
-            .iter()
-            .flat_map(|&t| prepared.model().token_bytes(t, true))
-            .collect();
-        log.record(serde_json::json!({
-            "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "model": model,
-            "api": prepared.api,
-            "prompt": String::from_utf8_lossy(&prompt),
-            "output": generation.text,
-            "finish_reason": finish_reason(generation.finish_reason),
-            "stages": stages,
-        }));
-    }
+    log_request(
+        prepared,
+        &model,
+        &generation.text,
+        finish_reason(generation.finish_reason),
+        Some(&stages),
+    );
     prepared.monitor.generated(&model, prepared.api, stages);
+}
+
+/// Writes a generation's line to the request log, when one is on: the prompt as the
+/// model saw it, the output, why it ended and its stage figures (none for a stream the
+/// client left).
+fn log_request(prepared: &Prepared, model: &str, output: &str, finish_reason: &str, stages: Option<&Stages>) {
+    let Some(log) = prepared.monitor.request_log() else {
+        return;
+    };
+    let prompt: Vec<u8> = prepared
+        .prompt
+        .iter()
+        .flat_map(|&t| prepared.model().token_bytes(t, true))
+        .collect();
+    let mut line = serde_json::json!({
+        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "model": model,
+        "api": prepared.api,
+        "prompt": String::from_utf8_lossy(&prompt),
+        "output": output,
+        "finish_reason": finish_reason,
+    });
+    if let Some(stages) = stages {
+        line["stages"] = serde_json::json!(stages);
+    }
+    log.record(line);
 }
 
 /// Records a streamed generation whose client went away before its end: counted per
@@ -407,20 +424,8 @@ pub fn record_tokens(prepared: &Prepared, generation: &Generation) {
 pub fn record_dropped(prepared: &Prepared, sent: Option<&str>) {
     let model = prepared.lease.lease().id.to_string();
     tracing::Span::current().record("dropped", true);
-    if let (Some(log), Some(sent)) = (prepared.monitor.request_log(), sent) {
-        let prompt: Vec<u8> = prepared
-            .prompt
-            .iter()
-            .flat_map(|&t| prepared.model().token_bytes(t, true))
-            .collect();
-        log.record(serde_json::json!({
-            "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "model": model,
-            "api": prepared.api,
-            "prompt": String::from_utf8_lossy(&prompt),
-            "output": sent,
-            "finish_reason": "client_disconnected",
-        }));
+    if let Some(sent) = sent {
+        log_request(prepared, &model, sent, "client_disconnected", None);
     }
     prepared.monitor.dropped(&model);
 }
