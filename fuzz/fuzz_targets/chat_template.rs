@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, content)| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, content))
         .collect();
-    let Ok(template) = ChatTemplate::new(source, "<s>", "</s>") else { return };
+    let Ok(template) = ChatTemplate::new(source, "<s>", "</s>") else {
+        return;
+    };
     if let Ok(prompt) = template.render(&messages, true) {
         assert!(prompt.len() <= MAX_RENDERED_BYTES, "{} bytes rendered", prompt.len());
     }

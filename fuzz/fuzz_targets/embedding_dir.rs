@@ -15,14 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use minerva_engine::embed::{self, EmbedOptions, EmbeddingDtype};
 
 const SEPARATOR: &[u8] = b"\n#minerva-file#\n";
-const FILES: [&str; 6] = [
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "modules.json",
-    "1_Pooling/config.json",
-    "sentence_bert_config.json",
-];
+/// The parts of an input, in order (the seeds are framed in this order).
+const FILES: &[&str] = minerva_store::SENTENCE_TRANSFORMERS_FILES;
 
 /// The model directory, reused by every input of the process.
 fn dir() -> &'static PathBuf {

@@ -50,7 +50,10 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let home = std::env::temp_dir().join(format!("minerva-fuzz-routes-{}", std::process::id()));
         std::fs::create_dir_all(&home).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let app = runtime.block_on(async {
             // As `minerva serve` runs: a store with its registry.
             let store = minerva_store::ModelStore::new(home);
@@ -87,7 +90,10 @@ fuzz_target!(|data: &[u8]| {
     let (status, bytes) = fixture.runtime.block_on(async {
         let response = fixture.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
-        (status, axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap())
+        (
+            status,
+            axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap(),
+        )
     });
     assert!(
         !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,

@@ -8,7 +8,9 @@ use minerva_engine::detokenize::Utf8Stream;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the cut points: pieces of 1 to 8 bytes, as tokens are.
-    let Some((&seed, bytes)) = data.split_first() else { return };
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
     let mut stream = Utf8Stream::new();
     let mut streamed = String::new();
     let mut rest = bytes;

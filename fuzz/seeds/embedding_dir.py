@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes the seed of the `embedding_dir` fuzz target: a tiny but complete
 sentence-transformers BERT directory (hidden 4, 2 heads, 1 layer, a WordPiece vocabulary
-of 8), framed as the target reads it: its files in a fixed order, separated by
-SEPARATOR. Standard library only.
+of 8), framed as the target reads it: its files in the order of
+minerva_store::SENTENCE_TRANSFORMERS_FILES, separated by SEPARATOR. Standard library
+only.
 
     python3 fuzz/seeds/embedding_dir.py > fuzz/corpus/embedding_dir/tiny-bert
 """

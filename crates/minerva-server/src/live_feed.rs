@@ -50,7 +50,7 @@ impl LiveFeed {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    // The feed's own sender is one of the two: nobody else, no snapshot.
+                    // The channel keeps no receiver of its own: none left, no snapshot.
                     if producer.receiver_count() > 0 {
                         producer.send_replace(Arc::from(crate::monitor::snapshot(&state).to_string()));
                     }
@@ -62,10 +62,5 @@ impl LiveFeed {
             snapshots: sender.subscribe(),
             place,
         })
-    }
-
-    /// How many clients watch now.
-    pub fn subscribers(&self) -> usize {
-        MAX_SUBSCRIBERS - self.subscribers.available_permits()
     }
 }

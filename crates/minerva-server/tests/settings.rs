@@ -104,14 +104,7 @@ async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
     let store = ModelStore::new(home.path().join("models"));
     let dir = store.root().join(EMBED);
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "modules.json",
-        "1_Pooling/config.json",
-        "sentence_bert_config.json",
-    ] {
+    for file in minerva_store::SENTENCE_TRANSFORMERS_FILES {
         std::fs::hard_link(common::models_dir().join(EMBED).join(file), dir.join(file)).unwrap();
     }
     let registry = Arc::new(Registry::open(&home.path().join("registry.sqlite")).unwrap());

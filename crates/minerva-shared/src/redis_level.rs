@@ -160,10 +160,11 @@ impl Inner {
 
 /// The Redis key of `key`.
 fn redis_key(key: &CacheKey) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(KEY_PREFIX.len() + 64);
     out.push_str(KEY_PREFIX);
     for byte in key.as_bytes() {
-        out.push_str(&format!("{byte:02x}"));
+        let _ = write!(out, "{byte:02x}");
     }
     out
 }

@@ -27,4 +27,4 @@ pub use registry::{
     Lineage, MAX_EVENTS, ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError, SETTING_KEYS,
     UnixMillis, now_millis, safetensors_header_summary,
 };
-pub use store::{ModelEntry, ModelFormat, ModelStore, StoreError};
+pub use store::{ModelEntry, ModelFormat, ModelStore, SENTENCE_TRANSFORMERS_FILES, StoreError};

@@ -5,6 +5,17 @@ use std::path::{Path, PathBuf};
 
 use crate::ModelId;
 
+/// The files of a sentence-transformers model directory that the engine opens (each
+/// optional but the weights, the encoder's config and the tokenizer).
+pub const SENTENCE_TRANSFORMERS_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+];
+
 /// How a model is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -95,14 +106,7 @@ impl ModelStore {
         // Every file the engine will open must resolve inside the directory.
         let opened: &[&str] = match format {
             ModelFormat::Gguf => &[""],
-            ModelFormat::SentenceTransformers => &[
-                "model.safetensors",
-                "config.json",
-                "tokenizer.json",
-                "modules.json",
-                "sentence_bert_config.json",
-                "1_Pooling/config.json",
-            ],
+            ModelFormat::SentenceTransformers => SENTENCE_TRANSFORMERS_FILES,
         };
         for file in opened {
             let file = if file.is_empty() { path.clone() } else { path.join(file) };

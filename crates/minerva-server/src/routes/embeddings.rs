@@ -264,7 +264,7 @@ pub async fn embed_inputs(state: &AppState, request: EmbedRequest<'_>) -> Result
         forbid_truncation: request.long_input == LongInput::Error,
     };
     let cache = Some(state.embedding_cache.as_ref());
-    let lookup = service.lookup(inputs, settings, cache);
+    let lookup = service.lookup(inputs, settings, cache).await;
     // Only work for the model takes an admission slot; the slot is held until the
     // vectors are back, and batch mates come from the requests holding slots.
     let _slot = match lookup.misses() {

@@ -322,13 +322,15 @@ impl EmbeddingService {
         settings: EmbedSettings,
         cache: Option<&EmbeddingCache>,
     ) -> Result<Embedded, EmbeddingError> {
-        self.compute(self.lookup(inputs, settings, cache), cache).await
+        self.compute(self.lookup(inputs, settings, cache).await, cache).await
     }
 
-    /// The first half of [`Self::embed`]: answers what `cache` holds and sets the rest
-    /// aside for [`Self::compute`] (callers that ration CPU work take their permit in
-    /// between, only when [`Lookup::misses`] is not zero).
-    pub fn lookup(
+    /// The first half of [`Self::embed`]: answers what `cache` holds (its own level, then
+    /// in one round trip its shared level, if any) and sets the rest aside for
+    /// [`Self::compute`] (callers that ration CPU work take their permit in between, only
+    /// when [`Lookup::misses`] is not zero: a request the shared level answers whole
+    /// takes none).
+    pub async fn lookup(
         &self,
         inputs: Vec<EmbeddingInput>,
         settings: EmbedSettings,
@@ -355,6 +357,21 @@ impl EmbeddingService {
                 None => missing.push((index, Some(key), input)),
             }
         }
+        // What this server missed, another may have computed.
+        if let Some(cache) = cache
+            && cache.has_shared()
+            && !missing.is_empty()
+        {
+            let keys: Vec<CacheKey> = missing.iter().filter_map(|(_, key, _)| *key).collect();
+            let mut hits = cache.get_shared(&keys).await.into_iter();
+            missing.retain(|(index, _, _)| match hits.next().flatten() {
+                Some(hit) => {
+                    found[*index] = Some(hit);
+                    false
+                }
+                None => true,
+            });
+        }
         Lookup {
             found,
             missing,
@@ -370,25 +387,6 @@ impl EmbeddingService {
             missing,
             settings,
         } = lookup;
-        // What this server missed, another may have computed: one round trip asks the
-        // shared level for all of it.
-        let missing = match cache {
-            Some(cache) if cache.has_shared() && !missing.is_empty() => {
-                let keys: Vec<CacheKey> = missing.iter().filter_map(|(_, key, _)| *key).collect();
-                let mut hits = cache.get_shared(&keys).await.into_iter();
-                missing
-                    .into_iter()
-                    .filter_map(|(index, key, input)| {
-                        if let Some(hit) = key.and_then(|_| hits.next().flatten()) {
-                            found[index] = Some(hit);
-                            return None;
-                        }
-                        Some((index, key, input))
-                    })
-                    .collect()
-            }
-            _ => missing,
-        };
         let cached = found.len() - missing.len();
         if !missing.is_empty() {
             let (slots, inputs): (Vec<_>, Vec<_>) = missing

@@ -29,7 +29,7 @@ pub trait SharedLevel: Send + Sync + 'static {
 }
 
 /// Counters of a [`SharedLevel`].
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SharedStats {
     /// The back-end ("redis").
     pub backend: &'static str,
