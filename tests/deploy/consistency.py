@@ -1,7 +1,8 @@
 """Checks what the Kubernetes schemas cannot in a rendered overlay of
 deploy/kubernetes: that the pieces point at each other. Service and InferencePool
 selectors pick the pods they are meant for, ports and port names exist, the ServiceMonitor
-finds the Service, the replicas' Redis URL names the Redis Service, the endpoint picker
+finds the Service, the replicas' Redis URL names the Redis Service, their registry URL
+names the PostgreSQL Service, user, database and password Secret, the endpoint picker
 names the pool, and the alert rules and the picker read only metrics Minerva exports
 (METRICS: a scraped /metrics text).
 
@@ -28,6 +29,7 @@ def main(rendered, metrics_file):
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     deployments = by_kind.get("Deployment", {})
+    workloads = {**deployments, **by_kind.get("StatefulSet", {})}
     minerva = deployments.get("minerva") or fail("no minerva Deployment")
     pod_labels = minerva["spec"]["template"]["metadata"]["labels"]
     container = minerva["spec"]["template"]["spec"]["containers"][0]
@@ -35,17 +37,17 @@ def main(rendered, metrics_file):
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     checks = 0
 
-    for name, deployment in deployments.items():
-        template = deployment["spec"]["template"]["metadata"]["labels"]
-        if not selects(deployment["spec"]["selector"]["matchLabels"], template):
-            fail(f"Deployment {name}'s selector does not match its own pods")
+    for name, workload in workloads.items():
+        template = workload["spec"]["template"]["metadata"]["labels"]
+        if not selects(workload["spec"]["selector"]["matchLabels"], template):
+            fail(f"{workload['kind']} {name}'s selector does not match its own pods")
         checks += 1
 
     for name, service in by_kind.get("Service", {}).items():
-        targets = [d for d in deployments.values()
+        targets = [d for d in workloads.values()
                    if selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
         if len(targets) != 1:
-            fail(f"Service {name} selects {len(targets)} Deployments")
+            fail(f"Service {name} selects {len(targets)} workloads")
         names = {p["name"] for p in targets[0]["spec"]["template"]["spec"]["containers"][0]["ports"]}
         for port in service["spec"]["ports"]:
             if isinstance(port["targetPort"], str) and port["targetPort"] not in names:
@@ -87,6 +89,30 @@ def main(rendered, metrics_file):
         service = by_kind["Service"].get(match.group(1)) or fail(f"{url} names no Service")
         if int(match.group(2)) not in [p["port"] for p in service["spec"]["ports"]]:
             fail(f"{url}: the Service {match.group(1)} has no port {match.group(2)}")
+        checks += 1
+
+    url = env.get("MINERVA_REGISTRY")
+    if url:
+        match = re.fullmatch(r"postgres://([a-z0-9_]+):\$\(([A-Z_]+)\)@([a-z0-9-]+):(\d+)/([a-z0-9_]+)", url) \
+            or fail(f"bad registry URL {url}")
+        user, password_var, host, port, db = match.groups()
+        service = by_kind["Service"].get(host) or fail(f"{url} names no Service")
+        if int(port) not in [p["port"] for p in service["spec"]["ports"]]:
+            fail(f"{url}: the Service {host} has no port {port}")
+        names = [e["name"] for e in container["env"]]
+        if password_var not in names or names.index(password_var) > names.index("MINERVA_REGISTRY"):
+            fail(f"{url}: $({password_var}) is not defined before MINERVA_REGISTRY")
+        ref = next(e for e in container["env"] if e["name"] == password_var)["valueFrom"]["secretKeyRef"]
+        secret = by_kind.get("Secret", {}).get(ref["name"]) or fail(f"no Secret {ref['name']}")
+        if ref["key"] not in secret.get("stringData", secret.get("data", {})):
+            fail(f"Secret {ref['name']} has no key {ref['key']}")
+        server = next(d for d in workloads.values()
+                      if selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]))
+        server_env = {e["name"]: e for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
+        if (server_env["POSTGRES_USER"]["value"], server_env["POSTGRES_DB"]["value"]) != (user, db):
+            fail(f"{url}: the server creates user {server_env['POSTGRES_USER']} and database {server_env['POSTGRES_DB']}")
+        if server_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] != ref:
+            fail(f"{url}: the server's password is not the replicas' Secret")
         checks += 1
 
     # Every metric the rules and the picker read is one Minerva exports.

@@ -21,6 +21,12 @@ struct Cli {
     #[arg(long, global = true, env = "MINERVA_HOME")]
     home: Option<PathBuf>,
 
+    /// The model registry: a SQLite file, or `postgres://USER:PASSWORD@HOST:PORT/DB` for
+    /// one registry shared by several replicas (names, tags, versions, settings, usage and
+    /// audit). Default: `registry.sqlite` in the data directory.
+    #[arg(long, global = true, env = "MINERVA_REGISTRY", hide_env_values = true)]
+    registry: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +103,9 @@ enum BenchCommand {
     /// An embedding model's throughput and latency beside the machine's matrix-product
     /// rate on the model's shapes.
     Embed(commands::bench_embed::Args),
+    /// What the registry's calls cost on the SQLite file and on a shared PostgreSQL
+    /// database, side by side.
+    Registry(commands::bench_registry::Args),
 }
 
 /// Logs to stderr (`MINERVA_LOG`), and for `serve --otlp-endpoint` the request spans to
@@ -142,6 +151,7 @@ fn main() -> ExitCode {
         }
     };
     let store = model_arg::store(cli.home);
+    model_arg::use_registry(cli.registry);
     // Commands that change the store go to the audit log, however they end.
     let audited = match &cli.command {
         Command::Import(_) => Some(("import", "import")),
@@ -168,6 +178,10 @@ fn main() -> ExitCode {
             what: Some(BenchCommand::Embed(args)),
             ..
         }) => commands::bench_embed::run(&store, args),
+        Command::Bench(BenchArgs {
+            what: Some(BenchCommand::Registry(args)),
+            ..
+        }) => commands::bench_registry::run(&store, args),
         Command::Bench(BenchArgs { what: None, speed }) => commands::bench::run(&store, speed),
         Command::Models(args) => commands::models::run(&store, args),
         Command::Import(args) => commands::import::run(&store, args),

@@ -1,6 +1,7 @@
 //! Turning a `--model ID|PATH` argument into a loaded model.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use minerva_engine::embed::EmbeddingModel;
@@ -17,14 +18,29 @@ pub fn store(home: Option<PathBuf>) -> ModelStore {
     ModelStore::new(home.join("models"))
 }
 
-/// The registry beside the models directory (`$MINERVA_HOME/registry.sqlite`), with any
-/// import interrupted by a crash finished or cleaned up.
+/// `--registry` (`MINERVA_REGISTRY`), set once by `main`.
+static REGISTRY: OnceLock<Option<String>> = OnceLock::new();
+
+/// Uses the registry at `location` (a SQLite file or a `postgres://` URL) instead of the
+/// one beside the models directory.
+pub fn use_registry(location: Option<String>) {
+    let _ = REGISTRY.set(location);
+}
+
+/// The registry: `--registry`'s, else the one beside the models directory
+/// (`$MINERVA_HOME/registry.sqlite`); with any import interrupted by a crash finished or
+/// cleaned up.
 pub fn registry(store: &ModelStore) -> Result<Registry> {
-    let path = Registry::default_path(store);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let registry = Registry::open(&path)?;
+    let registry = match REGISTRY.get().and_then(Option::as_deref) {
+        Some(location) => Registry::open_location(location)?,
+        None => {
+            let path = Registry::default_path(store);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            Registry::open(&path)?
+        }
+    };
     registry.recover_imports(store)?;
     Ok(registry)
 }

@@ -1,4 +1,8 @@
-//! The model registry on real SQLite files and the real default models.
+//! The model registry on the real default models, on both of its databases: a SQLite file
+//! and a real PostgreSQL server (each test that runs on both is a module with a `sqlite`
+//! and a `postgres` test).
+
+mod postgres_server;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,22 +19,71 @@ fn default_models() -> PathBuf {
     Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".local/share/minerva/models")
 }
 
-/// A Minerva home in a temporary directory: `models/` and `registry.sqlite`.
+/// Where a test's registry lives.
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named test (a function of a [`Db`]) on SQLite and on PostgreSQL.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Db::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Db::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    registry_survives_reopen_with_metadata_and_counts_intact,
+    an_unchanged_model_is_checked_without_rehashing,
+    a_model_whose_bytes_changed_is_refused_and_marked_until_restored,
+    importing_a_garbage_file_is_a_typed_error_naming_it_and_leaves_nothing,
+    importing_a_directory_model_copies_hashes_and_registers_it_once,
+    importing_with_link_shares_the_file_instead_of_copying_it,
+    access_events_older_than_the_retention_are_pruned,
+    a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it,
+    settings_are_kept_per_model_validated_and_removed_with_it,
+    a_model_registered_before_history_was_kept_can_still_roll_back_after_a_retag,
+);
+
+/// A Minerva home in a temporary directory: `models/` and `registry.sqlite`, or a
+/// PostgreSQL server of its own.
 struct Home {
     dir: tempfile::TempDir,
     store: ModelStore,
+    postgres: Option<(postgres_server::PostgresServer, String)>,
 }
 
 impl Home {
-    fn new() -> Self {
+    fn new(db: Db) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = ModelStore::new(dir.path().join("models"));
         std::fs::create_dir(store.root()).unwrap();
-        Self { dir, store }
+        let postgres = match db {
+            Db::Sqlite => None,
+            Db::Postgres => {
+                let server = postgres_server::PostgresServer::start();
+                let url = server.database("registry");
+                Some((server, url))
+            }
+        };
+        Self { dir, store, postgres }
     }
 
     fn registry(&self) -> Registry {
-        let registry = Registry::open(&Registry::default_path(&self.store)).unwrap();
+        let registry = match &self.postgres {
+            Some((_, url)) => Registry::connect(url).unwrap(),
+            None => Registry::open(&Registry::default_path(&self.store)).unwrap(),
+        };
         registry.recover_imports(&self.store).unwrap();
         registry
     }
@@ -62,9 +115,8 @@ fn id(s: &str) -> ModelId {
     ModelId::new(s).unwrap()
 }
 
-#[test]
-fn registry_survives_reopen_with_metadata_and_counts_intact() {
-    let home = Home::new();
+fn registry_survives_reopen_with_metadata_and_counts_intact(db: Db) {
+    let home = Home::new(db);
     home.link(&format!("{SMOLLM2}.gguf"));
     let smollm2 = id(SMOLLM2);
     {
@@ -140,9 +192,8 @@ fn an_empty_file_is_migrated_and_a_newer_schema_is_refused() {
     assert!(err.to_string().contains("upgrade Minerva"), "{err}");
 }
 
-#[test]
-fn an_unchanged_model_is_checked_without_rehashing() {
-    let home = Home::new();
+fn an_unchanged_model_is_checked_without_rehashing(db: Db) {
+    let home = Home::new(db);
     home.link(&format!("{SMOLLM2}.gguf"));
     let registry = home.registry();
     let mut hashed = 0u64;
@@ -165,9 +216,8 @@ fn an_unchanged_model_is_checked_without_rehashing() {
     );
 }
 
-#[test]
-fn a_model_whose_bytes_changed_is_refused_and_marked_until_restored() {
-    let home = Home::new();
+fn a_model_whose_bytes_changed_is_refused_and_marked_until_restored(db: Db) {
+    let home = Home::new(db);
     let path = home.copy(&format!("{SMOLLM2}.gguf"));
     let registry = home.registry();
     let smollm2 = id(SMOLLM2);
@@ -213,7 +263,7 @@ fn a_model_whose_bytes_changed_is_refused_and_marked_until_restored() {
 
 #[test]
 fn a_model_whose_file_is_gone_is_marked_missing() {
-    let home = Home::new();
+    let home = Home::new(Db::Sqlite);
     home.link(&format!("{SMOLLM2}.gguf"));
     let registry = home.registry();
     let smollm2 = id(SMOLLM2);
@@ -231,9 +281,8 @@ fn a_model_whose_file_is_gone_is_marked_missing() {
     assert_eq!(verified[0].status, ModelStatus::Missing);
 }
 
-#[test]
-fn importing_a_garbage_file_is_a_typed_error_naming_it_and_leaves_nothing() {
-    let home = Home::new();
+fn importing_a_garbage_file_is_a_typed_error_naming_it_and_leaves_nothing(db: Db) {
+    let home = Home::new(db);
     let junk = home.dir.path().join("junk.gguf");
     std::fs::write(&junk, b"<html>404 Not Found</html>").unwrap();
     let err = home
@@ -247,9 +296,8 @@ fn importing_a_garbage_file_is_a_typed_error_naming_it_and_leaves_nothing() {
     assert!(home.registry().records().unwrap().is_empty());
 }
 
-#[test]
-fn importing_a_directory_model_copies_hashes_and_registers_it_once() {
-    let home = Home::new();
+fn importing_a_directory_model_copies_hashes_and_registers_it_once(db: Db) {
+    let home = Home::new(db);
     let source = default_models().join("all-minilm-l6-v2");
     let registry = home.registry();
     let mut last = (0, 0);
@@ -274,9 +322,8 @@ fn importing_a_directory_model_copies_hashes_and_registers_it_once() {
     assert!(matches!(again, Err(RegistryError::AlreadyExists { .. })), "{again:?}");
 }
 
-#[test]
-fn importing_with_link_shares_the_file_instead_of_copying_it() {
-    let home = Home::new();
+fn importing_with_link_shares_the_file_instead_of_copying_it(db: Db) {
+    let home = Home::new(db);
     let source = default_models().join(format!("{SMOLLM2}.gguf"));
     let options = ImportOptions {
         id: Some(id("tiny-chat")),
@@ -295,9 +342,8 @@ fn importing_with_link_shares_the_file_instead_of_copying_it() {
     assert_eq!(imported.ino(), std::fs::metadata(&source).unwrap().ino());
 }
 
-#[test]
-fn access_events_older_than_the_retention_are_pruned() {
-    let home = Home::new();
+fn access_events_older_than_the_retention_are_pruned(db: Db) {
+    let home = Home::new(db);
     let registry = home.registry();
     let day = 24 * 3600 * 1000;
     registry.record_access(&id("a"), AccessKind::Request, day).unwrap();
@@ -314,10 +360,9 @@ fn access_events_older_than_the_retention_are_pruned() {
 
 const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
-#[test]
-fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it() {
+fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it(db: Db) {
     use std::os::unix::fs::MetadataExt;
-    let home = Home::new();
+    let home = Home::new(db);
     home.link(&format!("{SMOLLM2}.gguf"));
     home.link("gemma-3-270m.gguf");
     let registry = home.registry();
@@ -364,9 +409,8 @@ fn a_tag_shares_the_file_a_retag_keeps_the_old_version_and_rollback_restores_it(
     assert!(registry.rollback(&home.store, &chat).is_err());
 }
 
-#[test]
-fn settings_are_kept_per_model_validated_and_removed_with_it() {
-    let home = Home::new();
+fn settings_are_kept_per_model_validated_and_removed_with_it(db: Db) {
+    let home = Home::new(db);
     home.link(&format!("{SMOLLM2}.gguf"));
     let registry = home.registry();
     let smollm2 = id(SMOLLM2);
@@ -388,9 +432,8 @@ fn settings_are_kept_per_model_validated_and_removed_with_it() {
     assert_eq!(registry.settings(&smollm2).unwrap(), Default::default());
 }
 
-#[test]
-fn a_model_registered_before_history_was_kept_can_still_roll_back_after_a_retag() {
-    let home = Home::new();
+fn a_model_registered_before_history_was_kept_can_still_roll_back_after_a_retag(db: Db) {
+    let home = Home::new(db);
     home.link(&format!("{SMOLLM2}.gguf"));
     home.link("gemma-3-270m.gguf");
     let registry = home.registry();

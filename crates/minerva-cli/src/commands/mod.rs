@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_embed;
 pub mod bench_pool;
+pub mod bench_registry;
 pub mod client;
 pub mod create;
 pub mod embed;

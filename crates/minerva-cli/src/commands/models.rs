@@ -53,7 +53,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "models_dir": store.root(), "registry": registry.path(), "models": list })
+            serde_json::json!({ "models_dir": store.root(), "registry": registry.location(), "models": list })
         )?;
         return Ok(());
     }

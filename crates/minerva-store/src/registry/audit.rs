@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
-
+use super::db::args;
 use super::{Registry, RegistryError, UnixMillis, now_millis};
 
 /// How long audit rows are kept.
@@ -56,21 +55,22 @@ impl Registry {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO audit (at, action, target, actor, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![entry.at, entry.action, entry.target, entry.actor, entry.outcome],
+                args![entry.at, &entry.action, &entry.target, &entry.actor, &entry.outcome],
             )?;
-            tx.execute("DELETE FROM audit WHERE at < ?1", [oldest])?;
+            tx.execute("DELETE FROM audit WHERE at < ?1", args![oldest])?;
             Ok(())
         })
     }
 
     /// The audit log from `since` on, oldest first.
     pub fn audit_since(&self, since: UnixMillis) -> Result<Vec<AuditEntry>, RegistryError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT at, action, target, actor, outcome FROM audit WHERE at >= ?1 ORDER BY seq")
-            .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([since], |row| {
+        self.read(|db| {
+            db.query(
+                "SELECT at, action, target, actor, outcome FROM audit WHERE at >= ?1 ORDER BY seq",
+                args![since],
+            )?
+            .iter()
+            .map(|row| {
                 Ok(AuditEntry {
                     at: row.get(0)?,
                     action: row.get(1)?,
@@ -79,8 +79,8 @@ impl Registry {
                     outcome: row.get(4)?,
                 })
             })
-            .map_err(|e| self.db(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))
+            .collect()
+        })
     }
 }
 

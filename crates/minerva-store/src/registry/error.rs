@@ -7,22 +7,22 @@ use crate::{InvalidModelId, ModelId, StoreError};
 /// Failures of the [`Registry`](super::Registry).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The SQLite database could not be opened, migrated, read or written.
-    #[error("model registry {path}: {source}")]
+    /// The database could not be opened, migrated, read or written.
+    #[error("model registry {location}: {source}")]
     Database {
-        /// The database file.
-        path: PathBuf,
-        /// What SQLite said.
+        /// The SQLite file, or the PostgreSQL URL without its password.
+        location: String,
+        /// What the database said.
         #[source]
-        source: rusqlite::Error,
+        source: super::DbError,
     },
     /// The database was written by a newer Minerva.
     #[error(
-        "model registry {path} has schema version {found}, newer than this Minerva supports ({supported}); upgrade Minerva"
+        "model registry {location} has schema version {found}, newer than this Minerva supports ({supported}); upgrade Minerva"
     )]
     NewerSchema {
-        /// The database file.
-        path: PathBuf,
+        /// The database.
+        location: String,
         /// Its schema version.
         found: i64,
         /// The newest version this build knows.

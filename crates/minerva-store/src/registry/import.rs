@@ -17,8 +17,7 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
-use rusqlite::params;
-
+use super::db::args;
 use super::metadata::{Fingerprint, ModelMetadata};
 use super::{ModelRecord, Progress, Registry, RegistryError, now_millis, upsert};
 use crate::hash::{copy_hashed, hard_link_model, sha256_model};
@@ -135,20 +134,21 @@ impl Registry {
                 // A model registered before history was kept gets its first entry now, so
                 // that rollback can find the file it is being replaced with.
                 tx.execute(
-                    "INSERT INTO history (id, sha256, at, origin) SELECT ?1, ?2, ?3, 'registered before history was kept'
+                    "INSERT INTO history (id, sha256, at, origin)
+                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS BIGINT), 'registered before history was kept'
                      WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?1)",
-                    params![id.as_str(), old.sha256, old.added_at],
+                    args![id.as_str(), &old.sha256, old.added_at],
                 )?;
                 // What it was made from no longer describes the new file.
-                tx.execute("DELETE FROM lineage WHERE id = ?1", [id.as_str()])?;
+                tx.execute("DELETE FROM lineage WHERE id = ?1", args![id.as_str()])?;
             }
             tx.execute(
                 "INSERT INTO history (id, sha256, at, origin) VALUES (?1, ?2, ?3, ?4)",
-                params![id.as_str(), sha256, now_millis(), origin],
+                args![id.as_str(), &sha256, now_millis(), &origin],
             )?;
             tx.execute(
                 "INSERT INTO pending_imports (id, temp_name, final_name) VALUES (?1, ?2, ?3)",
-                params![id.as_str(), temp_name, final_name],
+                args![id.as_str(), &temp_name, &final_name],
             )?;
             Ok(())
         })?;
@@ -164,16 +164,12 @@ impl Registry {
     pub fn recover_imports(&self, store: &ModelStore) -> Result<(), RegistryError> {
         self.recover_removals(store)?;
         let root = store.root();
-        let pending: Vec<(String, String, String)> = {
-            let conn = self.lock();
-            let mut stmt = conn
-                .prepare("SELECT id, temp_name, final_name FROM pending_imports")
-                .map_err(|e| self.db(e))?;
-            let rows = stmt
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .map_err(|e| self.db(e))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))?
-        };
+        let pending: Vec<(String, String, String)> = self.read(|db| {
+            db.query("SELECT id, temp_name, final_name FROM pending_imports", &[])?
+                .iter()
+                .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .collect()
+        })?;
         for (id, temp_name, final_name) in pending {
             let Ok(id) = ModelId::new(&id) else { continue };
             let names = TempNames::new(root, &id);
@@ -181,10 +177,12 @@ impl Registry {
             if root.join(&temp_name).exists() || root.join(&final_name).exists() {
                 self.finish_import(root, &id, &temp_name, &final_name)?;
                 tracing::info!(%id, "finished an interrupted import");
-            } else {
+            } else if !self.is_shared() {
+                // In a shared registry the import may be another replica's, on its own
+                // volume: only the replica that holds its files finishes or undoes it.
                 self.write(|tx| {
-                    tx.execute("DELETE FROM models WHERE id = ?1", [id.as_str()])?;
-                    tx.execute("DELETE FROM pending_imports WHERE id = ?1", [id.as_str()])
+                    tx.execute("DELETE FROM models WHERE id = ?1", args![id.as_str()])?;
+                    tx.execute("DELETE FROM pending_imports WHERE id = ?1", args![id.as_str()])
                 })?;
             }
         }
@@ -229,7 +227,7 @@ impl Registry {
                     source,
                 })?;
         }
-        self.write(|tx| tx.execute("DELETE FROM pending_imports WHERE id = ?1", [id.as_str()]))?;
+        self.write(|tx| tx.execute("DELETE FROM pending_imports WHERE id = ?1", args![id.as_str()]))?;
         Ok(())
     }
 }
@@ -375,7 +373,7 @@ mod tests {
                 )?;
                 tx.execute(
                     "INSERT INTO pending_imports (id, temp_name, final_name) VALUES (?1, ?2, ?3)",
-                    params![id.as_str(), names.partial_name(), format!("{id}.gguf")],
+                    args![id.as_str(), names.partial_name(), format!("{id}.gguf")],
                 )
             })
             .unwrap();

@@ -1,8 +1,7 @@
 //! Where a model Minerva made came from: its source's name and digest, the operation
 //! (`quantize q8_0`), and the quality report measured when it was made (JSON text).
 
-use rusqlite::{OptionalExtension, params};
-
+use super::db::args;
 use super::{Registry, RegistryError, UnixMillis};
 use crate::ModelId;
 
@@ -22,15 +21,18 @@ impl Registry {
     pub fn set_lineage(&self, id: &ModelId, lineage: &Lineage) -> Result<(), RegistryError> {
         self.write(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO lineage (id, source_id, source_sha256, operation, created_at, report)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
+                "INSERT INTO lineage (id, source_id, source_sha256, operation, created_at, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET source_id = excluded.source_id,
+                     source_sha256 = excluded.source_sha256, operation = excluded.operation,
+                     created_at = excluded.created_at, report = excluded.report",
+                args![
                     id.as_str(),
-                    lineage.source_id,
-                    lineage.source_sha256,
-                    lineage.operation,
+                    &lineage.source_id,
+                    &lineage.source_sha256,
+                    &lineage.operation,
                     lineage.created_at,
-                    lineage.report
+                    &lineage.report
                 ],
             )
         })?;
@@ -39,11 +41,12 @@ impl Registry {
 
     /// Where model `id` came from, when Minerva made it.
     pub fn lineage(&self, id: &ModelId) -> Result<Option<Lineage>, RegistryError> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT source_id, source_sha256, operation, created_at, report FROM lineage WHERE id = ?1",
-            [id.as_str()],
-            |row| {
+        self.read(|db| {
+            db.query_opt(
+                "SELECT source_id, source_sha256, operation, created_at, report FROM lineage WHERE id = ?1",
+                args![id.as_str()],
+            )?
+            .map(|row| {
                 Ok(Lineage {
                     source_id: row.get(0)?,
                     source_sha256: row.get(1)?,
@@ -51,9 +54,8 @@ impl Registry {
                     created_at: row.get(3)?,
                     report: row.get(4)?,
                 })
-            },
-        )
-        .optional()
-        .map_err(|e| self.db(e))
+            })
+            .transpose()
+        })
     }
 }

@@ -1,9 +1,9 @@
-//! The model registry: every known model in a SQLite database beside the models
-//! directory, with its digest, metadata, integrity status and usage.
+//! The model registry: every known model with its digest, metadata, integrity status and
+//! usage, in a SQLite database beside the models directory or, shared by replicas, in
+//! PostgreSQL (`db/`).
 //!
-//! The database runs in WAL mode with a busy timeout, so the server and the CLI can use it
-//! at the same time. Each write is one transaction. Digests are computed without holding
-//! the connection, so a long hash never blocks other callers.
+//! Each write is one transaction holding the database's single writer slot. Digests are
+//! computed without holding the connection, so a long hash never blocks other callers.
 //!
 //! - [`Registry::check`] runs before every load: it registers a new model, re-hashes one
 //!   whose size or modification time changed, and refuses one whose digest no longer
@@ -14,6 +14,7 @@
 //!   the access log that [`crate::patterns`] analyses.
 
 mod audit;
+mod db;
 mod error;
 mod import;
 mod lineage;
@@ -25,12 +26,12 @@ mod settings;
 mod versions;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use db::{Backend, DbError, Row, Sql, args};
 
 pub use audit::{AUDIT_RETENTION, AuditEntry};
+pub use db::DbError as DatabaseError;
 pub use error::RegistryError;
 pub use import::{ImportMode, ImportOptions};
 pub use lineage::Lineage;
@@ -43,8 +44,6 @@ pub use versions::HistoryEntry;
 use crate::hash::sha256_model;
 use crate::{ModelEntry, ModelFormat, ModelId, ModelStore, StoreError};
 
-/// How long a writer waits for another process's transaction before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Access events older than this are pruned.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// At most this many access events are kept (the newest).
@@ -56,8 +55,9 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// The model registry. `Send + Sync`: share it through an `Arc`.
 #[derive(Debug)]
 pub struct Registry {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    /// The SQLite file, or the PostgreSQL URL without its password.
+    location: String,
+    db: Backend,
 }
 
 const COLUMNS: &str = "id, path, format, architecture, parameter_count, quantization, size_bytes, modified_ns, \
@@ -67,26 +67,43 @@ impl Registry {
     /// Opens (creating if needed) the registry database at `path` and migrates it to the
     /// current schema.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let db = |source| RegistryError::Database {
-            path: path.to_owned(),
+        let location = path.display().to_string();
+        let opened = db::Sqlite::open(path).map(|(db, found)| (Backend::Sqlite(db), found));
+        Self::opened(location, opened)
+    }
+
+    /// Connects to the PostgreSQL registry at `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`,
+    /// with libpq's options such as `sslmode=require`), creating or migrating its tables.
+    /// Replicas sharing it see one set of names, tags, versions, settings and usage.
+    pub fn connect(url: &str) -> Result<Self, RegistryError> {
+        let location = db::Postgres::location(url);
+        let opened = db::Postgres::connect(url).map(|(db, found)| (Backend::Postgres(db), found));
+        Self::opened(location, opened)
+    }
+
+    /// [`Registry::connect`] for a `postgres://` or `postgresql://` URL, else
+    /// [`Registry::open`] of a SQLite file.
+    pub fn open_location(location: &str) -> Result<Self, RegistryError> {
+        if is_postgres_url(location) {
+            Self::connect(location)
+        } else {
+            Self::open(Path::new(location))
+        }
+    }
+
+    fn opened(location: String, opened: Result<(Backend, i64), DbError>) -> Result<Self, RegistryError> {
+        let (db, found) = opened.map_err(|source| RegistryError::Database {
+            location: location.clone(),
             source,
-        };
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        let found = schema::migrate(&mut conn).map_err(db)?;
+        })?;
         if found > schema::VERSION {
             return Err(RegistryError::NewerSchema {
-                path: path.to_owned(),
+                location,
                 found,
                 supported: schema::VERSION,
             });
         }
-        Ok(Self {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-        })
+        Ok(Self { location, db })
     }
 
     /// Where the registry of `store` lives: `registry.sqlite` beside the models directory
@@ -99,9 +116,15 @@ impl Registry {
             .join("registry.sqlite")
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database: its file, or its PostgreSQL URL without the password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Whether replicas share this registry (PostgreSQL): a model file missing here may be
+    /// on another replica's disk, so it is not marked missing for all of them.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Backend::Postgres(_))
     }
 
     /// Hashes and records model `id` of `store`; when it is registered already and its
@@ -207,21 +230,24 @@ impl Registry {
         };
         let oldest = newest.saturating_sub(EVENT_RETENTION.as_millis() as i64);
         self.write(|tx| {
-            let mut insert = tx.prepare_cached("INSERT INTO access_events (model_id, at, kind) VALUES (?1, ?2, ?3)")?;
-            let mut count = tx.prepare_cached(
-                "UPDATE models SET access_count = access_count + 1, last_access = max(coalesce(last_access, ?2), ?2)
-                 WHERE id = ?1",
-            )?;
             for (id, kind, at) in accesses {
-                insert.execute(params![id.as_str(), at, kind.as_str()])?;
+                tx.execute(
+                    "INSERT INTO access_events (model_id, at, kind) VALUES (?1, ?2, ?3)",
+                    args![id.as_str(), *at, kind.as_str()],
+                )?;
                 if *kind == AccessKind::Request {
-                    count.execute(params![id.as_str(), at])?;
+                    tx.execute(
+                        "UPDATE models SET access_count = access_count + 1,
+                             last_access = CASE WHEN last_access IS NULL OR last_access < ?2 THEN ?2 ELSE last_access END
+                         WHERE id = ?1",
+                        args![id.as_str(), *at],
+                    )?;
                 }
             }
-            tx.execute("DELETE FROM access_events WHERE at < ?1", [oldest])?;
+            tx.execute("DELETE FROM access_events WHERE at < ?1", args![oldest])?;
             tx.execute(
                 "DELETE FROM access_events WHERE seq <= (SELECT max(seq) FROM access_events) - ?1",
-                [MAX_EVENTS],
+                args![MAX_EVENTS],
             )?;
             Ok(())
         })
@@ -232,7 +258,7 @@ impl Registry {
         self.write(|tx| {
             tx.execute(
                 "UPDATE models SET load_count = load_count + 1, total_load_ms = total_load_ms + ?2 WHERE id = ?1",
-                params![id.as_str(), load_ms as i64],
+                args![id.as_str(), load_ms as i64],
             )?;
             Ok(())
         })
@@ -240,42 +266,44 @@ impl Registry {
 
     /// Every registered model, sorted by id.
     pub fn records(&self) -> Result<Vec<ModelRecord>, RegistryError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM models ORDER BY id"))
-            .map_err(|e| self.db(e))?;
-        let rows = stmt.query_map([], read_record).map_err(|e| self.db(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))
+        self.read(|db| {
+            db.query(&format!("SELECT {COLUMNS} FROM models ORDER BY id"), &[])?
+                .iter()
+                .map(read_record)
+                .collect()
+        })
     }
 
     /// The record of `id`, if registered.
     pub fn record(&self, id: &ModelId) -> Result<Option<ModelRecord>, RegistryError> {
-        let conn = self.lock();
-        conn.query_row(
-            &format!("SELECT {COLUMNS} FROM models WHERE id = ?1"),
-            [id.as_str()],
-            read_record,
-        )
-        .optional()
-        .map_err(|e| self.db(e))
+        self.read(|db| {
+            db.query_opt(
+                &format!("SELECT {COLUMNS} FROM models WHERE id = ?1"),
+                args![id.as_str()],
+            )?
+            .as_ref()
+            .map(read_record)
+            .transpose()
+        })
     }
 
     /// Access events at or after `since`, oldest first.
     pub fn events_since(&self, since: UnixMillis) -> Result<Vec<AccessEvent>, RegistryError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT model_id, at, kind FROM access_events WHERE at >= ?1 ORDER BY at, seq")
-            .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([since], |row| {
+        self.read(|db| {
+            db.query(
+                "SELECT model_id, at, kind FROM access_events WHERE at >= ?1 ORDER BY at, seq",
+                args![since],
+            )?
+            .iter()
+            .map(|row| {
                 Ok(AccessEvent {
                     id: parse_id(row, 0)?,
                     at: row.get(1)?,
                     kind: parse_column(row, 2, AccessKind::parse)?,
                 })
             })
-            .map_err(|e| self.db(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))
+            .collect()
+        })
     }
 
     fn require(&self, id: &ModelId) -> Result<ModelRecord, RegistryError> {
@@ -302,7 +330,7 @@ impl Registry {
             tx.execute(
                 "UPDATE models SET status = ?2, mismatch_sha256 = ?3, size_bytes = ?4, modified_ns = ?5, verified_at = ?6
                  WHERE id = ?1",
-                params![
+                args![
                     record.id.as_str(),
                     status.as_str(),
                     observed,
@@ -329,11 +357,16 @@ impl Registry {
     ) -> Result<Option<ModelEntry>, RegistryError> {
         match store.resolve(&record.id) {
             Ok(entry) => Ok(Some(entry)),
+            Err(StoreError::UnknownModel { .. }) if self.is_shared() => {
+                // Another replica may hold the file: this one just does not have it.
+                tracing::warn!(id = %record.id, "registered model has no file on this replica");
+                Ok(None)
+            }
             Err(StoreError::UnknownModel { .. }) => {
                 self.write(|tx| {
                     tx.execute(
                         "UPDATE models SET status = 'missing' WHERE id = ?1",
-                        [record.id.as_str()],
+                        args![record.id.as_str()],
                     )?;
                     Ok(())
                 })?;
@@ -344,41 +377,38 @@ impl Registry {
         }
     }
 
-    /// Runs `f` in one immediate transaction.
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, RegistryError> {
-        let mut conn = self.lock();
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })();
-        result.map_err(|e| self.db(e))
+    /// Runs `f` in one transaction holding the writer slot.
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, RegistryError> {
+        self.db.write(f).map_err(|e| self.db_error(e))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction half-applied (SQLite
-        // rolls back an uncommitted one), so a poisoned connection is still sound.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `f` on the connection.
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, RegistryError> {
+        self.db.read(f).map_err(|e| self.db_error(e))
     }
 
-    fn db(&self, source: rusqlite::Error) -> RegistryError {
+    fn db_error(&self, source: DbError) -> RegistryError {
         RegistryError::Database {
-            path: self.path.clone(),
+            location: self.location.clone(),
             source,
         }
     }
 }
 
+/// Whether `location` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
 fn upsert(
-    tx: &rusqlite::Transaction,
+    tx: &mut dyn Sql,
     id: &ModelId,
     relative: &Path,
     metadata: &ModelMetadata,
     fingerprint: Fingerprint,
     sha256: &str,
     now: UnixMillis,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO models (id, path, format, architecture, parameter_count, quantization, size_bytes, modified_ns,
                              sha256, added_at, verified_at, status)
@@ -386,13 +416,13 @@ fn upsert(
          ON CONFLICT (id) DO UPDATE SET path = ?2, format = ?3, architecture = ?4, parameter_count = ?5,
              quantization = ?6, size_bytes = ?7, modified_ns = ?8, sha256 = ?9, mismatch_sha256 = NULL,
              verified_at = ?10, status = 'ok'",
-        params![
+        args![
             id.as_str(),
             relative.to_string_lossy(),
             metadata.format.as_str(),
-            metadata.architecture,
+            &metadata.architecture,
             metadata.parameter_count as i64,
-            metadata.quantization,
+            &metadata.quantization,
             fingerprint.size_bytes as i64,
             fingerprint.modified_ns,
             sha256,
@@ -445,11 +475,11 @@ fn missing(store: &ModelStore, record: &ModelRecord) -> RegistryError {
     }
 }
 
-fn read_record(row: &Row) -> rusqlite::Result<ModelRecord> {
-    let count = |i| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
+fn read_record(row: &Row) -> Result<ModelRecord, DbError> {
+    let count = |i| row.get::<i64>(i).map(|v| v.max(0) as u64);
     Ok(ModelRecord {
         id: parse_id(row, 0)?,
-        path: PathBuf::from(row.get::<_, String>(1)?),
+        path: PathBuf::from(row.get::<String>(1)?),
         format: parse_column(row, 2, |s| {
             [ModelFormat::Gguf, ModelFormat::SentenceTransformers]
                 .into_iter()
@@ -472,18 +502,15 @@ fn read_record(row: &Row) -> rusqlite::Result<ModelRecord> {
     })
 }
 
-fn parse_id(row: &Row, index: usize) -> rusqlite::Result<ModelId> {
+fn parse_id(row: &Row, index: usize) -> Result<ModelId, DbError> {
     parse_column(row, index, |s| ModelId::new(s).ok())
 }
 
 /// Reads text column `index` through `parse`, failing on a value it does not know.
-fn parse_column<T>(row: &Row, index: usize, parse: impl FnOnce(&str) -> Option<T>) -> rusqlite::Result<T> {
+fn parse_column<T>(row: &Row, index: usize, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, DbError> {
     let text: String = row.get(index)?;
-    parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unexpected value {text:?}").into(),
-        )
+    parse(&text).ok_or_else(|| DbError::Column {
+        index,
+        reason: format!("unexpected value {text:?}"),
     })
 }

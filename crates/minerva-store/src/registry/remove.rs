@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use super::db::args;
 use super::import::{TempNames, remove_any};
 use super::{ModelRecord, Registry, RegistryError};
 use crate::{ModelId, ModelStore};
@@ -77,7 +78,7 @@ impl Registry {
     fn finish_removal(&self, root: &Path, id: &ModelId) -> Result<(), RegistryError> {
         self.write(|tx| {
             for table in ["lineage", "settings", "history", "models"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id.as_str()])?;
+                tx.execute(&format!("DELETE FROM {table} WHERE id = ?1"), args![id.as_str()])?;
             }
             Ok(())
         })?;

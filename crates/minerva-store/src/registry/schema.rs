@@ -1,13 +1,13 @@
 //! The registry's schema, as an ordered list of migrations.
 //!
-//! `PRAGMA user_version` holds the number of migrations applied. Opening a database
-//! applies the missing ones in one transaction, so a crash leaves either the old schema
-//! or the new one. Append new migrations; never edit one that has shipped.
-
-use rusqlite::{Connection, TransactionBehavior};
+//! The database holds the number of migrations applied (SQLite: `PRAGMA user_version`;
+//! PostgreSQL: the `minerva_schema` table). Opening a database applies the missing ones in
+//! one transaction, so a crash leaves either the old schema or the new one. Append new
+//! migrations; never edit one that has shipped. They are written in SQLite's words and
+//! mapped for PostgreSQL (`db/postgres.rs`, `ddl`): keep to INTEGER, TEXT and `STRICT`.
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: models, access log, import journal.
     "CREATE TABLE models (
         id TEXT PRIMARY KEY NOT NULL,
@@ -81,19 +81,3 @@ const MIGRATIONS: &[&str] = &[
 
 /// The schema version this build writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// Brings `conn` to [`VERSION`]; returns the version found, which is higher than
-/// [`VERSION`] (and nothing is changed) when a newer Minerva wrote the file.
-pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if found >= VERSION {
-        return Ok(found);
-    }
-    for migration in &MIGRATIONS[found.max(0) as usize..] {
-        tx.execute_batch(migration)?;
-    }
-    tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()?;
-    Ok(found)
-}

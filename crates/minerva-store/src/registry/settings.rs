@@ -3,8 +3,7 @@
 //! model loads. `minerva config NAME key=value` sets them; a new value takes effect on
 //! the model's next load.
 
-use rusqlite::params;
-
+use super::db::args;
 use super::{Registry, RegistryError};
 use crate::ModelId;
 
@@ -247,16 +246,12 @@ fn is_duration(text: &str) -> bool {
 impl Registry {
     /// Model `id`'s settings (all defaults when none were set).
     pub fn settings(&self, id: &ModelId) -> Result<ModelSettings, RegistryError> {
-        let rows: Vec<(String, String)> = {
-            let conn = self.lock();
-            let mut stmt = conn
-                .prepare("SELECT key, value FROM settings WHERE id = ?1")
-                .map_err(|e| self.db(e))?;
-            let rows = stmt
-                .query_map([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(|e| self.db(e))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))?
-        };
+        let rows: Vec<(String, String)> = self.read(|db| {
+            db.query("SELECT key, value FROM settings WHERE id = ?1", args![id.as_str()])?
+                .iter()
+                .map(|row| Ok((row.get(0)?, row.get(1)?)))
+                .collect()
+        })?;
         let mut settings = ModelSettings::default();
         for (key, value) in rows {
             // A key an older or newer Minerva wrote and this one does not know is skipped.
@@ -274,11 +269,11 @@ impl Registry {
         }
         settings.validate()?;
         self.write(|tx| {
-            tx.execute("DELETE FROM settings WHERE id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM settings WHERE id = ?1", args![id.as_str()])?;
             for (key, value) in settings.pairs() {
                 tx.execute(
                     "INSERT INTO settings (id, key, value) VALUES (?1, ?2, ?3)",
-                    params![id.as_str(), key, value],
+                    args![id.as_str(), key, value],
                 )?;
             }
             Ok(())

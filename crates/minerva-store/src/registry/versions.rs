@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::db::args;
 use super::{ImportMode, ImportOptions, ModelRecord, Registry, RegistryError, UnixMillis};
 use crate::{ModelFormat, ModelId, ModelStore};
 
@@ -24,20 +25,21 @@ pub struct HistoryEntry {
 impl Registry {
     /// Every digest model `id` pointed at, oldest first.
     pub fn history(&self, id: &ModelId) -> Result<Vec<HistoryEntry>, RegistryError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT sha256, at, origin FROM history WHERE id = ?1 ORDER BY seq")
-            .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([id.as_str()], |row| {
+        self.read(|db| {
+            db.query(
+                "SELECT sha256, at, origin FROM history WHERE id = ?1 ORDER BY seq",
+                args![id.as_str()],
+            )?
+            .iter()
+            .map(|row| {
                 Ok(HistoryEntry {
                     sha256: row.get(0)?,
                     at: row.get(1)?,
                     origin: row.get(2)?,
                 })
             })
-            .map_err(|e| self.db(e))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.db(e))
+            .collect()
+        })
     }
 
     /// Points `dst` at `src`'s file (a hard link: one copy on disk). An existing `dst`
