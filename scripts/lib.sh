@@ -56,3 +56,32 @@ serve_in_temp_home() {
     sleep 0.2
   done
 }
+
+# start_postgres DIR: a throwaway PostgreSQL cluster (Debian's package, installed by
+# scripts/install-services.sh) in DIR on a free loopback port, password authentication,
+# run as the package's `postgres` user when we are root (PostgreSQL refuses root). Sets
+# `pg_url` (database `minerva`); `stop_postgres DIR` stops it.
+pg_bin() { dirname "$(ls -d /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)"; }
+pg_as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+start_postgres() {
+  local dir="$1" bin port
+  bin="$(pg_bin)"
+  mkdir -p "$dir/data" "$dir/run"
+  printf 'minerva-bench' > "$dir/pwfile"
+  if [ "$(id -u)" -eq 0 ]; then
+    chmod o+x "$(dirname "$dir")"; chmod 755 "$dir"
+    chown -R postgres:postgres "$dir/data" "$dir/run" "$dir/pwfile"
+  fi
+  pg_as_owner "$bin/initdb" -D "$dir/data" -U minerva --auth=scram-sha-256 --pwfile="$dir/pwfile" \
+    -E UTF8 --no-sync --no-instructions >/dev/null
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  pg_as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/run/postgres.log" -w -s \
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir/run" start
+  PGPASSWORD=minerva-bench "$bin/psql" -q -h 127.0.0.1 -p "$port" -U minerva -d postgres -c 'CREATE DATABASE minerva'
+  pg_url="postgres://minerva:minerva-bench@127.0.0.1:$port/minerva"
+}
+stop_postgres() {
+  [ -f "$1/data/postmaster.pid" ] && pg_as_owner "$(pg_bin)/pg_ctl" -D "$1/data" -m fast -s stop || true
+}
