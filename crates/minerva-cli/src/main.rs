@@ -85,6 +85,9 @@ enum Command {
     /// Find the threads, parallel sequences, KV type and speculative drafts under which a
     /// model serves fastest on this machine, and store them as its settings.
     Tune(commands::tune::Args),
+    /// What this machine and build give Minerva: CPU features and the kernels chosen,
+    /// memory and cgroup limits, GPUs, and the state of the models and the registry.
+    Doctor(commands::doctor::Args),
 }
 
 #[derive(clap::Args)]
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         }) => commands::bench_registry::run(&store, args),
         Command::Bench(BenchArgs { what: None, speed }) => commands::bench::run(&store, speed),
         Command::Models(args) => commands::models::run(&store, args),
+        Command::Doctor(args) => commands::doctor::run(&store, args),
         Command::Import(args) => commands::import::run(&store, args),
         Command::Verify(args) => commands::verify::run(&store, args),
         Command::Pull(args) => commands::pull::run(&store, args),

@@ -7,6 +7,7 @@ pub mod bench_pool;
 pub mod bench_registry;
 pub mod client;
 pub mod create;
+pub mod doctor;
 pub mod embed;
 pub mod generate;
 pub mod import;

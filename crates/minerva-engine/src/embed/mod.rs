@@ -21,6 +21,12 @@ use crate::{EngineError, Result};
 
 pub use tokenizer::EncoderTokenizer;
 
+/// The kernels Minerva's encoder runs on this CPU in `dtype` (chosen at run time, in any
+/// build), for reports such as `minerva doctor`.
+pub fn encoder_kernels(dtype: EmbeddingDtype) -> &'static str {
+    bert::kernels_name(dtype)
+}
+
 /// Tokens per forward pass of [`EmbeddingModel::embed_tokens`]: enough rows for the
 /// matrix products to run at full rate, few enough that the activations stay in cache
 /// (about 2 MiB per hidden-size-384 buffer).

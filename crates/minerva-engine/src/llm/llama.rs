@@ -29,6 +29,8 @@ pub(super) fn backend() -> Result<&'static LlamaBackend> {
         .get_or_init(|| {
             // llama.cpp's own logging goes to `tracing`, filtered like ours.
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            #[cfg(feature = "portable")]
+            load_cpu_variants()?;
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
@@ -36,6 +38,76 @@ pub(super) fn backend() -> Result<&'static LlamaBackend> {
             path: PathBuf::new(),
             reason: reason.clone(),
         })
+}
+
+/// The portable build's kernels: ggml's backend libraries (`libggml-cpu-*.so`, one per
+/// CPU generation) beside the executable, or in `MINERVA_BACKENDS_DIR`; ggml scores each
+/// CPU variant against this CPU's features and keeps the best.
+#[cfg(feature = "portable")]
+fn load_cpu_variants() -> std::result::Result<(), String> {
+    let dir = match std::env::var_os("MINERVA_BACKENDS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .map_err(|e| format!("finding the executable's directory: {e}"))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    llama_cpp_2::llama_backend::load_backends_from_path(&dir);
+    // SAFETY: reads ggml's backend registry, filled by the call above.
+    if unsafe { llama_cpp_sys_2::ggml_backend_dev_count() } == 0 {
+        return Err(format!(
+            "no ggml CPU backend library (libggml-cpu-*.so) in {}: the portable build's libraries belong beside the binary",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// What llama.cpp's kernels will run on: its compute devices, and the CPU features the
+/// kernels it chose were built for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelReport {
+    /// `portable` (CPU variants chosen at run time) or `native` (built for this CPU).
+    pub build: &'static str,
+    /// Each device: its backend's name and description (`CPU`: the processor).
+    pub devices: Vec<(String, String)>,
+    /// llama.cpp's system line: `CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | …`.
+    pub system_info: String,
+}
+
+/// Initialises llama.cpp (loading the portable build's kernels) and reports what it chose.
+pub fn kernel_report() -> Result<KernelReport> {
+    backend()?;
+    let text = |p: *const std::os::raw::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ggml and llama.cpp return NUL-terminated strings they own for the
+            // process's life.
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: the backend is initialised; device handles live as long as the process.
+    let devices = (0..unsafe { llama_cpp_sys_2::ggml_backend_dev_count() })
+        .map(|i| unsafe {
+            let dev = llama_cpp_sys_2::ggml_backend_dev_get(i);
+            (
+                text(llama_cpp_sys_2::ggml_backend_dev_name(dev)),
+                text(llama_cpp_sys_2::ggml_backend_dev_description(dev)),
+            )
+        })
+        .collect();
+    Ok(KernelReport {
+        build: if cfg!(feature = "portable") {
+            "portable"
+        } else {
+            "native"
+        },
+        devices,
+        // SAFETY: as above.
+        system_info: text(unsafe { llama_cpp_sys_2::llama_print_system_info() }),
+    })
 }
 
 /// llama.cpp mutates model state while creating a context, so contexts of one process
