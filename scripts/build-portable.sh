@@ -17,8 +17,11 @@ CARGO_TARGET_DIR="$build" RUSTFLAGS="-C target-cpu=x86-64-v2 -C link-arg=-Wl,-rp
 rm -rf "$out"
 mkdir -p "$out"
 cp "$build/release/minerva" "$out/"
-cp -a "$build"/release/lib*.so* "$out/"
-backends="$(ls -d "$build"/release/build/llama-cpp-sys-2-*/out/backends | head -1)"
-cp -a "$backends"/*.so "$out/"
+llama="$(ls -td "$build"/release/build/llama-cpp-sys-2-*/out | head -1)"
+cp -a "$llama"/lib/lib*.so* "$llama"/backends/*.so "$out/"
+# llama.cpp builds RelWithDebInfo (-O2: GCC 12 miscompiles its AMX kernels at -O3); the
+# release directory does without the debug sections.
+find "$out" -name '*.so*' -type f -exec strip --strip-debug {} +
+strip --strip-debug "$out/minerva"
 say "$out: $(ls "$out" | tr '\n' ' ')"
 "$out/minerva" doctor --kernels-only

@@ -26,9 +26,17 @@ pub fn load(path: &Path) -> Result<Arc<dyn LanguageModel>> {
 /// CPUs with AMX-INT8 (and AVX512-VNNI), where llama.cpp's CPU backend was built for them,
 /// ggml's AMX buffer type takes every matrix it has kernels for, beside the mapped file.
 /// The memory estimate counts that copy.
+#[cfg(not(feature = "portable"))]
 pub fn amx_repacks() -> bool {
     // SAFETY: both only report how ggml-cpu was compiled (no state, no arguments).
     unsafe { llama_cpp_sys_2::ggml_cpu_has_amx_int8() != 0 && llama_cpp_sys_2::ggml_cpu_has_avx512_vnni() != 0 }
+}
+
+/// The portable build's ggml-cpu is a library loaded at start (its functions cannot be
+/// linked): the CPU variant it chose reports its features in llama.cpp's system line.
+#[cfg(feature = "portable")]
+pub fn amx_repacks() -> bool {
+    llama::kernel_report().is_ok_and(|k| k.system_info.contains("AMX_INT8 = 1") && k.system_info.contains("AVX512_VNNI = 1"))
 }
 
 /// A token id in the model's vocabulary.
