@@ -36,7 +36,8 @@ pub fn amx_repacks() -> bool {
 /// linked): the CPU variant it chose reports its features in llama.cpp's system line.
 #[cfg(feature = "portable")]
 pub fn amx_repacks() -> bool {
-    llama::kernel_report().is_ok_and(|k| k.system_info.contains("AMX_INT8 = 1") && k.system_info.contains("AVX512_VNNI = 1"))
+    llama::kernel_report()
+        .is_ok_and(|k| k.system_info.contains("AMX_INT8 = 1") && k.system_info.contains("AVX512_VNNI = 1"))
 }
 
 /// A token id in the model's vocabulary.
