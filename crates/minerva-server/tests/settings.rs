@@ -52,15 +52,7 @@ async fn a_system_prompt_and_a_context_size_set_for_a_model_apply_from_its_next_
     .await;
 
     // The chat's prompt is the model's system prompt plus the user's message.
-    let with_system = server
-        .ok(
-            "/v1/tokenize",
-            &json!({ "model": CHAT, "messages": [{ "role": "system", "content": SYSTEM }, { "role": "user", "content": "Hi" }] }),
-        )
-        .await["tokens"]
-        .as_array()
-        .unwrap()
-        .len() as u64;
+    let with_system = server.chat_tokens_with_system(CHAT, SYSTEM, "Hi").await;
     let reply = server.ok("/v1/chat/completions", &user_only("Hi")).await;
     assert_eq!(usage(&reply).0, with_system, "{reply}");
     // A chat with its own system message keeps it.
@@ -198,7 +190,20 @@ async fn rope_scaling_lets_a_model_read_past_its_trained_context() {
         (scaled - unscaled).abs() > 1e-4,
         "YaRN changed nothing: {scaled} vs {unscaled}"
     );
-    let served = server.ok("/v1/chat/completions", &user_only(&long)).await;
+    // A 9,000-token prefill takes minutes on two shared cores: this request gets a client
+    // whose hang guard is longer than the common one's two minutes.
+    let patient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(900))
+        .build()
+        .unwrap();
+    let response = patient
+        .post(server.url("/v1/chat/completions"))
+        .json(&user_only(&long))
+        .send()
+        .await
+        .expect("the long chat is answered");
+    let served = common::json_of(response, StatusCode::OK).await;
     let prompt = usage(&served).0;
     assert!(prompt > 8192, "{prompt} prompt tokens");
     assert!(usage(&served).1 > 0, "{served}");
@@ -237,14 +242,7 @@ async fn ollama_create_and_copy_make_new_names_with_their_own_settings() {
     let mut chat = user_only("Hi");
     chat["model"] = json!("pirate");
     let reply = server.ok("/v1/chat/completions", &chat).await;
-    let with_system = server
-        .ok(
-            "/v1/tokenize",
-            &json!({ "model": CHAT, "messages": [{ "role": "system", "content": SYSTEM }, { "role": "user", "content": "Hi" }] }),
-        )
-        .await["count"]
-        .as_u64()
-        .unwrap();
+    let with_system = server.chat_tokens_with_system(CHAT, SYSTEM, "Hi").await;
     assert_eq!(usage(&reply).0, with_system, "{reply}");
     assert_eq!(
         server

@@ -72,14 +72,7 @@ async fn a_model_made_through_one_replica_serves_through_the_other_and_usage_is_
             &json!({ "model": "pirate", "max_tokens": 2, "messages": [{ "role": "user", "content": "Hi" }] }),
         )
         .await;
-    let with_system = b
-        .ok(
-            "/v1/tokenize",
-            &json!({ "model": CHAT, "messages": [{ "role": "system", "content": SYSTEM }, { "role": "user", "content": "Hi" }] }),
-        )
-        .await["count"]
-        .as_u64()
-        .unwrap();
+    let with_system = b.chat_tokens_with_system(CHAT, SYSTEM, "Hi").await;
     assert_eq!(usage(&reply).0, with_system, "{reply}");
 
     // Requests through a and through b are one usage history: each replica's patterns

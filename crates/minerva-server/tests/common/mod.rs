@@ -208,6 +208,19 @@ impl TestServer {
         json_of(self.get(path).await, StatusCode::OK).await
     }
 
+    /// Prompt tokens of a chat of `model` with a system message and one user message, as
+    /// `/v1/tokenize` counts them (what a chat that gets `system` from the model's
+    /// settings must cost).
+    pub async fn chat_tokens_with_system(&self, model: &str, system: &str, user: &str) -> u64 {
+        self.ok(
+            "/v1/tokenize",
+            &serde_json::json!({ "model": model, "messages": [{ "role": "system", "content": system }, { "role": "user", "content": user }] }),
+        )
+        .await["count"]
+            .as_u64()
+            .expect("a token count")
+    }
+
     /// Token count of `text` as `/v1/tokenize` reports it.
     pub async fn token_count(&self, model: &str, text: &str, parse_special: bool) -> usize {
         let body = self
