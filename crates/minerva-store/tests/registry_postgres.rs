@@ -239,3 +239,54 @@ fn a_model_file_missing_on_one_replica_is_not_marked_missing_for_all() {
     assert_eq!(a.record(&id(SMOLLM2)).unwrap().unwrap().status, ModelStatus::Ok);
     assert_eq!(a.check(&a_store, &id(SMOLLM2)).unwrap().status, ModelStatus::Ok);
 }
+
+/// A CA, and a certificate for 127.0.0.1 and localhost it signed: (CA PEM, cert PEM, key PEM).
+fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn tls_to_the_registry_trusts_the_ca_it_is_given_and_refuses_a_server_nobody_vouches_for() {
+    let (ca, cert, key) = test_ca();
+    let server = PostgresServer::start_tls(&cert, &key);
+    let url = server.database("secure");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+
+    // TLS required, the server's CA unknown: refused, with the reason.
+    let err = Registry::connect(&format!("{url}?sslmode=require"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    // Given the CA (libpq's sslrootcert option), the registry works over TLS.
+    let secure = format!("{url}?sslmode=require&sslrootcert={}", ca_file.display());
+    let registry = Registry::connect(&secure).unwrap();
+    assert!(registry.records().unwrap().is_empty());
+    assert_eq!(
+        registry.location(),
+        format!("postgres://minerva@127.0.0.1:{}/secure", server.port)
+    );
+    let encrypted = server.sql(
+        "secure",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'minerva'",
+    );
+    assert_eq!(encrypted, "1", "the registry's connection is encrypted");
+
+    // A CA file that holds no certificate is a clear error.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let err = Registry::connect(&secure).unwrap_err().to_string();
+    assert!(err.contains("no PEM certificate"), "{err}");
+}

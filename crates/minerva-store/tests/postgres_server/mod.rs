@@ -23,11 +23,22 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    tls: bool,
 }
 
 impl PostgresServer {
     /// Makes a cluster (`initdb`) and starts it on a free port; waits until it accepts.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`PostgresServer::start`] with TLS on (`ssl=on`), presenting `cert` (PEM, with
+    /// `key`); clients may still connect without TLS.
+    pub fn start_tls(cert: &str, key: &str) -> Self {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("minerva-postgres-").tempdir().unwrap();
         let owner = if is_root() { Some(postgres_user()) } else { None };
@@ -35,11 +46,20 @@ impl PostgresServer {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
         std::fs::write(dir.path().join("pwfile"), PASSWORD).unwrap();
+        let mut files = vec!["data", "run", "pwfile"];
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), key).unwrap();
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(dir.path().join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            files.extend(["server.crt", "server.key"]);
+        }
         if let Some((uid, gid)) = owner {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            for sub in ["data", "run", "pwfile"] {
-                std::os::unix::fs::chown(dir.path().join(sub), Some(uid), Some(gid)).unwrap();
+            for file in &files {
+                std::os::unix::fs::chown(dir.path().join(file), Some(uid), Some(gid)).unwrap();
             }
         }
         let mut initdb = Command::new(bin.join("initdb"));
@@ -68,6 +88,7 @@ impl PostgresServer {
             dir,
             bin,
             owner,
+            tls: tls.is_some(),
         };
         server.restart();
         server
@@ -133,6 +154,16 @@ impl PostgresServer {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if self.tls {
+            postgres.args(["-c", "ssl=on"]);
+            postgres.arg("-c").arg(format!(
+                "ssl_cert_file={}",
+                self.dir.path().join("server.crt").display()
+            ));
+            postgres
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", self.dir.path().join("server.key").display()));
+        }
         self.child = Some(as_owner(&mut postgres, self.owner).spawn().expect("postgres runs"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
