@@ -334,20 +334,18 @@ pub(super) fn ddl(sqlite: &str) -> String {
 /// `url` without its `sslrootcert=FILE` option, and the file. Both of libpq's forms: a
 /// URL's query parameter, or a `key=value` word.
 fn take_root_cert(url: &str) -> (String, Option<std::path::PathBuf>) {
-    let mut file = None;
+    // The option's value, and the other parts of `parts`.
+    fn split<'a>(parts: impl Iterator<Item = &'a str>) -> (Vec<&'a str>, Option<std::path::PathBuf>) {
+        let (options, kept): (Vec<&str>, Vec<&str>) = parts.partition(|p| p.starts_with("sslrootcert="));
+        let file = options
+            .last()
+            .map(|p| std::path::PathBuf::from(&p["sslrootcert=".len()..]));
+        (kept, file)
+    }
     if let Some((base, query)) = url.split_once('?')
         && url.contains("://")
     {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| match pair.strip_prefix("sslrootcert=") {
-                Some(path) => {
-                    file = Some(std::path::PathBuf::from(path));
-                    false
-                }
-                None => true,
-            })
-            .collect();
+        let (kept, file) = split(query.split('&'));
         let url = if kept.is_empty() {
             base.to_owned()
         } else {
@@ -355,20 +353,10 @@ fn take_root_cert(url: &str) -> (String, Option<std::path::PathBuf>) {
         };
         return (url, file);
     }
-    let kept: Vec<&str> = url
-        .split_whitespace()
-        .filter(|word| match word.strip_prefix("sslrootcert=") {
-            Some(path) => {
-                file = Some(std::path::PathBuf::from(path));
-                false
-            }
-            None => true,
-        })
-        .collect();
-    if file.is_none() {
-        return (url.to_owned(), None);
+    match split(url.split_whitespace()) {
+        (kept, Some(file)) => (kept.join(" "), Some(file)),
+        (_, None) => (url.to_owned(), None),
     }
-    (kept.join(" "), file)
 }
 
 /// rustls on aws-lc-rs with the Mozilla roots and the CAs of `root_cert` (PEM).
