@@ -7,7 +7,8 @@
 //! OpenAI and lifecycle routes, Ollama's `{"error": "..."}` under `/api/`.
 //!
 //! Success bodies that the handlers build as JSON values are described as objects; the
-//! streamed ones list `text/event-stream` (OpenAI) or `application/x-ndjson` (Ollama)
+//! streamed ones list `text/event-stream` (OpenAI; its schema is one event, [`SseEvent`],
+//! as OpenAPI tools validate a stream event by event) or `application/x-ndjson` (Ollama)
 //! beside `application/json`.
 
 use utoipa::openapi::path::Operation;
@@ -40,6 +41,20 @@ pub struct ErrorDetail {
     kind: String,
     param: Option<String>,
     code: Option<String>,
+}
+
+/// One server-sent event of a stream, as the event-stream parser reads it: OpenAI's
+/// streams put a JSON chunk in `data` (the last event's `data` is `[DONE]`); the
+/// monitor's stream a JSON snapshot. Events carry no `id` or `retry` today.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: axum's `Sse` writes the events.
+pub struct SseEvent {
+    /// The event's payload: a JSON document, or `[DONE]` at the end of a completion.
+    data: String,
+    /// The event's type; absent (`message`) on every event Minerva sends.
+    event: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
 }
 
 /// Ollama's error body.

@@ -424,6 +424,16 @@ async fn the_published_schema_documents_the_routes_their_bodies_and_errors() {
         "#/components/schemas/ErrorBody"
     );
     assert_eq!(not_found("/api/chat", "post"), "#/components/schemas/OllamaErrorBody");
+    // A stream's schema is one server-sent event (tools validate a stream event by event),
+    // not the whole stream as a string: `data` holds each chunk.
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        assert_eq!(
+            api["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["$ref"],
+            "#/components/schemas/SseEvent",
+            "{path}"
+        );
+    }
+    assert_eq!(schemas["SseEvent"]["required"], json!(["data"]));
     // And the server's real 404 matches the documented body.
     let error = expect_error(
         server

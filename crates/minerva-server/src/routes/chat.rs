@@ -137,7 +137,7 @@ impl MessageIn {
     path = "/v1/chat/completions",
     tag = "openai",
     request_body = ChatRequest,
-    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (String = "text/event-stream"))))
+    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (crate::openapi::SseEvent = "text/event-stream"))))
 )]
 pub async fn chat_completions(
     State(state): State<AppState>,

@@ -61,7 +61,7 @@ enum PromptSpec {
     path = "/v1/completions",
     tag = "openai",
     request_body = CompletionRequest,
-    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (String = "text/event-stream"))))
+    responses((status = 200, description = "The completion (with `stream: true`, server-sent chunks ending in `[DONE]`)", content((serde_json::Value = "application/json"), (crate::openapi::SseEvent = "text/event-stream"))))
 )]
 pub async fn completions(
     State(state): State<AppState>,

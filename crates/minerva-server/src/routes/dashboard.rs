@@ -81,7 +81,7 @@ pub async fn snapshot(State(state): State<AppState>) -> Json<serde_json::Value> 
     path = "/v1/monitor/events",
     tag = "monitoring",
     responses(
-        (status = 200, description = "The snapshot once a second as server-sent events", content((String = "text/event-stream"))),
+        (status = 200, description = "The snapshot once a second as server-sent events", content((crate::openapi::SseEvent = "text/event-stream"))),
         (status = 503, description = "As many clients as the server allows are watching already", body = crate::openapi::ErrorBody)
     )
 )]
