@@ -44,6 +44,14 @@ pub enum EngineError {
     /// Tokenizing or detokenizing failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+
+    /// A LoRA adapter file is malformed, or does not fit the base it was given.
+    #[error("{path}: {reason}")]
+    InvalidAdapter { path: PathBuf, reason: String },
+
+    /// Reading or writing a model file through ggml failed.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
 }
 
 impl EngineError {

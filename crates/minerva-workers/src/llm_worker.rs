@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use minerva_engine::constraint::Vocabulary;
 use minerva_engine::generate::{GenerateOptions, Generation};
-use minerva_engine::llm::RopeScaling;
+use minerva_engine::llm::{Adapter, RopeScaling};
 use minerva_engine::{EngineError, KvType, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
@@ -215,14 +215,32 @@ impl LlmWorker {
         prompt: Vec<TokenId>,
         options: GenerateOptions,
     ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        self.submit_with_adapter(prompt, options, None)
+    }
+
+    /// [`Self::submit`] with a LoRA adapter (loaded for this worker's model) applied at a
+    /// scale: the generation batches with the others of the same adapter and scale.
+    pub fn submit_with_adapter(
+        &self,
+        prompt: Vec<TokenId>,
+        options: GenerateOptions,
+        adapter: Option<(Arc<dyn Adapter>, f32)>,
+    ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
         let (events, receiver) = async_mpsc::unbounded_channel();
         self.send(Job {
             prompt,
             options,
             events,
             score_from: None,
+            adapter,
         });
         receiver
+    }
+
+    /// Loads the LoRA adapter in `path` for this worker's model (checked against it and,
+    /// when given, against the base's digest the adapter records).
+    pub fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>, EngineError> {
+        self.model.load_adapter(path, base_sha256)
     }
 
     /// Queues a scoring of `tokens`: the log-probability of each token from index `from`
@@ -250,6 +268,7 @@ impl LlmWorker {
             options,
             events,
             score_from: Some(from),
+            adapter: None,
         });
         receiver
     }

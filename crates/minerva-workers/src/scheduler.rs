@@ -12,6 +12,11 @@
 //! [`Session::copy_sequence`]). When several queued prompts share a prefix that a running
 //! sequence is still prefilling, they wait for it instead of computing it again.
 //!
+//! LoRA adapters: a request may carry an adapter and scale. llama.cpp applies adapters
+//! per context, so each step runs one small pass per adapter setting among the decoding
+//! sequences (requests with the same setting batch together), and KV computed under an
+//! adapter is shared or cached only within that setting.
+//!
 //! The cache keeps its KV outside the session on purpose: llama.cpp's attention walks
 //! every cell up to the highest one in use, masked or not, so cached prefixes left in the
 //! session's cells would slow every forward pass of every running sequence.
@@ -21,14 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
-use minerva_engine::llm::{LogitsWanted, SequenceInput, SequenceSnapshot};
+use minerva_engine::llm::{Adapter, LogitsWanted, SequenceInput, SequenceSnapshot};
 use minerva_engine::sampling::{SampledToken, log_probabilities};
 use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId, compute};
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::draft::{Acceptance, MatchKind, PassCost, best_length, lookup};
 use crate::llm_worker::GenerationEvent;
-use crate::prefix_cache::{PrefixCache, common_prefix};
+use crate::prefix_cache::{PrefixCache, Space, common_prefix};
 
 /// Most tokens one step evaluates (decodes plus prefill chunks).
 const STEP_TOKENS: usize = 512;
@@ -50,6 +55,13 @@ pub(crate) struct Job {
     /// Score instead of generate: the log-probability of every prompt token from this
     /// index on, given the ones before it, comes back as the result's `logprobs`.
     pub(crate) score_from: Option<usize>,
+    /// The LoRA adapter and scale its passes apply, if any.
+    pub(crate) adapter: Option<(Arc<dyn Adapter>, f32)>,
+}
+
+/// The prefix-cache space of an adapter setting.
+fn space_of(adapter: Option<&(Arc<dyn Adapter>, f32)>) -> Space {
+    adapter.map_or((0, 0), |(a, scale)| (a.id(), scale.to_bits()))
 }
 
 /// How the scheduler shares its session.
@@ -109,6 +121,9 @@ struct Running {
     /// A scoring request: the prompt index its scores start at, and the scores so far.
     score_from: Option<usize>,
     scores: Vec<SampledToken>,
+    /// Its adapter setting, and the cache space that setting's KV belongs to.
+    adapter: Option<(Arc<dyn Adapter>, f32)>,
+    space: Space,
 }
 
 impl Running {
@@ -363,6 +378,8 @@ impl Scheduler {
                 in_run: false,
                 score_from: job.score_from,
                 scores: Vec::new(),
+                space: space_of(job.adapter.as_ref()),
+                adapter: job.adapter,
             });
             self.plan_prefix(self.running.len() - 1);
         }
@@ -377,7 +394,8 @@ impl Scheduler {
         // scoring request evaluates every token whose logits score the next one.
         let scoring = self.running[index].score_from;
         let usable = (prompt_len - 1).min(scoring.map_or(usize::MAX, |f| f.saturating_sub(1)));
-        let mut found = self.cache.longest_match(&self.running[index].prompt);
+        let space = self.running[index].space;
+        let mut found = self.cache.longest_match(space, &self.running[index].prompt);
         let cached = found.as_ref().map_or(0, |m| m.len.min(usable));
         if let Some(m) = found.as_mut()
             && scoring.is_none()
@@ -390,7 +408,7 @@ impl Scheduler {
         let prompt = &self.running[index].prompt;
         let mut shared: Option<(usize, usize, usize)> = None; // (index, shared, available now)
         for (i, other) in self.running.iter().enumerate() {
-            if i == index || matches!(other.phase, Phase::Waiting { .. }) {
+            if i == index || other.space != space || matches!(other.phase, Phase::Waiting { .. }) {
                 continue;
             }
             let (tokens, available) = other.known_tokens();
@@ -472,16 +490,17 @@ impl Scheduler {
         }
     }
 
-    /// The step's first forward pass: every decoding sequence's next token (and its
-    /// speculative draft, while the pass and the KV cells have room) and the short
-    /// prompt chunks that fit, fewer than [`LARGE_PASS`] tokens in all.
-    fn plan_small_pass(&mut self) -> Vec<Member> {
+    /// The step's first forward pass for the sequences of one adapter setting: every
+    /// decoding sequence's next token (and its speculative draft, while the pass and the
+    /// KV cells have room) and the short prompt chunks that fit, fewer than
+    /// [`LARGE_PASS`] tokens in all.
+    fn plan_small_pass(&mut self, space: Space) -> Vec<Member> {
         let mut members = Vec::new();
         let mut used = 0;
         let decoding = self
             .running
             .iter()
-            .filter(|r| matches!(r.phase, Phase::Decode(_)))
+            .filter(|r| r.space == space && matches!(r.phase, Phase::Decode(_)))
             .count();
         let mut room = match self.limits.draft_max {
             0 => 0,
@@ -491,6 +510,9 @@ impl Scheduler {
         };
         let fixed = self.pass_cost.fixed_per_token();
         for (index, r) in self.running.iter().enumerate() {
+            if r.space != space {
+                continue;
+            }
             if let Phase::Decode(token) = r.phase {
                 let at = r.kv.len();
                 // A draft of k tokens yields up to k + 1 tokens, all inside the context.
@@ -530,7 +552,7 @@ impl Scheduler {
             }
         }
         for (index, r) in self.running.iter().enumerate() {
-            if r.phase != Phase::Prefill || r.ready.is_some() {
+            if r.space != space || r.phase != Phase::Prefill || r.ready.is_some() {
                 continue;
             }
             // A prefilling sequence's KV holds part of its prompt, never more.
@@ -577,19 +599,56 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
-    /// One step: the small pass, then the large one.
+    /// One step: the small pass of each adapter setting in use (the base's alone when no
+    /// request has an adapter), then the large one.
     /// Each pass and the sampling from its logits take one turn of the process's cores
     /// ([`compute::exclusive`]): no other model's pass runs beside this model's sampling.
     fn step(&mut self) {
         self.shift_full_contexts();
-        let small = self.plan_small_pass();
-        if !small.is_empty() {
-            compute::exclusive(|| self.forward(small));
+        let mut spaces: Vec<Space> = Vec::new();
+        for r in &self.running {
+            if !spaces.contains(&r.space) {
+                spaces.push(r.space);
+            }
+        }
+        for space in spaces {
+            let small = self.plan_small_pass(space);
+            if !small.is_empty() && self.apply_adapter(space) {
+                compute::exclusive(|| self.forward(small));
+            }
         }
         let large = self.plan_large_pass();
-        if !large.is_empty() {
+        if let Some(first) = large.first()
+            && self.apply_adapter(self.running[first.index].space)
+        {
             compute::exclusive(|| self.forward(large));
         }
+    }
+
+    /// Sets the session's adapter to that of `space` (a no-op when it is set already).
+    /// When llama.cpp refuses, the sequences of that setting end with the error.
+    fn apply_adapter(&mut self, space: Space) -> bool {
+        let adapter = self
+            .running
+            .iter()
+            .find(|r| r.space == space)
+            .and_then(|r| r.adapter.clone());
+        let Err(e) = self.session.set_adapter(adapter) else {
+            return true;
+        };
+        tracing::error!(error = %e, "cannot apply a LoRA adapter");
+        let message = e.to_string();
+        for index in (0..self.running.len()).rev() {
+            if self.running[index].space == space {
+                let r = self.running.remove(index);
+                self.session.free_sequence(r.seq);
+                self.free_seqs.push(r.seq);
+                let _ = r
+                    .events
+                    .send(GenerationEvent::Done(Err(EngineError::Decode(message.clone()))));
+            }
+        }
+        false
     }
 
     /// One forward pass, then sampling for every sequence that got logits.
@@ -820,11 +879,11 @@ impl Scheduler {
             .fetch_add(generation.cached_tokens as u64, Ordering::Relaxed);
         let _ = r.events.send(GenerationEvent::Done(Ok(generation)));
         // A shifted sequence's KV is no longer what its tokens give from position 0.
-        if r.shifted.is_none() && self.cache.wants(&r.kv) {
+        if r.shifted.is_none() && self.cache.wants(r.space, &r.kv) {
             match self.session.save_sequence(r.seq) {
                 Ok(snapshot) => {
                     let prompt_logits = r.prompt_logits.map(|logits| (r.prompt.len(), logits));
-                    self.cache.insert(snapshot, r.kv, prompt_logits);
+                    self.cache.insert(r.space, snapshot, r.kv, prompt_logits);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot keep a finished sequence's KV"),
             }

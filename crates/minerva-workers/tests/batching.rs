@@ -12,10 +12,11 @@
 //! whole units and fails this check.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use minerva_engine::generate::{FinishReason, GenerateOptions, Generation, generate, prefill};
-use minerva_engine::llm::{LogitsWanted, SequenceInput};
+use minerva_engine::llm::lora::LoraAdapterFile;
+use minerva_engine::llm::{Adapter, LogitsWanted, SequenceInput};
 use minerva_engine::sampling::SamplingParams;
 use minerva_engine::{LanguageModel, SeqId, SessionParams, TokenId};
 use minerva_workers::{GenerationEvent, LlmWorker, LlmWorkerConfig};
@@ -96,8 +97,14 @@ const REFERENCE_SESSION: SessionParams = SessionParams {
 /// What one generation alone in its own session (of the kind a worker batches in)
 /// produces.
 fn alone(prompt: &[TokenId], options: &GenerateOptions) -> Generation {
+    alone_with(prompt, options, None)
+}
+
+/// [`alone`] with a LoRA adapter applied.
+fn alone_with(prompt: &[TokenId], options: &GenerateOptions, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Generation {
     let model = reference_model();
     let mut session = model.new_session(REFERENCE_SESSION).unwrap();
+    session.set_adapter(adapter).unwrap();
     generate(model, session.as_mut(), SeqId(0), prompt, options, &mut |_: &str| {}).unwrap()
 }
 
@@ -106,9 +113,20 @@ fn alone(prompt: &[TokenId], options: &GenerateOptions) -> Generation {
 /// alone run would: after `max_tokens` tokens, or earlier where the greedy choice is an
 /// end-of-generation token.
 fn assert_greedy_alone(prompt: &[TokenId], generation: &Generation, max_tokens: usize) {
+    assert_greedy_alone_with(prompt, generation, max_tokens, None);
+}
+
+/// [`assert_greedy_alone`] with the replay applying a LoRA adapter.
+fn assert_greedy_alone_with(
+    prompt: &[TokenId],
+    generation: &Generation,
+    max_tokens: usize,
+    adapter: Option<(Arc<dyn Adapter>, f32)>,
+) {
     let model = reference_model();
     let tokens = &generation.tokens;
     let mut session = model.new_session(REFERENCE_SESSION).unwrap();
+    session.set_adapter(adapter).unwrap();
     let mut logits = prefill(session.as_mut(), SeqId(0), prompt).unwrap();
     let gap_to_greedy = |logits: &[f32], token: TokenId| {
         logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) - logits[token as usize]
@@ -373,4 +391,75 @@ fn speculative_drafts_change_no_token_and_save_passes_on_a_copy() {
         assert_greedy_alone(prompt, &batched, options.max_tokens);
         assert_eq!(streamed, batched.text);
     }
+}
+
+/// A rank-4 adapter on SmolLM2's query and value projections from `seed`, with B set to a
+/// fixed pattern (a trained adapter's B is not zero), written into `dir`.
+fn adapter_file(dir: &std::path::Path, seed: u64) -> PathBuf {
+    let mut file = LoraAdapterFile::init(&model_path(), &["attn_q.weight", "attn_v.weight"], 4, 8.0, seed).unwrap();
+    for (i, pair) in file.pairs.iter_mut().enumerate() {
+        for (j, b) in pair.b.iter_mut().enumerate() {
+            *b = 0.5 * ((i * 31 + j * 17) as f32 + seed as f32).sin();
+        }
+    }
+    let path = dir.join(format!("adapter-{seed}.gguf"));
+    file.write(&path).unwrap();
+    path
+}
+
+/// Requests with different adapters (and scales) batched in one worker each get what
+/// their own adapter gives alone: a step runs one pass per adapter setting, and the
+/// prefix cache and prefix sharing keep each setting's KV to itself.
+#[test]
+fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = worker(8, 4096);
+    let x = worker.load_adapter(&adapter_file(dir.path(), 1), None).unwrap();
+    let y = worker.load_adapter(&adapter_file(dir.path(), 2), None).unwrap();
+    // The same adapter file loaded for the reference model.
+    let settings: Vec<Option<(Arc<dyn Adapter>, f32)>> = vec![
+        None,
+        Some((Arc::clone(&x), 1.0)),
+        Some((Arc::clone(&y), 1.0)),
+        Some((Arc::clone(&x), 2.0)),
+    ];
+    let options = greedy(16);
+    let prompt = with_system_prompt("Do you have study rooms?");
+    let other = with_system_prompt("Can I print in color?");
+    // Every setting twice (two prompts sharing a long prefix), all at once.
+    let receivers: Vec<_> = settings
+        .iter()
+        .flat_map(|s| [(prompt.clone(), s.clone()), (other.clone(), s.clone())])
+        .map(|(p, s)| (p.clone(), s.clone(), worker.submit_with_adapter(p, options.clone(), s)))
+        .collect();
+    let mut outputs = Vec::new();
+    for (p, setting, events) in receivers {
+        let (batched, streamed) = collect(events);
+        assert_eq!(streamed, batched.text);
+        let reference = setting
+            .as_ref()
+            .map(|(a, scale)| (reference_model().load_adapter(&a.info().path, None).unwrap(), *scale));
+        assert_greedy_alone_with(&p, &batched, options.max_tokens, reference);
+        outputs.push(batched.tokens);
+    }
+    // Each adapter setting answers differently from the base and from the others.
+    let firsts: Vec<&Vec<TokenId>> = outputs.iter().step_by(2).collect();
+    for i in 0..firsts.len() {
+        for j in i + 1..firsts.len() {
+            assert_ne!(firsts[i], firsts[j], "settings {i} and {j} gave the same tokens");
+        }
+    }
+
+    // The prefix cache files KV under its adapter setting: the base's cached prompt is
+    // not reused with an adapter, the adapter's own is, with the same tokens.
+    let (again_base, _) = collect(worker.submit(prompt.clone(), options.clone()));
+    assert_eq!(again_base.cached_tokens, prompt.len());
+    assert_greedy_alone(&prompt, &again_base, options.max_tokens);
+    let fresh = worker.load_adapter(&adapter_file(dir.path(), 3), None).unwrap();
+    let (first_z, _) =
+        collect(worker.submit_with_adapter(prompt.clone(), options.clone(), Some((Arc::clone(&fresh), 1.0))));
+    assert_eq!(first_z.cached_tokens, 0, "another setting's KV was reused");
+    let (again_z, _) = collect(worker.submit_with_adapter(prompt.clone(), options.clone(), Some((fresh, 1.0))));
+    assert_eq!(again_z.cached_tokens, prompt.len());
+    assert_eq!(again_z.tokens, first_z.tokens);
 }

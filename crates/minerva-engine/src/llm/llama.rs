@@ -13,11 +13,12 @@ use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaModel, RopeType};
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
+use super::lora::{self, AdapterInfo};
 use super::{
-    LanguageModel, LogitsWanted, ModelMetadata, RopeScaling, SeqId, SequenceInput, SequenceSnapshot, Session,
+    Adapter, LanguageModel, LogitsWanted, ModelMetadata, RopeScaling, SeqId, SequenceInput, SequenceSnapshot, Session,
     SessionParams, TokenId,
 };
 use crate::{EngineError, Result, gguf};
@@ -117,6 +118,8 @@ static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
 /// A GGUF model loaded through llama.cpp (weights memory-mapped).
 pub struct LlamaCppModel {
     model: Arc<LlamaModel>,
+    /// The file's header, which adapters are checked against.
+    info: gguf::GgufInfo,
     metadata: ModelMetadata,
     /// Whether llama.cpp can move this model's keys to other positions (context shift):
     /// not for position encodings with several positions per token (M-RoPE and its kin),
@@ -160,6 +163,7 @@ impl LlamaCppModel {
             );
         Ok(Self {
             model: Arc::new(model),
+            info,
             can_shift,
             metadata,
         })
@@ -235,8 +239,77 @@ impl LanguageModel for LlamaCppModel {
             batch: LlamaBatch::new(params.n_batch as usize, params.n_seq_max as i32),
             params,
             can_shift: self.can_shift,
+            adapter: None,
             _model: Arc::clone(&self.model),
         }))
+    }
+
+    fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>> {
+        let info = lora::inspect_adapter(path)?;
+        lora::check_fits(&info, &self.info, base_sha256)?;
+        let cpath =
+            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| EngineError::InvalidAdapter {
+                path: path.to_owned(),
+                reason: "the path holds a NUL byte".into(),
+            })?;
+        // SAFETY: `LlamaModel` is `repr(transparent)` over a non-null `llama_model` pointer
+        // (llama-cpp-2 wraps `lora_adapter_init` behind `&mut LlamaModel`, which a model
+        // shared by its sessions cannot give). llama.cpp registers the adapter with the
+        // model while contexts are created one at a time, as here.
+        let adapter = unsafe {
+            let model = *std::ptr::from_ref::<LlamaModel>(&self.model)
+                .cast::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>>();
+            let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            llama_cpp_sys_2::llama_adapter_lora_init(model.as_ptr(), cpath.as_ptr())
+        };
+        let adapter = std::ptr::NonNull::new(adapter).ok_or_else(|| EngineError::InvalidAdapter {
+            path: path.to_owned(),
+            reason: "llama.cpp could not load the adapter (its log says why)".into(),
+        })?;
+        tracing::info!(path = %path.display(), rank = info.rank, alpha = info.alpha, tensors = info.targets.len(), "loaded LoRA adapter");
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Ok(Arc::new(LlamaCppAdapter {
+            adapter,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            info,
+            _model: Arc::clone(&self.model),
+        }))
+    }
+}
+
+/// A LoRA adapter llama.cpp holds for one model.
+struct LlamaCppAdapter {
+    adapter: std::ptr::NonNull<llama_cpp_sys_2::llama_adapter_lora>,
+    id: u64,
+    info: AdapterInfo,
+    /// The model the adapter belongs to outlives it.
+    _model: Arc<LlamaModel>,
+}
+
+// SAFETY: llama.cpp never mutates an adapter after loading it; contexts only read it.
+unsafe impl Send for LlamaCppAdapter {}
+// SAFETY: as above.
+unsafe impl Sync for LlamaCppAdapter {}
+
+impl Adapter for LlamaCppAdapter {
+    fn info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for LlamaCppAdapter {
+    fn drop(&mut self) {
+        // SAFETY: loaded in `load_adapter`, freed once; every session applying it holds
+        // an `Arc` of it, so no context uses it any more.
+        unsafe { llama_cpp_sys_2::llama_adapter_lora_free(self.adapter.as_ptr()) };
     }
 }
 
@@ -246,6 +319,8 @@ struct LlamaCppSession {
     batch: LlamaBatch<'static>,
     params: SessionParams,
     can_shift: bool,
+    /// The adapter the context applies, kept alive while it does.
+    adapter: Option<(Arc<dyn Adapter>, f32)>,
     _model: Arc<LlamaModel>,
 }
 
@@ -377,6 +452,49 @@ impl Session for LlamaCppSession {
         self.context
             .kv_cache_seq_rm(dst.0 as i32, Some(len), None)
             .map_err(|e| EngineError::Decode(format!("cannot trim sequence {}: {e}", dst.0)))?;
+        Ok(())
+    }
+
+    fn set_adapter(&mut self, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Result<()> {
+        let same = match (&self.adapter, &adapter) {
+            (None, None) => true,
+            (Some((a, x)), Some((b, y))) => Arc::ptr_eq(a, b) && x == y,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        // llama-cpp-2's setter takes its own wrapper, a `repr(transparent)` non-null
+        // pointer without `Drop`; one is made for the call from the adapter's pointer.
+        let wrap = |a: &LlamaCppAdapter| {
+            // SAFETY: same size and layout (checked by `transmute`); the wrapper frees nothing.
+            unsafe {
+                std::mem::transmute::<std::ptr::NonNull<llama_cpp_sys_2::llama_adapter_lora>, LlamaLoraAdapter>(
+                    a.adapter,
+                )
+            }
+        };
+        match &adapter {
+            Some((a, scale)) => {
+                let ours = a
+                    .as_any()
+                    .downcast_ref::<LlamaCppAdapter>()
+                    .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))?;
+                self.context
+                    .lora_adapter_set(&mut wrap(ours), *scale)
+                    .map_err(|e| EngineError::Decode(format!("cannot apply the adapter: {e}")))?;
+            }
+            None => {
+                if let Some((a, _)) = &self.adapter
+                    && let Some(ours) = a.as_any().downcast_ref::<LlamaCppAdapter>()
+                {
+                    self.context
+                        .lora_adapter_remove(&mut wrap(ours))
+                        .map_err(|e| EngineError::Decode(format!("cannot remove the adapter: {e}")))?;
+                }
+            }
+        }
+        self.adapter = adapter;
         Ok(())
     }
 }

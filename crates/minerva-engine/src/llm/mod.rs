@@ -10,6 +10,7 @@
 //! trait object. A second backend is a new module here and a line in [`load`].
 
 pub mod llama;
+pub mod lora;
 pub mod quantize;
 
 use std::path::Path;
@@ -222,6 +223,24 @@ pub trait LanguageModel: Send + Sync {
 
     /// Creates fresh per-context state for this model.
     fn new_session(&self, params: SessionParams) -> Result<Box<dyn Session>>;
+
+    /// Loads the LoRA adapter in `path` for this model, after checking that it fits (its
+    /// architecture and every target's shape; `base_sha256`, when given, against the
+    /// digest the adapter records). Its memory is [`lora::AdapterInfo::tensor_bytes`].
+    fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>>;
+}
+
+/// A LoRA adapter loaded for one model ([`LanguageModel::load_adapter`]).
+pub trait Adapter: Send + Sync {
+    /// What its file declares.
+    fn info(&self) -> &lora::AdapterInfo;
+
+    /// A number no other adapter loaded by this process has (never 0): what cached KV
+    /// computed with it is filed under.
+    fn id(&self) -> u64;
+
+    /// The backend's value, for the session that applies it.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Mutable inference state of one context: the KV cache of its sequences.
@@ -257,6 +276,12 @@ pub trait Session: Send {
     /// Gives `dst` (which should hold nothing yet) the first `len` positions of a saved
     /// sequence, in free cells of the session; `dst` then continues at position `len`.
     fn restore_sequence(&mut self, snapshot: &SequenceSnapshot, dst: SeqId, len: u32) -> Result<()>;
+
+    /// Applies `adapter` at `scale` (times its `alpha / rank`) to every following
+    /// [`Session::decode`], or none. A pass runs with one setting for all its sequences,
+    /// so sequences with different adapters decode in different passes; KV computed under
+    /// one adapter belongs to that adapter only.
+    fn set_adapter(&mut self, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Result<()>;
 }
 
 /// A sequence's KV state held outside its session (see [`Session::save_sequence`]): it
