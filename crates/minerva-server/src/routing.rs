@@ -391,9 +391,10 @@ where
     let affinity = (path == "/chat/completions")
         .then(|| crate::remote::chat_affinity(&raw))
         .flatten();
+    let (name, adapter) = split_adapter(name);
     serve(&table, name, user.as_deref(), is_loaded(state), |target| {
         let run_local = match &target {
-            Target::Local(model) => Some(local(model.to_string())),
+            Target::Local(model) => Some(local(format!("{model}{adapter}"))),
             Target::Remote(_) => None,
         };
         let (table, raw) = (Arc::clone(&table), raw.clone());
@@ -412,6 +413,12 @@ where
     .await
 }
 
+/// `NAME+ADAPTER` as `NAME` (a model or a route) and `+ADAPTER` (empty without one): a
+/// LoRA adapter applies to whichever model of the store serves the name.
+fn split_adapter(name: &str) -> (&str, &str) {
+    name.find('+').map_or((name, ""), |at| name.split_at(at))
+}
+
 /// A request of a route that only models of the store can serve (Ollama's API) through
 /// the routing: a remote backend is refused, as it speaks the OpenAI API only.
 pub async fn serve_local<F, Fut>(state: &crate::state::AppState, name: &str, mut local: F) -> Result<Response, ApiError>
@@ -423,9 +430,10 @@ where
         return Err(ApiError::invalid("model", "model is required"));
     }
     let table = state.routing.table();
+    let (name, adapter) = split_adapter(name);
     serve(&table, name, None, is_loaded(state), |target| {
         let run_local = match &target {
-            Target::Local(model) => Some(local(model.to_string())),
+            Target::Local(model) => Some(local(format!("{model}{adapter}"))),
             Target::Remote(_) => None,
         };
         async move {

@@ -28,4 +28,4 @@ pub use registry::{
     ImportOptions, Lineage, MAX_EVENTS, ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError,
     SETTING_KEYS, UnixMillis, is_postgres_url, now_millis, safetensors_header_summary,
 };
-pub use store::{ModelEntry, ModelFormat, ModelStore, SENTENCE_TRANSFORMERS_FILES, StoreError};
+pub use store::{ADAPTERS_DIR, ModelEntry, ModelFormat, ModelStore, SENTENCE_TRANSFORMERS_FILES, StoreError};

@@ -16,6 +16,10 @@ pub const SENTENCE_TRANSFORMERS_FILES: &[&str] = &[
     "sentence_bert_config.json",
 ];
 
+/// The subdirectory of the models directory that holds LoRA adapters, each
+/// `adapters/<name>.gguf` (apart from the models, which they are not).
+pub const ADAPTERS_DIR: &str = "adapters";
+
 /// How a model is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,6 +63,9 @@ pub enum StoreError {
         "unknown model {id:?}: no {id}.gguf or {id}/ in {root} (run scripts/fetch-models.sh or `minerva models` to see what is there)"
     )]
     UnknownModel { id: String, root: PathBuf },
+    /// No adapter of that name.
+    #[error("unknown adapter {name:?}: no {name}.gguf in {dir}")]
+    UnknownAdapter { name: String, dir: PathBuf },
     /// The id resolves to something outside the models directory (a symlink leading out).
     #[error("model {id:?} resolves outside the models directory {root}")]
     OutsideStore { id: String, root: PathBuf },
@@ -170,6 +177,21 @@ impl ModelStore {
         models.sort_by(|a, b| a.id.cmp(&b.id));
         models.dedup_by(|a, b| a.id == b.id);
         Ok(models)
+    }
+
+    /// The file of LoRA adapter `name` (`adapters/<name>.gguf`), refusing anything that
+    /// resolves outside the models directory.
+    pub fn resolve_adapter(&self, name: &ModelId) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join(ADAPTERS_DIR);
+        let file = dir.join(format!("{name}.gguf"));
+        if !file.is_file() {
+            return Err(StoreError::UnknownAdapter {
+                name: name.to_string(),
+                dir,
+            });
+        }
+        self.ensure_inside(name, &file)?;
+        Ok(file)
     }
 
     fn ensure_inside(&self, id: &ModelId, path: &Path) -> Result<(), StoreError> {

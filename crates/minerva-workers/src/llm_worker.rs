@@ -68,6 +68,10 @@ impl LlmWorkerConfig {
     }
 }
 
+/// Loaded adapters by file, with the file's size and modification time at load.
+type AdapterCache =
+    std::collections::HashMap<std::path::PathBuf, ((u64, Option<std::time::SystemTime>), Arc<dyn Adapter>)>;
+
 /// What a generation job reports, in order: text pieces, then one final result.
 #[derive(Debug)]
 pub enum GenerationEvent {
@@ -88,6 +92,9 @@ pub struct LlmWorker {
     stats: Arc<SchedulerCounters>,
     /// The model's own defaults (system prompt, sampling) from the registry.
     settings: minerva_store::ModelSettings,
+    /// LoRA adapters loaded for the model, by file (with the size and modification time
+    /// they were loaded at).
+    adapters: std::sync::Mutex<AdapterCache>,
     /// After `jobs`: the channel closes first, then the thread is joined.
     _thread: JoinOnDrop,
 }
@@ -164,6 +171,7 @@ impl LlmWorker {
             n_ctx,
             stats,
             settings: minerva_store::ModelSettings::default(),
+            adapters: std::sync::Mutex::default(),
             _thread: JoinOnDrop::new(Some(thread)),
         })
     }
@@ -241,6 +249,33 @@ impl LlmWorker {
     /// when given, against the base's digest the adapter records).
     pub fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>, EngineError> {
         self.model.load_adapter(path, base_sha256)
+    }
+
+    /// The adapter in `path`, loaded once for this worker and kept while the model is
+    /// loaded (a file replaced since is loaded again). Blocks while it loads: call it off
+    /// the async threads.
+    pub fn cached_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>, EngineError> {
+        let stamp = std::fs::metadata(path)
+            .map(|m| (m.len(), m.modified().ok()))
+            .map_err(|e| EngineError::InvalidAdapter {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut adapters = self.adapters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((known, adapter)) = adapters.get(path)
+            && *known == stamp
+        {
+            return Ok(Arc::clone(adapter));
+        }
+        let adapter = self.model.load_adapter(path, base_sha256)?;
+        adapters.insert(path.to_owned(), (stamp, Arc::clone(&adapter)));
+        Ok(adapter)
+    }
+
+    /// Bytes of the adapters loaded for this worker.
+    pub fn adapter_bytes(&self) -> u64 {
+        let adapters = self.adapters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        adapters.values().map(|(_, a)| a.info().tensor_bytes).sum()
     }
 
     /// Queues a scoring of `tokens`: the log-probability of each token from index `from`

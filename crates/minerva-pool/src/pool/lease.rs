@@ -8,6 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::actor::Msg;
 use super::{LoadedModel, ModelLease};
+use minerva_engine::llm::Adapter;
 use minerva_workers::LlmWorker;
 use minerva_workers::embedding::EmbeddingService;
 
@@ -44,7 +45,11 @@ impl Lease {
         match &self.model {
             LoadedModel::Llm(worker) => {
                 let worker = Arc::clone(worker);
-                Ok(TypedLease { worker, lease: self })
+                Ok(TypedLease {
+                    worker,
+                    adapter: None,
+                    lease: self,
+                })
             }
             LoadedModel::Embedding(_) => Err(self),
         }
@@ -57,6 +62,7 @@ impl Lease {
                 let service = Arc::clone(service);
                 Ok(TypedLease {
                     worker: service,
+                    adapter: None,
                     lease: self,
                 })
             }
@@ -71,6 +77,8 @@ pub struct TypedLease<W> {
     // Before `lease`: when the hold ends, the pool may free the model at once, and it
     // must then hold the last reference to the worker.
     worker: Arc<W>,
+    /// The LoRA adapter and scale the request's generations apply (language models).
+    adapter: Option<(Arc<dyn Adapter>, f32)>,
     lease: Lease,
 }
 
@@ -84,12 +92,25 @@ impl<W> TypedLease<W> {
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
+
+    /// The lease with a LoRA adapter (loaded for this model) applied at `scale` to the
+    /// generations that go through it.
+    pub fn with_adapter(mut self, adapter: Arc<dyn Adapter>, scale: f32) -> Self {
+        self.adapter = Some((adapter, scale));
+        self
+    }
+
+    /// The adapter and scale the lease applies, if any.
+    pub fn adapter(&self) -> Option<&(Arc<dyn Adapter>, f32)> {
+        self.adapter.as_ref()
+    }
 }
 
 impl<W> Clone for TypedLease<W> {
     fn clone(&self) -> Self {
         Self {
             worker: Arc::clone(&self.worker),
+            adapter: self.adapter.clone(),
             lease: self.lease.clone(),
         }
     }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use minerva_engine::chat::{ChatMessage, ChatTemplate};
 use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, Generation};
 use minerva_engine::sampling::{SampledToken, SamplingParams};
-use minerva_engine::{LanguageModel, TokenId};
+use minerva_engine::{EngineError, LanguageModel, TokenId};
 use minerva_pool::{AcquireOptions, KeepAlive, LlmLease};
+use minerva_store::ModelId;
 use minerva_workers::GenerationEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -179,7 +180,8 @@ impl Prepared {
 
     /// Queues the generation on the model's worker.
     pub fn submit(&self) -> UnboundedReceiver<GenerationEvent> {
-        self.lease.submit(self.prompt.clone(), self.options.clone())
+        self.lease
+            .submit_with_adapter(self.prompt.clone(), self.options.clone(), self.lease.adapter().cloned())
     }
 }
 
@@ -189,6 +191,11 @@ pub async fn language_model(
     model: &str,
     keep_alive: Option<KeepAlive>,
 ) -> Result<LlmLease, ApiError> {
+    // `BASE+ADAPTER`: the base model with a LoRA adapter of the store's `adapters/`.
+    let (model, adapter) = match model.split_once('+') {
+        Some((base, adapter)) => (base, Some(adapter)),
+        None => (model, None),
+    };
     let id = state.model_id(model)?;
     let lease = state
         .pool
@@ -201,9 +208,39 @@ pub async fn language_model(
         )
         .instrument(tracing::info_span!("acquire_model", model = %id))
         .await?;
-    lease
+    let lease = lease
         .into_llm()
-        .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))
+        .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))?;
+    match adapter {
+        Some(name) => with_adapter(state, &id, lease, name).await,
+        None => Ok(lease),
+    }
+}
+
+/// `lease` with the store's adapter `name` applied (scale 1), loaded for the model once
+/// and checked against it: its architecture, shapes, and the base digest it records
+/// against the registry's for the model.
+async fn with_adapter(state: &AppState, id: &ModelId, lease: LlmLease, name: &str) -> Result<LlmLease, ApiError> {
+    let name = ModelId::new(name).map_err(|e| ApiError::invalid("model", format!("adapter: {e}")))?;
+    let path = state
+        .pool
+        .store()
+        .resolve_adapter(&name)
+        .map_err(|e| ApiError::ModelNotFound(e.to_string()))?;
+    let registry = state.pool.registry().cloned();
+    let (id, worker) = (id.clone(), lease.clone());
+    let adapter = tokio::task::spawn_blocking(move || {
+        let digest = registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256);
+        worker.cached_adapter(&path, digest.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("loading the adapter: {e}")))?
+    .map_err(|e| match e {
+        // The reason without the server's paths.
+        EngineError::InvalidAdapter { reason, .. } => ApiError::invalid("model", format!("adapter {name}: {reason}")),
+        other => ApiError::from(other),
+    })?;
+    Ok(lease.with_adapter(adapter, 1.0))
 }
 
 /// Builds the generation options, checking limits.
