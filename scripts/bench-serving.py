@@ -161,6 +161,13 @@ def copy_requests():
     ]
 
 
+def client_model(args, c):
+    """The model client `c` names: with `--adapters K`, the base with adapter `c mod K`."""
+    if args.adapters:
+        return f"{args.model}+{args.adapter_prefix}{c % args.adapters}"
+    return args.model
+
+
 def run_concurrent(args, jobs):
     """Runs `jobs` (lists of message lists, one list per client) at once; returns results."""
     results = []
@@ -168,11 +175,11 @@ def run_concurrent(args, jobs):
     lock = threading.Lock()
     barrier = threading.Barrier(len(jobs))
 
-    def client(conversations):
+    def client(c, conversations):
         barrier.wait()
         for messages in conversations:
             try:
-                r = stream_chat(args.host, args.port, args.model, messages, args.max_tokens, args.timeout)
+                r = stream_chat(args.host, args.port, client_model(args, c), messages, args.max_tokens, args.timeout)
             except Exception as e:  # noqa: BLE001 - reported, then the run fails
                 with lock:
                     errors.append(str(e))
@@ -180,7 +187,7 @@ def run_concurrent(args, jobs):
             with lock:
                 results.append(r)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in jobs]
+    threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(jobs)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -235,6 +242,13 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument(
+        "--adapters",
+        type=int,
+        default=0,
+        help="spread the clients over K LoRA adapters: client c names MODEL+PREFIX{c mod K} (scripts/bench-adapters.sh)",
+    )
+    parser.add_argument("--adapter-prefix", default="bench-")
+    parser.add_argument(
         "--load",
         nargs="*",
         default=[],
@@ -255,7 +269,8 @@ def main():
         conn.close()
 
     # Warm-up: loads the model (Minerva loads on first use) and touches every code path.
-    stream_chat(args.host, args.port, args.model, user("Hello!"), 8, args.timeout)
+    for c in range(max(1, args.adapters)):
+        stream_chat(args.host, args.port, client_model(args, c), user("Hello!"), 8, args.timeout)
 
     for rep in range(args.reps):
         for n in args.clients:

@@ -53,6 +53,9 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Make a model from an Ollama-style Modelfile (FROM, PARAMETER, SYSTEM).
     Create(commands::create::Args),
+    /// LoRA adapters of the store (`adapters/`), served as `BASE+NAME`.
+    #[command(subcommand)]
+    Adapter(commands::adapter::Command),
     /// A model's own settings (context, KV type, system prompt, sampling), read when it loads.
     Config(commands::settings::ConfigArgs),
     /// Everything known of a model: metadata, template, settings, lineage, quality, history.
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
         Command::Rm(_) => Some(("rm", "remove")),
         Command::Quantize(_) => Some(("quantize", "quantize")),
         Command::Create(_) => Some(("create", "create")),
+        Command::Adapter(_) => Some(("adapter", "adapter")),
         Command::Config(args) if args.changes() => Some(("config", "config")),
         Command::Tag(_) => Some(("tag", "tag")),
         Command::Rollback(_) => Some(("rollback", "rollback")),
@@ -194,6 +198,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => commands::pull::rm(&store, args),
         Command::Quantize(args) => commands::quantize::run(&store, args),
         Command::Create(args) => commands::create::run(&store, args),
+        Command::Adapter(command) => commands::adapter::run(&store, command),
         Command::Config(args) => commands::settings::config(&store, args),
         Command::Show(args) => commands::settings::show(&store, args),
         Command::Tag(args) => commands::settings::tag(&store, args),

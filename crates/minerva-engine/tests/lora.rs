@@ -30,18 +30,25 @@ fn adapter_for(base: &Path, amp: f32) -> LoraAdapterFile {
 
 /// The next-token logits after `PROMPT` in a fresh session of `model`, with `adapter`.
 fn next_logits(model: &dyn LanguageModel, adapter: Option<(Arc<dyn minerva_engine::llm::Adapter>, f32)>) -> Vec<f32> {
-    let tokens: Vec<TokenId> = model.tokenize(PROMPT, true, false).unwrap();
     let mut session = common::session(model, 256);
     session.set_adapter(adapter).unwrap();
-    let rows = session
+    prompt_logits(model, session.as_mut())
+}
+
+/// The next-token logits after `PROMPT` as sequence 0 of `session`, which is left empty.
+fn prompt_logits(model: &dyn LanguageModel, session: &mut dyn minerva_engine::Session) -> Vec<f32> {
+    let tokens: Vec<TokenId> = model.tokenize(PROMPT, true, false).unwrap();
+    let row = session
         .decode(&[SequenceInput {
             seq: SeqId(0),
             tokens: &tokens,
             start_pos: 0,
             logits: LogitsWanted::Last,
         }])
-        .unwrap();
-    rows[0][0].to_vec()
+        .unwrap()[0][0]
+        .to_vec();
+    session.free_sequence(SeqId(0));
+    row
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -131,21 +138,8 @@ fn the_adapter_changes_only_the_sessions_that_apply_it() {
     assert!(max_abs_diff(&doubled, &plain) > max_abs_diff(&adapted, &plain));
 
     // Set, then removed, in one session: the base again.
-    let tokens: Vec<TokenId> = base.tokenize(PROMPT, true, false).unwrap();
     let mut session = common::session(base, 256);
-    let run = |session: &mut Box<dyn minerva_engine::Session>| {
-        let rows = session
-            .decode(&[SequenceInput {
-                seq: SeqId(0),
-                tokens: &tokens,
-                start_pos: 0,
-                logits: LogitsWanted::Last,
-            }])
-            .unwrap();
-        let row = rows[0][0].to_vec();
-        session.free_sequence(SeqId(0));
-        row
-    };
+    let run = |session: &mut Box<dyn minerva_engine::Session>| prompt_logits(base, session.as_mut());
     session.set_adapter(Some((Arc::clone(&adapter), 1.0))).unwrap();
     assert_eq!(run(&mut session), adapted);
     session.set_adapter(None).unwrap();

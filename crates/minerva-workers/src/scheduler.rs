@@ -640,15 +640,20 @@ impl Scheduler {
         let message = e.to_string();
         for index in (0..self.running.len()).rev() {
             if self.running[index].space == space {
-                let r = self.running.remove(index);
-                self.session.free_sequence(r.seq);
-                self.free_seqs.push(r.seq);
-                let _ = r
-                    .events
-                    .send(GenerationEvent::Done(Err(EngineError::Decode(message.clone()))));
+                self.fail(index, &message);
             }
         }
         false
+    }
+
+    /// Ends sequence `index` with an engine error, freeing its cells.
+    fn fail(&mut self, index: usize, message: &str) {
+        let r = self.running.remove(index);
+        self.session.free_sequence(r.seq);
+        self.free_seqs.push(r.seq);
+        let _ = r
+            .events
+            .send(GenerationEvent::Done(Err(EngineError::Decode(message.to_owned()))));
     }
 
     /// One forward pass, then sampling for every sequence that got logits.
@@ -715,12 +720,7 @@ impl Scheduler {
                 let mut failed: Vec<usize> = members.iter().map(|m| m.index).collect();
                 failed.sort_unstable();
                 for index in failed.into_iter().rev() {
-                    let r = self.running.remove(index);
-                    self.session.free_sequence(r.seq);
-                    self.free_seqs.push(r.seq);
-                    let _ = r
-                        .events
-                        .send(GenerationEvent::Done(Err(EngineError::Decode(message.clone()))));
+                    self.fail(index, &message);
                 }
                 return;
             }
