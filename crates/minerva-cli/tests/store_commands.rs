@@ -116,3 +116,43 @@ fn commands_that_change_the_store_are_audited_and_minerva_audit_lists_them() {
     let none = ok(home.path(), &["audit", "--since", "2099-01-01T00:00:00Z"]);
     assert_eq!(none.lines().count(), 1, "only the header: {none}");
 }
+
+/// `minerva adapter init` writes an adapter into the store's `adapters/` that fits its base
+/// and records the base's registered digest; an existing name needs `--force`, and a model
+/// the store does not have gets no adapter.
+#[test]
+fn adapter_init_writes_a_fitting_adapter_and_keeps_an_existing_one() {
+    let home = common::home_with(&["smollm2-135m-instruct.gguf"]);
+    let made = run(
+        home.path(),
+        &[
+            "adapter",
+            "init",
+            "smollm2-135m-instruct",
+            "--name",
+            "mine",
+            "--rank",
+            "4",
+        ],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let file = home.path().join("models/adapters/mine.gguf");
+    let info = minerva_engine::llm::lora::inspect_adapter(&file).unwrap();
+    assert_eq!(info.rank, 4);
+    assert_eq!(info.targets.len(), 60, "q and v of SmolLM2's 30 layers");
+    let base = home.path().join("models/smollm2-135m-instruct.gguf");
+    let digest = minerva_store::sha256_file(&base, &mut |_, _| {}).unwrap();
+    assert_eq!(info.base_sha256.as_deref(), Some(digest.as_str()));
+    minerva_engine::llm::lora::check_fits(&info, &minerva_gguf::inspect(&base).unwrap(), Some(&digest)).unwrap();
+
+    let again = run(
+        home.path(),
+        &["adapter", "init", "smollm2-135m-instruct", "--name", "mine"],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let unknown = run(home.path(), &["adapter", "init", "no-such-model", "--name", "other"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no-such-model"));
+    assert!(!home.path().join("models/adapters/other.gguf").exists());
+}
