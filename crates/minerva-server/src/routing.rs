@@ -394,7 +394,7 @@ where
     let (name, adapter) = split_adapter(name);
     serve(&table, name, user.as_deref(), is_loaded(state), |target| {
         let run_local = match &target {
-            Target::Local(model) => Some(local(format!("{model}{adapter}"))),
+            Target::Local(model) => Some(local(with_adapter(model, adapter))),
             Target::Remote(_) => None,
         };
         let (table, raw) = (Arc::clone(&table), raw.clone());
@@ -413,10 +413,21 @@ where
     .await
 }
 
-/// `NAME+ADAPTER` as `NAME` (a model or a route) and `+ADAPTER` (empty without one): a
-/// LoRA adapter applies to whichever model of the store serves the name.
-fn split_adapter(name: &str) -> (&str, &str) {
-    name.find('+').map_or((name, ""), |at| name.split_at(at))
+/// `NAME+ADAPTER` as `NAME` (a model or a route) and `ADAPTER`, the one place that reads
+/// the convention: a LoRA adapter applies to whichever model of the store serves the name.
+pub(crate) fn split_adapter(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('+') {
+        Some((base, adapter)) => (base, Some(adapter)),
+        None => (name, None),
+    }
+}
+
+/// The name a model of the store is asked for: `MODEL`, or `MODEL+ADAPTER`.
+fn with_adapter(model: &ModelId, adapter: Option<&str>) -> String {
+    match adapter {
+        Some(adapter) => format!("{model}+{adapter}"),
+        None => model.to_string(),
+    }
 }
 
 /// A request of a route that only models of the store can serve (Ollama's API) through
@@ -433,7 +444,7 @@ where
     let (name, adapter) = split_adapter(name);
     serve(&table, name, None, is_loaded(state), |target| {
         let run_local = match &target {
-            Target::Local(model) => Some(local(format!("{model}{adapter}"))),
+            Target::Local(model) => Some(local(with_adapter(model, adapter))),
             Target::Remote(_) => None,
         };
         async move {

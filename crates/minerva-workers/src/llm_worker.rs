@@ -245,16 +245,16 @@ impl LlmWorker {
         receiver
     }
 
-    /// Loads the LoRA adapter in `path` for this worker's model (checked against it and,
-    /// when given, against the base's digest the adapter records).
-    pub fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>, EngineError> {
-        self.model.load_adapter(path, base_sha256)
-    }
-
-    /// The adapter in `path`, loaded once for this worker and kept while the model is
-    /// loaded (a file replaced since is loaded again). Blocks while it loads: call it off
-    /// the async threads.
-    pub fn cached_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>, EngineError> {
+    /// The LoRA adapter in `path`, loaded once for this worker's model and kept while the
+    /// model is loaded (a file replaced since is loaded again). A load checks the adapter
+    /// against the model and, when `base_sha256` gives it (asked only then), against the
+    /// base's digest the adapter records. Blocks while it loads: call it off the async
+    /// threads.
+    pub fn cached_adapter(
+        &self,
+        path: &Path,
+        base_sha256: impl FnOnce() -> Option<String>,
+    ) -> Result<Arc<dyn Adapter>, EngineError> {
         let stamp = std::fs::metadata(path)
             .map(|m| (m.len(), m.modified().ok()))
             .map_err(|e| EngineError::InvalidAdapter {
@@ -267,15 +267,9 @@ impl LlmWorker {
         {
             return Ok(Arc::clone(adapter));
         }
-        let adapter = self.model.load_adapter(path, base_sha256)?;
+        let adapter = self.model.load_adapter(path, base_sha256().as_deref())?;
         adapters.insert(path.to_owned(), (stamp, Arc::clone(&adapter)));
         Ok(adapter)
-    }
-
-    /// Bytes of the adapters loaded for this worker.
-    pub fn adapter_bytes(&self) -> u64 {
-        let adapters = self.adapters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        adapters.values().map(|(_, a)| a.info().tensor_bytes).sum()
     }
 
     /// Queues a scoring of `tokens`: the log-probability of each token from index `from`

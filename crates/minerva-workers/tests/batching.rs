@@ -414,8 +414,8 @@ fn adapter_file(dir: &std::path::Path, seed: u64) -> PathBuf {
 fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output() {
     let dir = tempfile::tempdir().unwrap();
     let worker = worker(8, 4096);
-    let x = worker.load_adapter(&adapter_file(dir.path(), 1), None).unwrap();
-    let y = worker.load_adapter(&adapter_file(dir.path(), 2), None).unwrap();
+    let x = worker.cached_adapter(&adapter_file(dir.path(), 1), || None).unwrap();
+    let y = worker.cached_adapter(&adapter_file(dir.path(), 2), || None).unwrap();
     // The same adapter file loaded for the reference model.
     let settings: Vec<Option<(Arc<dyn Adapter>, f32)>> = vec![
         None,
@@ -455,7 +455,7 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     let (again_base, _) = collect(worker.submit(prompt.clone(), options.clone()));
     assert_eq!(again_base.cached_tokens, prompt.len());
     assert_greedy_alone(&prompt, &again_base, options.max_tokens);
-    let fresh = worker.load_adapter(&adapter_file(dir.path(), 3), None).unwrap();
+    let fresh = worker.cached_adapter(&adapter_file(dir.path(), 3), || None).unwrap();
     let (first_z, _) =
         collect(worker.submit_with_adapter(prompt.clone(), options.clone(), Some((Arc::clone(&fresh), 1.0))));
     assert_eq!(first_z.cached_tokens, 0, "another setting's KV was reused");

@@ -192,10 +192,7 @@ pub async fn language_model(
     keep_alive: Option<KeepAlive>,
 ) -> Result<LlmLease, ApiError> {
     // `BASE+ADAPTER`: the base model with a LoRA adapter of the store's `adapters/`.
-    let (model, adapter) = match model.split_once('+') {
-        Some((base, adapter)) => (base, Some(adapter)),
-        None => (model, None),
-    };
+    let (model, adapter) = crate::routing::split_adapter(model);
     let id = state.model_id(model)?;
     let lease = state
         .pool
@@ -229,9 +226,11 @@ async fn with_adapter(state: &AppState, id: &ModelId, lease: LlmLease, name: &st
         .map_err(|e| ApiError::ModelNotFound(e.to_string()))?;
     let registry = state.pool.registry().cloned();
     let (id, worker) = (id.clone(), lease.clone());
+    // The registry is read only when the adapter loads, not on every request.
     let adapter = tokio::task::spawn_blocking(move || {
-        let digest = registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256);
-        worker.cached_adapter(&path, digest.as_deref())
+        worker.cached_adapter(&path, || {
+            registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256)
+        })
     })
     .await
     .map_err(|e| ApiError::Internal(format!("loading the adapter: {e}")))?
