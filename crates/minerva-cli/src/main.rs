@@ -53,6 +53,10 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Make a model from an Ollama-style Modelfile (FROM, PARAMETER, SYSTEM).
     Create(commands::create::Args),
+    /// Train a LoRA adapter for a store model on local chat or prompt/completion JSONL (CPU).
+    Finetune(commands::finetune::Args),
+    /// Make a key for encryption at rest (fine-tuned adapters, checkpoints, the embedding cache).
+    Keygen(commands::keygen::Args),
     /// LoRA adapters of the store (`adapters/`), served as `BASE+NAME`.
     #[command(subcommand)]
     Adapter(commands::adapter::Command),
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Quantize(_) => Some(("quantize", "quantize")),
         Command::Create(_) => Some(("create", "create")),
         Command::Adapter(_) => Some(("adapter", "adapter")),
+        Command::Finetune(_) => Some(("finetune", "finetune")),
         Command::Config(args) if args.changes() => Some(("config", "config")),
         Command::Tag(_) => Some(("tag", "tag")),
         Command::Rollback(_) => Some(("rollback", "rollback")),
@@ -199,6 +204,8 @@ fn main() -> ExitCode {
         Command::Quantize(args) => commands::quantize::run(&store, args),
         Command::Create(args) => commands::create::run(&store, args),
         Command::Adapter(command) => commands::adapter::run(&store, command),
+        Command::Finetune(args) => commands::finetune::run(&store, args),
+        Command::Keygen(args) => commands::keygen::run(args),
         Command::Config(args) => commands::settings::config(&store, args),
         Command::Show(args) => commands::settings::show(&store, args),
         Command::Tag(args) => commands::settings::tag(&store, args),

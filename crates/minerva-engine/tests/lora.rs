@@ -90,7 +90,7 @@ fn the_written_adapter_is_what_llama_cpp_applies_and_matches_the_merged_model() 
     lora::merge(&f32_path, &file, 1.0, &merged_path).unwrap();
     let base = LlamaCppModel::load(&f32_path).unwrap();
     assert_eq!(base.metadata().parameters, common::smollm2().metadata().parameters);
-    let adapter = base.load_adapter(&adapter_path, None).unwrap();
+    let adapter = base.load_adapter(&adapter_path, None, None).unwrap();
     let plain = next_logits(&base, None);
     let adapted = next_logits(&base, Some((Arc::clone(&adapter), 1.0)));
     let merged = next_logits(&LlamaCppModel::load(&merged_path).unwrap(), None);
@@ -108,7 +108,7 @@ fn the_written_adapter_is_what_llama_cpp_applies_and_matches_the_merged_model() 
     let quantized = common::smollm2();
     assert_eq!(argmax(&next_logits(quantized, None)), argmax(&plain));
     // And on the quantized base the adapter applies too.
-    let on_quantized = quantized.load_adapter(&adapter_path, None).unwrap();
+    let on_quantized = quantized.load_adapter(&adapter_path, None, None).unwrap();
     assert!(
         max_abs_diff(
             &next_logits(quantized, None),
@@ -127,7 +127,7 @@ fn the_adapter_changes_only_the_sessions_that_apply_it() {
     let adapter_path = dir.path().join("adapter.gguf");
     adapter_for(&base_path, 1.0).write(&adapter_path).unwrap();
     let base = common::smollm2();
-    let adapter = base.load_adapter(&adapter_path, None).unwrap();
+    let adapter = base.load_adapter(&adapter_path, None, None).unwrap();
 
     let plain = next_logits(base, None);
     assert_eq!(next_logits(base, Some((Arc::clone(&adapter), 0.0))), plain);
@@ -165,15 +165,18 @@ fn an_adapter_for_another_base_or_shape_or_digest_is_refused_with_the_reason() {
     let mut file = adapter_for(&smol_path, 1.0);
     file.base_sha256 = Some("ab".repeat(32));
     file.write(&smol_adapter).unwrap();
-    refused(common::gemma3().load_adapter(&smol_adapter, None), "`llama` model");
+    refused(
+        common::gemma3().load_adapter(&smol_adapter, None, None),
+        "`llama` model",
+    );
     // The right architecture, another base file than the one recorded.
     refused(
-        common::smollm2().load_adapter(&smol_adapter, Some(&"cd".repeat(32))),
+        common::smollm2().load_adapter(&smol_adapter, Some(&"cd".repeat(32)), None),
         "made for the base",
     );
     assert!(
         common::smollm2()
-            .load_adapter(&smol_adapter, Some(&"AB".repeat(32)))
+            .load_adapter(&smol_adapter, Some(&"AB".repeat(32)), None)
             .is_ok()
     );
 
@@ -185,7 +188,7 @@ fn an_adapter_for_another_base_or_shape_or_digest_is_refused_with_the_reason() {
     pair.a.truncate(4 * pair.n_in);
     let wrong_path = dir.path().join("wrong-shape.gguf");
     wrong.write(&wrong_path).unwrap();
-    refused(common::smollm2().load_adapter(&wrong_path, None), "in the base");
+    refused(common::smollm2().load_adapter(&wrong_path, None, None), "in the base");
 
     // A target the base does not have.
     let mut missing = adapter_for(&smol_path, 1.0);
@@ -194,10 +197,13 @@ fn an_adapter_for_another_base_or_shape_or_digest_is_refused_with_the_reason() {
     let missing_path = dir.path().join("missing.gguf");
     missing.write(&missing_path).unwrap();
     refused(
-        common::smollm2().load_adapter(&missing_path, None),
+        common::smollm2().load_adapter(&missing_path, None, None),
         "no tensor `blk.99.attn_q.weight`",
     );
 
     // A model, not an adapter.
-    refused(common::smollm2().load_adapter(&smol_path, None), "not a LoRA adapter");
+    refused(
+        common::smollm2().load_adapter(&smol_path, None, None),
+        "not a LoRA adapter",
+    );
 }

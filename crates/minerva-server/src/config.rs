@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub request_log: Option<crate::request_log::RequestLogConfig>,
     /// Where pulls go (`/api/pull`, `/v1/models/pull`), or `offline` to refuse them.
     pub pull: minerva_pull::PullOptions,
+    /// The key of encryption at rest: sealed adapters (fine-tuned on private data) are
+    /// opened with it into memory. `None`: sealed adapters are refused with the reason.
+    pub seal_key: Option<minerva_seal::Key>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             monitoring: true,
             request_log: None,
             pull: minerva_pull::PullOptions::default(),
+            seal_key: None,
         }
     }
 }

@@ -21,6 +21,7 @@ const NO_CACHE: CacheConfig = CacheConfig {
     max_bytes: 0,
     ttl: None,
     file: None,
+    key: None,
 };
 
 async fn stats(server: &TestServer) -> Value {

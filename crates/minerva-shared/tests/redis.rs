@@ -46,6 +46,7 @@ fn cache(url: &str, ttl: Option<Duration>) -> EmbeddingCache {
         max_bytes: 1 << 20,
         ttl,
         file: None,
+        key: None,
     })
     .with_shared(Arc::new(level))
 }

@@ -253,6 +253,7 @@ impl LlmWorker {
     pub fn cached_adapter(
         &self,
         path: &Path,
+        key: Option<&minerva_seal::Key>,
         base_sha256: impl FnOnce() -> Option<String>,
     ) -> Result<Arc<dyn Adapter>, EngineError> {
         let stamp = std::fs::metadata(path)
@@ -267,7 +268,7 @@ impl LlmWorker {
         {
             return Ok(Arc::clone(adapter));
         }
-        let adapter = self.model.load_adapter(path, base_sha256().as_deref())?;
+        let adapter = self.model.load_adapter(path, base_sha256().as_deref(), key)?;
         adapters.insert(path.to_owned(), (stamp, Arc::clone(&adapter)));
         Ok(adapter)
     }

@@ -414,8 +414,12 @@ fn adapter_file(dir: &std::path::Path, seed: u64) -> PathBuf {
 fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output() {
     let dir = tempfile::tempdir().unwrap();
     let worker = worker(8, 4096);
-    let x = worker.cached_adapter(&adapter_file(dir.path(), 1), || None).unwrap();
-    let y = worker.cached_adapter(&adapter_file(dir.path(), 2), || None).unwrap();
+    let x = worker
+        .cached_adapter(&adapter_file(dir.path(), 1), None, || None)
+        .unwrap();
+    let y = worker
+        .cached_adapter(&adapter_file(dir.path(), 2), None, || None)
+        .unwrap();
     // The same adapter file loaded for the reference model.
     let settings: Vec<Option<(Arc<dyn Adapter>, f32)>> = vec![
         None,
@@ -436,9 +440,12 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     for (p, setting, events) in receivers {
         let (batched, streamed) = collect(events);
         assert_eq!(streamed, batched.text);
-        let reference = setting
-            .as_ref()
-            .map(|(a, scale)| (reference_model().load_adapter(&a.info().path, None).unwrap(), *scale));
+        let reference = setting.as_ref().map(|(a, scale)| {
+            (
+                reference_model().load_adapter(&a.info().path, None, None).unwrap(),
+                *scale,
+            )
+        });
         assert_greedy_alone_with(&p, &batched, options.max_tokens, reference);
         outputs.push(batched.tokens);
     }
@@ -455,7 +462,9 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     let (again_base, _) = collect(worker.submit(prompt.clone(), options.clone()));
     assert_eq!(again_base.cached_tokens, prompt.len());
     assert_greedy_alone(&prompt, &again_base, options.max_tokens);
-    let fresh = worker.cached_adapter(&adapter_file(dir.path(), 3), || None).unwrap();
+    let fresh = worker
+        .cached_adapter(&adapter_file(dir.path(), 3), None, || None)
+        .unwrap();
     let (first_z, _) =
         collect(worker.submit_with_adapter(prompt.clone(), options.clone(), Some((Arc::clone(&fresh), 1.0))));
     assert_eq!(first_z.cached_tokens, 0, "another setting's KV was reused");

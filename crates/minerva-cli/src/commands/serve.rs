@@ -272,7 +272,10 @@ impl Settings {
             api_keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
         }
         let parallel = self.parallel.unwrap_or(PoolConfig::DEFAULT_PARALLEL).max(1);
+        // Encryption at rest: MINERVA_KEY or MINERVA_KEY_FILE (minerva keygen).
+        let seal_key = minerva_seal::Key::from_env()?;
         let server = ServerConfig {
+            seal_key: seal_key.clone(),
             addr: self.addr.unwrap_or(defaults.addr),
             api_keys,
             admin_api_keys: self.admin_api_keys,
@@ -296,6 +299,7 @@ impl Settings {
                     None => defaults.embedding_cache.ttl,
                 },
                 file: self.embedding_cache_file,
+                key: seal_key,
             },
             shared_embedding_cache: match self.embedding_cache {
                 Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {

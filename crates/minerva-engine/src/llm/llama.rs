@@ -244,14 +244,27 @@ impl LanguageModel for LlamaCppModel {
         }))
     }
 
-    fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>> {
-        let info = lora::inspect_adapter(path)?;
+    fn load_adapter(
+        &self,
+        path: &Path,
+        base_sha256: Option<&str>,
+        key: Option<&minerva_seal::Key>,
+    ) -> Result<Arc<dyn Adapter>> {
+        // A sealed adapter is opened with the configured key into memory, and llama.cpp
+        // reads it there: its plaintext never reaches a disk.
+        let unsealed = lora::unseal(path, key)?;
+        let readable = unsealed
+            .as_ref()
+            .map_or_else(|| path.to_owned(), minerva_seal::MemoryFile::path);
+        let mut info = lora::inspect_adapter(&readable)?;
+        info.path = path.to_owned();
         lora::check_fits(&info, &self.info, base_sha256)?;
-        let cpath =
-            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| EngineError::InvalidAdapter {
+        let cpath = std::ffi::CString::new(readable.as_os_str().as_encoded_bytes()).map_err(|_| {
+            EngineError::InvalidAdapter {
                 path: path.to_owned(),
                 reason: "the path holds a NUL byte".into(),
-            })?;
+            }
+        })?;
         // SAFETY: `LlamaModel` is `repr(transparent)` over a non-null `llama_model` pointer
         // (llama-cpp-2 wraps `lora_adapter_init` behind `&mut LlamaModel`, which a model
         // shared by its sessions cannot give). llama.cpp registers the adapter with the
@@ -262,6 +275,7 @@ impl LanguageModel for LlamaCppModel {
             let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             llama_cpp_sys_2::llama_adapter_lora_init(model.as_ptr(), cpath.as_ptr())
         };
+        drop(unsealed);
         let adapter = std::ptr::NonNull::new(adapter).ok_or_else(|| EngineError::InvalidAdapter {
             path: path.to_owned(),
             reason: "llama.cpp could not load the adapter (its log says why)".into(),

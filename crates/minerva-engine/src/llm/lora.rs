@@ -177,6 +177,48 @@ impl LoraAdapterFile {
     }
 }
 
+/// When the adapter at `path` is sealed (encrypted at rest), its plaintext in memory,
+/// opened with `key`.
+pub fn unseal(path: &Path, key: Option<&minerva_seal::Key>) -> Result<Option<minerva_seal::MemoryFile>> {
+    let invalid = |reason: String| EngineError::InvalidAdapter {
+        path: path.to_owned(),
+        reason,
+    };
+    if !minerva_seal::file_is_sealed(path).map_err(|e| invalid(e.to_string()))? {
+        return Ok(None);
+    }
+    let plaintext = minerva_seal::read(path, key).map_err(|e| {
+        invalid(match e {
+            minerva_seal::SealError::MissingKey(_) => format!(
+                "it is encrypted and no key is configured ({} or {})",
+                minerva_seal::KEY_ENV,
+                minerva_seal::KEY_FILE_ENV
+            ),
+            minerva_seal::SealError::WrongKey(_) => "it is encrypted with another key than the configured one".into(),
+            other => other.to_string(),
+        })
+    })?;
+    minerva_seal::MemoryFile::new("minerva-adapter", &plaintext)
+        .map(Some)
+        .map_err(|e| invalid(format!("cannot hold it in memory: {e}")))
+}
+
+impl LoraAdapterFile {
+    /// Writes the adapter sealed with `key` (encryption at rest; the plaintext is only
+    /// ever in memory), or as [`Self::write`] does without one.
+    pub fn write_with(&self, path: &Path, key: Option<&minerva_seal::Key>) -> Result<()> {
+        let Some(key) = key else { return self.write(path) };
+        let file_error = |reason: String| EngineError::File {
+            path: path.to_owned(),
+            reason,
+        };
+        let memory = minerva_seal::MemoryFile::new("minerva-adapter", &[]).map_err(|e| file_error(e.to_string()))?;
+        self.write(&memory.path())?;
+        let bytes = std::fs::read(memory.path()).map_err(|e| file_error(e.to_string()))?;
+        minerva_seal::write(path, Some(key), &bytes).map_err(|e| file_error(e.to_string()))
+    }
+}
+
 /// What an adapter file declares, read without llama.cpp.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterInfo {

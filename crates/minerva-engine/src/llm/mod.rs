@@ -226,8 +226,14 @@ pub trait LanguageModel: Send + Sync {
 
     /// Loads the LoRA adapter in `path` for this model, after checking that it fits (its
     /// architecture and every target's shape; `base_sha256`, when given, against the
-    /// digest the adapter records). Its memory is [`lora::AdapterInfo::tensor_bytes`].
-    fn load_adapter(&self, path: &Path, base_sha256: Option<&str>) -> Result<Arc<dyn Adapter>>;
+    /// digest the adapter records). A sealed (encrypted) file is opened with `key` into
+    /// memory. Its memory is [`lora::AdapterInfo::tensor_bytes`].
+    fn load_adapter(
+        &self,
+        path: &Path,
+        base_sha256: Option<&str>,
+        key: Option<&minerva_seal::Key>,
+    ) -> Result<Arc<dyn Adapter>>;
 }
 
 /// A LoRA adapter loaded for one model ([`LanguageModel::load_adapter`]).

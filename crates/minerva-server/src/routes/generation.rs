@@ -225,10 +225,10 @@ async fn with_adapter(state: &AppState, id: &ModelId, lease: LlmLease, name: &st
         .resolve_adapter(&name)
         .map_err(|e| ApiError::ModelNotFound(e.to_string()))?;
     let registry = state.pool.registry().cloned();
-    let (id, worker) = (id.clone(), lease.clone());
+    let (id, worker, key) = (id.clone(), lease.clone(), state.config.seal_key.clone());
     // The registry is read only when the adapter loads, not on every request.
     let adapter = tokio::task::spawn_blocking(move || {
-        worker.cached_adapter(&path, || {
+        worker.cached_adapter(&path, key.as_ref(), || {
             registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256)
         })
     })

@@ -9,7 +9,7 @@
 //! expiry backs it up in real time to reclaim memory. [`EmbeddingCache::save`] and
 //! [`EmbeddingCache::open`] keep the entries across restarts in a versioned binary file.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +40,8 @@ pub struct CacheConfig {
     pub ttl: Option<Duration>,
     /// File the entries are loaded from at start and saved to at shutdown.
     pub file: Option<PathBuf>,
+    /// Seals the file (encryption at rest: the vectors derive from users' texts).
+    pub key: Option<minerva_seal::Key>,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +50,7 @@ impl Default for CacheConfig {
             max_bytes: 256 << 20,
             ttl: Some(Duration::from_secs(24 * 3600)),
             file: None,
+            key: None,
         }
     }
 }
@@ -185,6 +188,9 @@ pub enum CacheFileError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The file is sealed and no key, or another key, is configured; or the key is malformed.
+    #[error("embedding cache file: {0}")]
+    Sealed(#[from] minerva_seal::SealError),
     /// The file is not a cache file of this version.
     #[error(
         "embedding cache file {path} is not a Minerva cache file of version {FILE_VERSION}; delete it or choose another path"
@@ -349,46 +355,42 @@ impl EmbeddingCache {
     }
 
     /// Writes every entry to `path` (through a temporary file, so a crash leaves the old
-    /// file intact); returns how many.
+    /// file intact), sealed with the configured key if any; returns how many.
     pub fn save(&self, path: &Path) -> Result<usize, CacheFileError> {
-        let io = |source| CacheFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        self.save_with(path, self.config.key.as_ref())
+    }
+
+    /// [`Self::save`] with the key given.
+    pub fn save_with(&self, path: &Path, key: Option<&minerva_seal::Key>) -> Result<usize, CacheFileError> {
         let Some(entries) = &self.entries else {
             return Ok(0);
         };
         entries.run_pending_tasks();
         let items: Vec<(Arc<CacheKey>, Entry)> = entries.iter().collect();
-        let tmp = path.with_extension("tmp");
-        let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-        out.write_all(FILE_MAGIC).map_err(io)?;
-        out.write_all(&FILE_VERSION.to_le_bytes()).map_err(io)?;
-        out.write_all(&(items.len() as u64).to_le_bytes()).map_err(io)?;
+        let mut out = Vec::new();
+        out.extend_from_slice(FILE_MAGIC);
+        out.extend_from_slice(&FILE_VERSION.to_le_bytes());
+        out.extend_from_slice(&(items.len() as u64).to_le_bytes());
         for (key, entry) in &items {
-            out.write_all(&key.0).map_err(io)?;
-            out.write_all(&entry.cached.tokens.to_le_bytes()).map_err(io)?;
-            out.write_all(&(entry.cached.vector.len() as u32).to_le_bytes())
-                .map_err(io)?;
+            out.extend_from_slice(&key.0);
+            out.extend_from_slice(&entry.cached.tokens.to_le_bytes());
+            out.extend_from_slice(&(entry.cached.vector.len() as u32).to_le_bytes());
             for x in entry.cached.vector.iter() {
-                out.write_all(&x.to_le_bytes()).map_err(io)?;
+                out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        out.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
+        minerva_seal::write(path, key, &out)?;
         Ok(items.len())
     }
 
     fn load(&self, path: &Path) -> Result<usize, CacheFileError> {
-        let io = |source| CacheFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        self.load_with(path, self.config.key.as_ref())
+    }
+
+    fn load_with(&self, path: &Path, key: Option<&minerva_seal::Key>) -> Result<usize, CacheFileError> {
         let format = || CacheFileError::Format { path: path.to_owned() };
-        let mut input = BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let bytes = minerva_seal::read(path, key)?;
+        let mut input = &bytes[..];
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic).map_err(|_| format())?;
         if &magic != FILE_MAGIC || read_u32(&mut input).map_err(|_| format())? != FILE_VERSION {
@@ -485,6 +487,7 @@ mod tests {
             max_bytes: limit,
             ttl: None,
             file: None,
+            key: None,
         });
         for i in 0..1000 {
             cache.insert(key(&i.to_string()), vector(i as f32));
@@ -501,6 +504,7 @@ mod tests {
             max_bytes: 1 << 20,
             ttl: Some(Duration::from_secs(60)),
             file: None,
+            key: None,
         });
         cache.insert(key("a"), vector(1.0));
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -518,6 +522,7 @@ mod tests {
             max_bytes: 1 << 20,
             ttl: None,
             file: Some(dir.path().join("embeddings.cache")),
+            key: None,
         };
         let cache = EmbeddingCache::new(config.clone());
         let stored = vector(0.1);
@@ -528,6 +533,45 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&hit.vector), bits(&stored.vector));
         assert_eq!(hit.tokens, 5);
+    }
+
+    /// With a key, the file holds neither the vectors' bytes nor the keys': it reopens with
+    /// that key only, and without one the error says what to configure.
+    #[test]
+    fn a_sealed_cache_file_holds_no_plaintext_and_needs_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("embeddings.cache");
+        let config = CacheConfig {
+            max_bytes: 1 << 20,
+            ttl: None,
+            file: Some(path.clone()),
+            key: None,
+        };
+        let cache = EmbeddingCache::new(config.clone());
+        let stored = vector(0.1);
+        cache.insert(key("private text"), stored.clone());
+        let secret = minerva_seal::Key::generate();
+        assert_eq!(cache.save_with(&path, Some(&secret)).unwrap(), 1);
+        let on_disk = std::fs::read(&path).unwrap();
+        let head: Vec<u8> = stored.vector[..4].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert!(!on_disk.windows(16).any(|w| w == head), "a vector's bytes are on disk");
+        assert!(
+            !on_disk.windows(32).any(|w| w == key("private text").0),
+            "a key is on disk"
+        );
+        assert!(
+            !on_disk.windows(8).any(|w| w == FILE_MAGIC),
+            "the plaintext header is on disk"
+        );
+
+        let reopened = EmbeddingCache::new(config.clone());
+        assert_eq!(reopened.load_with(&path, Some(&secret)).unwrap(), 1);
+        assert_eq!(reopened.get(&key("private text")).unwrap().vector, stored.vector);
+        let err = EmbeddingCache::new(config.clone()).load_with(&path, None).unwrap_err();
+        assert!(err.to_string().contains("MINERVA_KEY"), "{err}");
+        let other = minerva_seal::Key::generate();
+        let err = EmbeddingCache::new(config).load_with(&path, Some(&other)).unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
     }
 
     #[test]
