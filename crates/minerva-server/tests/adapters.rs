@@ -89,6 +89,20 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
             .await,
     );
     assert_eq!(again, adapted);
+    // A per-request scale: 0 is the base, 1 the default, and the range is checked.
+    let scaled = |scale: f64| {
+        let mut body = greedy_chat(&format!("{CHAT}+colours"));
+        body["adapter_scale"] = json!(scale);
+        body
+    };
+    assert_eq!(content(&server.ok("/v1/chat/completions", &scaled(0.0)).await), plain);
+    assert_eq!(content(&server.ok("/v1/chat/completions", &scaled(1.0)).await), adapted);
+    let too_large = server.post("/v1/chat/completions", &scaled(5.0)).await;
+    expect_error(too_large, StatusCode::BAD_REQUEST, Some("adapter_scale")).await;
+    let mut no_adapter = greedy_chat(CHAT);
+    no_adapter["adapter_scale"] = json!(0.5);
+    let no_adapter = server.post("/v1/chat/completions", &no_adapter).await;
+    expect_error(no_adapter, StatusCode::BAD_REQUEST, Some("adapter_scale")).await;
     assert_eq!(
         content(&server.ok("/v1/chat/completions", &greedy_chat(CHAT)).await),
         plain

@@ -46,6 +46,10 @@ pub struct ChatRequest {
     /// Ollama's extension: how long the model stays loaded after this request.
     #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
+    /// Minerva's extension: the scale of the LoRA adapter a `BASE+ADAPTER` model names
+    /// (its update times `scale · alpha / rank`; 1 by default, 0 is the base).
+    #[schema(minimum = -4.0, maximum = 4.0)]
+    adapter_scale: Option<f32>,
     /// Minerva's extension: what a conversation longer than the context gets (`error`,
     /// `auto`, `middle`; the server's `--truncation` by default).
     truncation: Option<Truncation>,
@@ -187,7 +191,7 @@ async fn chat_completions_on(
     )?;
 
     let mut clock = timing::Clock::start();
-    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    let lease = generation::language_model_scaled(&state, &req.model, req.keep_alive, req.adapter_scale).await?;
     clock.model_ready();
     generation::apply_settings(&lease, req.sampling.given(), &mut options);
     // The model's own system prompt first, so that offering tools does not hide it.

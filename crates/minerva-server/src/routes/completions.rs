@@ -42,6 +42,10 @@ pub struct CompletionRequest {
     /// Ollama's extension: how long the model stays loaded after this request.
     #[schema(value_type = Option<crate::openapi::KeepAliveDoc>)]
     keep_alive: Option<KeepAlive>,
+    /// Minerva's extension: the scale of the LoRA adapter a `BASE+ADAPTER` model names
+    /// (its update times `scale · alpha / rank`; 1 by default, 0 is the base).
+    #[schema(minimum = -4.0, maximum = 4.0)]
+    adapter_scale: Option<f32>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of those.
@@ -100,7 +104,7 @@ async fn completions_on(
         req.logprobs,
     )?;
     let mut clock = timing::Clock::start();
-    let lease = generation::language_model(&state, &req.model, req.keep_alive).await?;
+    let lease = generation::language_model_scaled(&state, &req.model, req.keep_alive, req.adapter_scale).await?;
     clock.model_ready();
     generation::apply_settings(&lease, req.sampling.given(), &mut options);
     if let Some(grammar) = grammar {

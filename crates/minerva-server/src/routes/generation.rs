@@ -191,8 +191,36 @@ pub async fn language_model(
     model: &str,
     keep_alive: Option<KeepAlive>,
 ) -> Result<LlmLease, ApiError> {
+    language_model_scaled(state, model, keep_alive, None).await
+}
+
+/// The largest `adapter_scale` magnitude a request may ask for.
+pub const MAX_ADAPTER_SCALE: f32 = 4.0;
+
+/// [`language_model`] with the adapter, when the model names one, at `adapter_scale`
+/// (1 when not given; a scale without an adapter is a 400).
+pub async fn language_model_scaled(
+    state: &AppState,
+    model: &str,
+    keep_alive: Option<KeepAlive>,
+    adapter_scale: Option<f32>,
+) -> Result<LlmLease, ApiError> {
     // `BASE+ADAPTER`: the base model with a LoRA adapter of the store's `adapters/`.
     let (model, adapter) = crate::routing::split_adapter(model);
+    if let Some(scale) = adapter_scale {
+        if !scale.is_finite() || scale.abs() > MAX_ADAPTER_SCALE {
+            return Err(ApiError::invalid(
+                "adapter_scale",
+                format!("must be between -{MAX_ADAPTER_SCALE} and {MAX_ADAPTER_SCALE}"),
+            ));
+        }
+        if adapter.is_none() {
+            return Err(ApiError::invalid(
+                "adapter_scale",
+                "applies to a model named BASE+ADAPTER, and this one names no adapter",
+            ));
+        }
+    }
     let id = state.model_id(model)?;
     let lease = state
         .pool
@@ -209,15 +237,21 @@ pub async fn language_model(
         .into_llm()
         .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))?;
     match adapter {
-        Some(name) => with_adapter(state, &id, lease, name).await,
+        Some(name) => with_adapter(state, &id, lease, name, adapter_scale.unwrap_or(1.0)).await,
         None => Ok(lease),
     }
 }
 
-/// `lease` with the store's adapter `name` applied (scale 1), loaded for the model once
+/// `lease` with the store's adapter `name` applied at `scale`, loaded for the model once
 /// and checked against it: its architecture, shapes, and the base digest it records
 /// against the registry's for the model.
-async fn with_adapter(state: &AppState, id: &ModelId, lease: LlmLease, name: &str) -> Result<LlmLease, ApiError> {
+async fn with_adapter(
+    state: &AppState,
+    id: &ModelId,
+    lease: LlmLease,
+    name: &str,
+    scale: f32,
+) -> Result<LlmLease, ApiError> {
     let name = ModelId::new(name).map_err(|e| ApiError::invalid("model", format!("adapter: {e}")))?;
     let path = state
         .pool
@@ -239,7 +273,7 @@ async fn with_adapter(state: &AppState, id: &ModelId, lease: LlmLease, name: &st
         EngineError::InvalidAdapter { reason, .. } => ApiError::invalid("model", format!("adapter {name}: {reason}")),
         other => ApiError::from(other),
     })?;
-    Ok(lease.with_adapter(adapter, 1.0))
+    Ok(lease.with_adapter(adapter, scale))
 }
 
 /// Builds the generation options, checking limits.
