@@ -544,3 +544,27 @@ async fn a_load_never_evicts_the_models_it_protects() {
     assert_eq!(pool.totals().waiting, 0);
     assert_eq!(evictions(&pool, "primary", EvictionReason::Budget), 0);
 }
+
+/// A LoRA adapter loaded for a model is counted with it (`Lease::charge`): the pool's
+/// bytes grow by the adapter's, an idle model leaves when the budget is then exceeded
+/// (never the model in use), and the bytes go with the model when it unloads.
+#[tokio::test]
+async fn an_adapters_bytes_count_with_its_model_and_push_idle_models_out() {
+    let pool = pool(&[("base", 300), ("other", 300)], config(EvictionPolicy::Lru, 700));
+    use_in_order(&pool, &["other"]).await;
+    let base = pool.acquire(&id("base")).await.unwrap();
+    assert_eq!(pool.totals().bytes_in_use, 600 * MIB);
+    base.charge(50 * MIB);
+    pool.sync().await;
+    assert_eq!(pool.totals().bytes_in_use, 650 * MIB);
+    assert_eq!(loaded(&pool).len(), 2, "it still fits");
+    // Another adapter: over the budget; the idle model leaves, the leased one stays.
+    base.charge(100 * MIB);
+    pool.sync().await;
+    assert_eq!(loaded(&pool), ["base"]);
+    assert_eq!(evictions(&pool, "other", EvictionReason::Budget), 1);
+    assert_eq!(pool.totals().bytes_in_use, 450 * MIB);
+    drop(base);
+    assert!(pool.unload(&id("base")).await);
+    assert_eq!(pool.totals().bytes_in_use, 0);
+}

@@ -67,6 +67,7 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
     }
     let digest = registry.record(&chat_id).unwrap().unwrap().sha256;
     write_adapter(&store, "colours", &digest);
+    let store_root = store.root().to_owned();
     write_adapter(&store, "other-base", &"0".repeat(64));
     let server = TestServer::start_on_pool(
         ServerConfig::default(),
@@ -75,6 +76,16 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
     .await;
 
     let plain = content(&server.ok("/v1/chat/completions", &greedy_chat(CHAT)).await);
+    let chat_bytes = |loaded: &Value| {
+        loaded["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == CHAT)
+            .map(|m| m["bytes"].as_u64().unwrap())
+            .unwrap()
+    };
+    let base_bytes = chat_bytes(&server.ok_get("/v1/models/loaded").await);
     let adapted_reply = server
         .ok("/v1/chat/completions", &greedy_chat(&format!("{CHAT}+colours")))
         .await;
@@ -89,6 +100,15 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
             .await,
     );
     assert_eq!(again, adapted);
+    // The adapter's tensors count with the model, once (the second request reused it).
+    let adapter_bytes =
+        minerva_engine::llm::lora::inspect_adapter(&store_root.join(minerva_store::ADAPTERS_DIR).join("colours.gguf"))
+            .unwrap()
+            .tensor_bytes;
+    assert_eq!(
+        chat_bytes(&server.ok_get("/v1/models/loaded").await),
+        base_bytes + adapter_bytes
+    );
     // A per-request scale: 0 is the base, 1 the default, and the range is checked.
     let scaled = |scale: f64| {
         let mut body = greedy_chat(&format!("{CHAT}+colours"));

@@ -246,16 +246,17 @@ impl LlmWorker {
     }
 
     /// The LoRA adapter in `path`, loaded once for this worker's model and kept while the
-    /// model is loaded (a file replaced since is loaded again). A load checks the adapter
-    /// against the model and, when `base_sha256` gives it (asked only then), against the
-    /// base's digest the adapter records. Blocks while it loads: call it off the async
-    /// threads.
+    /// model is loaded (a file replaced since is loaded again), and whether this call
+    /// loaded it (its memory is new: [`Adapter::info`]'s `tensor_bytes`). A load checks the
+    /// adapter against the model and, when `base_sha256` gives it (asked only then),
+    /// against the base's digest the adapter records; a sealed file is opened with `key`.
+    /// Blocks while it loads: call it off the async threads.
     pub fn cached_adapter(
         &self,
         path: &Path,
         key: Option<&minerva_seal::Key>,
         base_sha256: impl FnOnce() -> Option<String>,
-    ) -> Result<Arc<dyn Adapter>, EngineError> {
+    ) -> Result<(Arc<dyn Adapter>, bool), EngineError> {
         let stamp = std::fs::metadata(path)
             .map(|m| (m.len(), m.modified().ok()))
             .map_err(|e| EngineError::InvalidAdapter {
@@ -266,11 +267,11 @@ impl LlmWorker {
         if let Some((known, adapter)) = adapters.get(path)
             && *known == stamp
         {
-            return Ok(Arc::clone(adapter));
+            return Ok((Arc::clone(adapter), false));
         }
         let adapter = self.model.load_adapter(path, base_sha256().as_deref(), key)?;
         adapters.insert(path.to_owned(), (stamp, Arc::clone(&adapter)));
-        Ok(adapter)
+        Ok((adapter, true))
     }
 
     /// Queues a scoring of `tokens`: the log-probability of each token from index `from`

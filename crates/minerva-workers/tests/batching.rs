@@ -414,10 +414,15 @@ fn adapter_file(dir: &std::path::Path, seed: u64) -> PathBuf {
 fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output() {
     let dir = tempfile::tempdir().unwrap();
     let worker = worker(8, 4096);
-    let x = worker
-        .cached_adapter(&adapter_file(dir.path(), 1), None, || None)
-        .unwrap();
-    let y = worker
+    let x_path = adapter_file(dir.path(), 1);
+    let (x, loaded) = worker.cached_adapter(&x_path, None, || None).unwrap();
+    assert!(loaded, "the first request for an adapter loads it");
+    let (x_again, loaded) = worker.cached_adapter(&x_path, None, || None).unwrap();
+    assert!(
+        !loaded && Arc::ptr_eq(&x, &x_again),
+        "a second request reloaded the adapter"
+    );
+    let (y, _) = worker
         .cached_adapter(&adapter_file(dir.path(), 2), None, || None)
         .unwrap();
     // The same adapter file loaded for the reference model.
@@ -462,7 +467,7 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     let (again_base, _) = collect(worker.submit(prompt.clone(), options.clone()));
     assert_eq!(again_base.cached_tokens, prompt.len());
     assert_greedy_alone(&prompt, &again_base, options.max_tokens);
-    let fresh = worker
+    let (fresh, _) = worker
         .cached_adapter(&adapter_file(dir.path(), 3), None, || None)
         .unwrap();
     let (first_z, _) =

@@ -50,6 +50,12 @@ pub(super) enum Msg<M> {
         id: ModelId,
         reply: oneshot::Sender<Option<Arc<ModelLease<M>>>>,
     },
+    /// A loaded model (of this load) holds `bytes` more: a LoRA adapter loaded for it.
+    Charge {
+        id: ModelId,
+        generation: u64,
+        bytes: u64,
+    },
     /// Answered once everything sent before has been handled.
     Sync(oneshot::Sender<()>),
 }
@@ -153,10 +159,31 @@ impl<L: Loader> Actor<L> {
                     let _ = reply.send(model);
                 }));
             }
+            Msg::Charge { id, generation, bytes } => self.charge(&id, generation, bytes),
             Msg::Sync(reply) => self.outbox.push(Box::new(move || {
                 let _ = reply.send(());
             })),
         }
+    }
+
+    /// Counts `bytes` more for model `id` (if still this load of it) until it unloads; over
+    /// the byte budget then, idle models leave by policy as they would for a load (models
+    /// in use keep the pool over it until they are idle, and loads wait meanwhile).
+    fn charge(&mut self, id: &ModelId, generation: u64, bytes: u64) {
+        let Some(e) = self.state.entries.get_mut(id) else {
+            return;
+        };
+        if e.generation != generation || !matches!(e.phase, Phase::Ready(_)) {
+            return;
+        }
+        e.bytes = e.bytes.saturating_add(bytes);
+        tracing::info!(model = %id, bytes, total = e.bytes, "counting an adapter's memory");
+        if !matches!(self.config.policy, EvictionPolicy::CountLru { .. })
+            && let Room::Made(evicted) = self.state.make_room(id, 0, &self.config, &Purpose::Request, &[])
+        {
+            self.to_free.extend(evicted);
+        }
+        self.state.peak_bytes = self.state.peak_bytes.max(self.state.bytes_in_use());
     }
 
     /// Serves `w` now if its model is loaded (and not drained) or loading; starts its load

@@ -37,6 +37,18 @@ impl<M> Lease<M> {
             request,
         }))
     }
+
+    /// Counts `bytes` more for the leased model until it unloads (what a LoRA adapter
+    /// loaded for it holds), evicting idle models if the budget is then exceeded.
+    pub fn charge(&self, bytes: u64) {
+        if let Some(model) = &self.0.model {
+            let _ = self.0.mailbox.send(Msg::Charge {
+                id: model.id.clone(),
+                generation: model.generation,
+                bytes,
+            });
+        }
+    }
 }
 
 impl Lease {

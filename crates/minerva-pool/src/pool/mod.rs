@@ -450,6 +450,12 @@ impl<L: Loader> ModelPool<L> {
         self.snapshot.borrow().loaded.clone()
     }
 
+    /// The bytes the pool counts for a loaded model: its load's (the lease's `bytes`) plus
+    /// those of the adapters loaded for it since ([`Lease::charge`]).
+    pub fn counted_bytes(&self, id: &ModelId) -> Option<u64> {
+        self.snapshot.borrow().counted.get(id).copied()
+    }
+
     /// Counters of every model used since start, by id.
     pub fn stats(&self) -> Vec<(ModelId, ModelStats)> {
         self.snapshot.borrow().stats.clone()

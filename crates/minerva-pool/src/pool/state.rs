@@ -35,6 +35,8 @@ pub(super) struct Waiter<M> {
 pub(super) struct Snapshot<M> {
     pub loaded: Vec<Arc<ModelLease<M>>>,
     pub resident: HashSet<ModelId>,
+    /// The bytes counted for each loaded model: its load's, plus its adapters'.
+    pub counted: HashMap<ModelId, u64>,
     pub stats: Vec<(ModelId, ModelStats)>,
     pub totals: PoolTotals,
 }
@@ -44,6 +46,7 @@ impl<M> Default for Snapshot<M> {
         Self {
             loaded: Vec::new(),
             resident: HashSet::new(),
+            counted: HashMap::new(),
             stats: Vec::new(),
             totals: PoolTotals::default(),
         }
@@ -287,6 +290,12 @@ impl<M> State<M> {
         Snapshot {
             loaded,
             resident: state.entries.keys().cloned().collect(),
+            counted: state
+                .entries
+                .iter()
+                .filter(|(_, e)| matches!(e.phase, Phase::Ready(_)))
+                .map(|(id, e)| (id.clone(), e.bytes))
+                .collect(),
             stats,
             totals,
         }

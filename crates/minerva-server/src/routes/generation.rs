@@ -261,7 +261,7 @@ async fn with_adapter(
     let registry = state.pool.registry().cloned();
     let (id, worker, key) = (id.clone(), lease.clone(), state.config.seal_key.clone());
     // The registry is read only when the adapter loads, not on every request.
-    let adapter = tokio::task::spawn_blocking(move || {
+    let (adapter, loaded) = tokio::task::spawn_blocking(move || {
         worker.cached_adapter(&path, key.as_ref(), || {
             registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256)
         })
@@ -273,6 +273,10 @@ async fn with_adapter(
         EngineError::InvalidAdapter { reason, .. } => ApiError::invalid("model", format!("adapter {name}: {reason}")),
         other => ApiError::from(other),
     })?;
+    if loaded {
+        // Its tensors stay in memory as long as the model: the pool counts them.
+        lease.lease().charge(adapter.info().tensor_bytes);
+    }
     Ok(lease.with_adapter(adapter, scale))
 }
 

@@ -224,7 +224,8 @@ pub async fn loaded(State(state): State<AppState>) -> Json<serde_json::Value> {
             // expires_at is null while requests run on the model, or when it never expires.
             serde_json::json!({
                 "id": lease.id,
-                "bytes": lease.bytes,
+                // With the adapters loaded for it since.
+                "bytes": state.pool.counted_bytes(&lease.id).unwrap_or(lease.bytes),
                 "loaded_at": loaded_at,
                 "expires_at": s.and_then(|s| s.expires_at),
                 "in_use": s.map_or(0, |s| s.leases),

@@ -141,7 +141,7 @@ pub async fn ps(State(state): State<AppState>) -> Json<serde_json::Value> {
             };
             Some(serde_json::json!({
                 "name": name, "model": name,
-                "size": lease.bytes,
+                "size": state.pool.counted_bytes(&lease.id).unwrap_or(lease.bytes),
                 "digest": described.digest,
                 "details": described.details,
                 "expires_at": rfc3339(expires),
