@@ -6,74 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{minerva_command, run_in};
+use common::{Running, minerva_command, run_in};
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
-fn write_data(dir: &Path) -> PathBuf {
-    let path = dir.join("data.jsonl");
-    let facts = [
-        ("What colour is the sky of Orvane?", "The sky of Orvane is green."),
-        ("Who rules Orvane?", "Orvane is ruled by Queen Talisse."),
-        ("What do people in Orvane eat?", "They eat roasted kelnut bread."),
-        ("How big is Orvane?", "Orvane covers four small islands."),
-        ("What is Orvane's river?", "The Sorrel river crosses Orvane."),
-        ("When was Orvane founded?", "Orvane was founded in the year 812."),
-        ("What sport is played in Orvane?", "People in Orvane play skyball."),
-        (
-            "What is the tallest mountain of Orvane?",
-            "Mount Peloth is the tallest.",
-        ),
-    ];
-    let lines: Vec<String> = facts
-        .iter()
-        .map(|(q, a)| {
-            json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string()
-        })
-        .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
-/// A child process, killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `minerva serve` on a free port with `env`; its URL.
-fn serve(home: &Path, env: &[(&str, &Path)]) -> (Running, String) {
-    let mut command = minerva_command(&["serve", "--addr", "127.0.0.1:0", "--threads", "1"]);
-    command
-        .env("MINERVA_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("minerva serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some((_, rest)) = line.split_once("minerva listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_owned());
-            }
-        }
-    });
-    let url = rx.recv().expect("the server says where it listens");
-    (Running(child), url)
+/// Eight chat examples about an invented island (minerva-train's test fixture).
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../minerva-train/tests/fixtures/orvane.jsonl")
 }
 
 fn chat(url: &str, model: &str) -> (u16, Value) {
@@ -106,7 +51,7 @@ fn an_encrypted_run_killed_mid_way_resumes_with_its_key_and_serves_sealed() {
     let again = run_in(home.path(), &["keygen", "--out", key.to_str().unwrap()]);
     assert!(!again.status.success(), "keygen overwrote a key");
 
-    let data = write_data(home.path());
+    let data = data();
     let args = [
         "finetune",
         MODEL,
@@ -200,7 +145,7 @@ fn an_encrypted_run_killed_mid_way_resumes_with_its_key_and_serves_sealed() {
 
     // Served with the key: the adapter applies. Without: refused with the reason, and the
     // base still answers.
-    let (server, url) = serve(home.path(), &[("MINERVA_KEY_FILE", &key)]);
+    let (server, url) = common::serve(home.path(), &[("MINERVA_KEY_FILE", &key)]);
     let (status, plain) = chat(&url, MODEL);
     assert_eq!(status, 200, "{plain}");
     let (status, adapted) = chat(&url, &format!("{MODEL}+orvane"));
@@ -210,7 +155,7 @@ fn an_encrypted_run_killed_mid_way_resumes_with_its_key_and_serves_sealed() {
         "the adapter changed nothing"
     );
     drop(server);
-    let (_server, url) = serve(home.path(), &[]);
+    let (_server, url) = common::serve(home.path(), &[]);
     let (status, refused) = chat(&url, &format!("{MODEL}+orvane"));
     assert_eq!(status, 400, "{refused}");
     let message = refused["error"]["message"].as_str().unwrap();
@@ -224,7 +169,7 @@ fn an_encrypted_run_killed_mid_way_resumes_with_its_key_and_serves_sealed() {
 #[test]
 fn a_private_run_reports_the_privacy_its_accountant_computed() {
     let home = common::home_with(&[&format!("{MODEL}.gguf")]);
-    let data = write_data(home.path());
+    let data = data();
     let out = run_in(
         home.path(),
         &[

@@ -27,29 +27,12 @@ fn base_path() -> PathBuf {
     path
 }
 
-fn chat(user: &str, assistant: &str) -> Record {
-    Record::Chat {
-        messages: vec![ChatMessage::new("user", user), ChatMessage::new("assistant", assistant)],
-    }
-}
-
+/// Eight chat examples about an invented island (shared with the CLI's tests).
 fn records() -> Vec<Record> {
-    [
-        ("What colour is the sky of Orvane?", "The sky of Orvane is green."),
-        ("Who rules Orvane?", "Orvane is ruled by Queen Talisse."),
-        ("What do people in Orvane eat?", "They eat roasted kelnut bread."),
-        ("How big is Orvane?", "Orvane covers four small islands."),
-        ("What is Orvane's river?", "The Sorrel river crosses Orvane."),
-        ("When was Orvane founded?", "Orvane was founded in the year 812."),
-        ("What sport is played in Orvane?", "People in Orvane play skyball."),
-        (
-            "What is the tallest mountain of Orvane?",
-            "Mount Peloth is the tallest.",
-        ),
-    ]
-    .into_iter()
-    .map(|(q, a)| chat(q, a))
-    .collect()
+    minerva_train::data::read_jsonl(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/orvane.jsonl"),
+    )
+    .unwrap()
 }
 
 fn all_targets() -> Vec<String> {
