@@ -36,8 +36,8 @@ pub struct State {
     pub epoch_seconds: f64,
     /// Finished epochs.
     pub history: Vec<EpochReport>,
-    /// Private-training state: the noise's multiplier and the sampling rate of every
-    /// noisy step so far (what the accountant reads).
+    /// Noisy (DP-SGD) steps taken so far: with the run's noise multiplier and sampling
+    /// rate, what the accountant reads.
     #[serde(default)]
     pub private_steps: u64,
     /// The tensors file of this state.

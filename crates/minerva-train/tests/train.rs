@@ -122,8 +122,9 @@ fn argmaxes(rows: &[Vec<f32>]) -> Vec<usize> {
 /// different orders. Measured on the AMX machine, the untrained base: largest KL 4.6e-5,
 /// largest change of one token's probability 3.1e-3; with the trained adapter (whose
 /// effect is a KL of 12.8): 3.0e-5 and 1.9e-3, no worse than the base. Allowed: 2e-4 and
-/// 1.5e-2. An adapter scale off by 1 % would show a KL near 1e-3 here, a transposed
-/// factor or a wrong RoPE pairing the whole effect.
+/// 1.5e-2. An adapter scale off by 1 % would, as KL grows with the square of a small
+/// logit change, show about 1e-4 of the effect's KL, near 1e-3 here (an estimate, not a
+/// run); a transposed factor or a wrong RoPE pairing would show the whole effect.
 #[test]
 fn a_trained_adapter_through_llama_cpp_gives_the_trainers_distribution() {
     let base = base_path();
