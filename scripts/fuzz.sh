@@ -10,7 +10,7 @@
 # finds to target/fuzz-corpus/TARGET; a crash stops the run with the input saved under
 # fuzz/artifacts/TARGET/ (fix it, and add a regression test named after it).
 #   scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
-# The test suite runs every target for 60 s. cargo-fuzz is installed from crates.io when
+# The test suite runs every target for 30 s. cargo-fuzz is installed from crates.io when
 # missing; the machine's stable toolchain builds the sanitizer flags (RUSTC_BOOTSTRAP).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -262,6 +262,11 @@ mod reader;
 mod tests;
 
 pub use error::{GgufError, GgufErrorKind};
+
+/// The key in which Minerva's LoRA adapter files record the SHA-256 of the base model
+/// they were made for (llama.cpp ignores it): written by the engine, read by the engine
+/// when it loads an adapter and by the registry when it lists one.
+pub const ADAPTER_BASE_DIGEST_KEY: &str = "minerva.adapter.base_sha256";
 use ggml_types::*;
 use reader::*;
 

@@ -103,6 +103,8 @@ pub struct RouteTable {
     routes: BTreeMap<String, Route>,
     backends: BTreeMap<String, Arc<Backend>>,
     experiments: BTreeMap<String, Arc<Experiment>>,
+    /// The LoRA adapter an alias names with its model (`alias = "BASE+ADAPTER"`).
+    alias_adapters: BTreeMap<String, String>,
 }
 
 /// A configuration file that cannot become a route table.
@@ -193,12 +195,24 @@ impl RouteTable {
             }
             Ok(())
         };
+        let mut alias_adapters = BTreeMap::new();
         for (name, target) in &file.aliases {
             let at = line(target.span());
             name_ok(name, at)?;
+            // `BASE+ADAPTER`: the base model with an adapter of the store.
+            let (base, adapter) = split_adapter(target.get_ref());
+            if let Some(adapter) = adapter {
+                let adapter_id =
+                    ModelId::new(adapter).map_err(|e| invalid(format!("line {at}: alias {name}: adapter: {e}")))?;
+                store
+                    .resolve_adapter(&adapter_id)
+                    .map_err(|e| invalid(format!("line {at}: alias {name}: {e}")))?;
+                alias_adapters.insert(name.to_owned(), adapter.to_owned());
+            }
+            let target = toml::Spanned::new(target.span(), base.to_owned());
             let route = Route {
                 name: name.to_owned(),
-                models: vec![model(target, name)?],
+                models: vec![model(&target, name)?],
                 timeout: None,
                 prefer_loaded: false,
             };
@@ -262,7 +276,27 @@ impl RouteTable {
             routes,
             backends,
             experiments,
+            alias_adapters,
         })
+    }
+
+    /// The name a request gives (`NAME` or `NAME+ADAPTER`) as the route or model it names
+    /// and the adapter to apply: the request's own, or the one its alias names (an alias
+    /// with an adapter and a request naming another is refused).
+    pub fn name_and_adapter<'a>(&'a self, name: &'a str) -> Result<(&'a str, Option<&'a str>), ApiError> {
+        let (name, adapter) = split_adapter(name);
+        let aliased = self
+            .alias_adapters
+            .get(name)
+            .or_else(|| self.alias_adapters.get(name.strip_suffix(":latest")?))
+            .map(String::as_str);
+        match (adapter, aliased) {
+            (Some(asked), Some(aliased)) => Err(ApiError::invalid(
+                "model",
+                format!("{name} names the adapter {aliased} already; ask for {name} without +{asked}"),
+            )),
+            (adapter, aliased) => Ok((name, adapter.or(aliased))),
+        }
     }
 
     /// The experiment called `name`.
@@ -391,7 +425,7 @@ where
     let affinity = (path == "/chat/completions")
         .then(|| crate::remote::chat_affinity(&raw))
         .flatten();
-    let (name, adapter) = split_adapter(name);
+    let (name, adapter) = table.name_and_adapter(name)?;
     serve(&table, name, user.as_deref(), is_loaded(state), |target| {
         let run_local = match &target {
             Target::Local(model) => Some(local(with_adapter(model, adapter))),
@@ -441,7 +475,7 @@ where
         return Err(ApiError::invalid("model", "model is required"));
     }
     let table = state.routing.table();
-    let (name, adapter) = split_adapter(name);
+    let (name, adapter) = table.name_and_adapter(name)?;
     serve(&table, name, None, is_loaded(state), |target| {
         let run_local = match &target {
             Target::Local(model) => Some(local(with_adapter(model, adapter))),

@@ -1,7 +1,8 @@
 //! LoRA adapters over HTTP: `BASE+ADAPTER` names the base model with an adapter of the
-//! store's `adapters/` directory. The adapter changes the answers of the requests that
-//! name it and no other; one that is missing, or made for another base, is refused with
-//! the reason.
+//! store's `adapters/` directory, on the OpenAI and the Ollama routes, and an alias of the
+//! configuration file may name one. The adapter changes the answers of the requests that
+//! name it and no other; one that is missing, made for another base, or changed since it
+//! was registered is refused with the reason.
 
 mod common;
 
@@ -69,9 +70,14 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
     write_adapter(&store, "colours", &digest);
     let store_root = store.root().to_owned();
     write_adapter(&store, "other-base", &"0".repeat(64));
-    let server = TestServer::start_on_pool(
+    let config = home.path().join("minerva.toml");
+    std::fs::write(&config, format!("[aliases]\ncolourful = \"{CHAT}+colours\"\n")).unwrap();
+    let routing = minerva_server::routing::Routing::load(Some(config), store.clone()).expect("the alias parses");
+    let server = TestServer::start_routed(
         ServerConfig::default(),
         ModelPool::with_registry(store, pool(), Arc::clone(&registry)),
+        "127.0.0.1:0",
+        Some(routing),
     )
     .await;
 
@@ -100,6 +106,45 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
             .await,
     );
     assert_eq!(again, adapted);
+    // Ollama's chat takes the same name (without Ollama's default repeat penalty, it is
+    // the same request), and the alias names the base with the adapter.
+    let ollama = server
+        .ok(
+            "/api/chat",
+            &json!({
+                "model": format!("{CHAT}+colours"), "stream": false,
+                "options": { "temperature": 0, "num_predict": 12, "repeat_penalty": 1.0 },
+                "messages": [{ "role": "user", "content": "Name three colours." }]
+            }),
+        )
+        .await;
+    assert_eq!(ollama["message"]["content"], adapted.as_str(), "{ollama}");
+    assert_eq!(
+        content(&server.ok("/v1/chat/completions", &greedy_chat("colourful")).await),
+        adapted
+    );
+    let twice = server
+        .post("/v1/chat/completions", &greedy_chat("colourful+other-base"))
+        .await;
+    expect_error(twice, StatusCode::BAD_REQUEST, Some("model")).await;
+    // Registered on its first use, with the base's digest it records: listed under the
+    // name that serves it.
+    let models = server.ok_get("/v1/models").await;
+    let listed = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == format!("{CHAT}+colours"))
+        .unwrap_or_else(|| panic!("{models}"));
+    assert_eq!(listed["adapter"]["origin"], "found");
+    assert_eq!(
+        registry
+            .adapter(&ModelId::new("colours").unwrap())
+            .unwrap()
+            .unwrap()
+            .base_sha256,
+        Some(digest.clone())
+    );
     // The adapter's tensors count with the model, once (the second request reused it).
     let adapter_bytes =
         minerva_engine::llm::lora::inspect_adapter(&store_root.join(minerva_store::ADAPTERS_DIR).join("colours.gguf"))
@@ -156,6 +201,20 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
         .await;
     let error = expect_error(gemma, StatusCode::BAD_REQUEST, Some("model")).await;
     assert!(error["message"].as_str().unwrap().contains("`llama` model"), "{error}");
+    // Changed on disk since it was registered (its last byte, in the tensor data): the
+    // registry refuses it (409, the integrity code) when the changed file would load.
+    let colours = store_root.join(minerva_store::ADAPTERS_DIR).join("colours.gguf");
+    let mut bytes = std::fs::read(&colours).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x40;
+    std::fs::write(&colours, &bytes).unwrap();
+    let changed = server
+        .post("/v1/chat/completions", &greedy_chat(&format!("{CHAT}+colours")))
+        .await;
+    let error = expect_error(changed, StatusCode::CONFLICT, None).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("registered SHA-256"),
+        "{error}"
+    );
     // The server goes on serving.
     assert_eq!(
         content(&server.ok("/v1/chat/completions", &greedy_chat(CHAT)).await),

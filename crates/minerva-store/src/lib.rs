@@ -24,8 +24,8 @@ pub use hash::{digest_bytes, sha256_file, sha256_model};
 pub use model_id::{InvalidModelId, ModelId};
 pub use modelfile::{Modelfile, ModelfileError};
 pub use registry::{
-    AUDIT_RETENTION, AccessEvent, AccessKind, AuditEntry, DatabaseError, EVENT_RETENTION, HistoryEntry, ImportMode,
-    ImportOptions, Lineage, MAX_EVENTS, ModelRecord, ModelSettings, ModelStatus, Progress, Registry, RegistryError,
-    SETTING_KEYS, UnixMillis, is_postgres_url, now_millis, safetensors_header_summary,
+    AUDIT_RETENTION, AccessEvent, AccessKind, AdapterRecord, AuditEntry, DatabaseError, EVENT_RETENTION, HistoryEntry,
+    ImportMode, ImportOptions, Lineage, MAX_EVENTS, ModelRecord, ModelSettings, ModelStatus, Progress, Registry,
+    RegistryError, SETTING_KEYS, UnixMillis, is_postgres_url, now_millis, safetensors_header_summary,
 };
 pub use store::{ADAPTERS_DIR, ModelEntry, ModelFormat, ModelStore, SENTENCE_TRANSFORMERS_FILES, StoreError};

@@ -179,6 +179,26 @@ impl ModelStore {
         Ok(models)
     }
 
+    /// The names of the adapter files in `adapters/` (`NAME.gguf`), sorted.
+    pub fn adapter_names(&self) -> Result<Vec<ModelId>, StoreError> {
+        let dir = self.root.join(ADAPTERS_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut names: Vec<ModelId> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                ModelId::new(name.to_str()?.strip_suffix(".gguf")?).ok()
+            })
+            .filter(|id| self.resolve_adapter(id).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The file of LoRA adapter `name` (`adapters/<name>.gguf`), refusing anything that
     /// resolves outside the models directory.
     pub fn resolve_adapter(&self, name: &ModelId) -> Result<PathBuf, StoreError> {

@@ -184,7 +184,7 @@ fn an_empty_file_is_migrated_and_a_newer_schema_is_refused() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    assert_eq!((version, mode.as_str()), (4, "wal"));
+    assert_eq!((version, mode.as_str()), (5, "wal"));
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Registry::open(&path).unwrap_err();

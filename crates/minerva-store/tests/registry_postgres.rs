@@ -92,6 +92,25 @@ fn replicas_sharing_the_database_see_each_others_names_settings_history_usage_an
     let actions: Vec<String> = a.audit_since(0).unwrap().into_iter().map(|e| e.action).collect();
     assert_eq!(actions, ["tag", "rollback"]);
 
+    // An adapter registered through one replica: the other lists it, checks it, refuses
+    // it once its file changed, and removes it for both.
+    let adapters = store.root().join(minerva_store::ADAPTERS_DIR);
+    std::fs::create_dir_all(&adapters).unwrap();
+    std::fs::write(adapters.join("tone.gguf"), b"adapter bytes").unwrap();
+    let registered = a
+        .register_adapter(&store, &id("tone"), Some(&tagged.sha256), "finetune")
+        .unwrap();
+    assert_eq!(b.adapters().unwrap(), [registered.clone()]);
+    assert_eq!(b.check_adapter(&store, &id("tone")).unwrap().sha256, registered.sha256);
+    std::fs::write(adapters.join("tone.gguf"), b"adapter bytes, changed").unwrap();
+    assert!(matches!(
+        b.check_adapter(&store, &id("tone")),
+        Err(RegistryError::AdapterMismatch { .. })
+    ));
+    assert!(a.remove_adapter(&store, &id("tone")).unwrap());
+    assert!(b.adapter(&id("tone")).unwrap().is_none());
+    assert!(!adapters.join("tone.gguf").exists());
+
     // Removed through one: gone for both.
     b.remove(&store, &id("chat")).unwrap();
     assert!(a.record(&id("chat")).unwrap().is_none());
@@ -145,7 +164,7 @@ fn replicas_starting_together_migrate_the_database_once() {
     for start in starts {
         assert_eq!(start.join().unwrap().unwrap(), 0);
     }
-    assert_eq!(server.sql("fresh", "SELECT version FROM minerva_schema"), "4");
+    assert_eq!(server.sql("fresh", "SELECT version FROM minerva_schema"), "5");
     assert_eq!(server.sql("fresh", "SELECT count(*) FROM minerva_schema"), "1");
     let tables = server.sql(
         "fresh",
@@ -153,7 +172,7 @@ fn replicas_starting_together_migrate_the_database_once() {
     );
     assert_eq!(
         tables,
-        "access_events,audit,history,lineage,minerva_schema,models,pending_imports,settings"
+        "access_events,adapters,audit,history,lineage,minerva_schema,models,pending_imports,settings"
     );
 }
 

@@ -250,13 +250,14 @@ impl LlmWorker {
     /// loaded it (its memory is new: [`Adapter::info`]'s `tensor_bytes`). A load checks the
     /// adapter against the model and, when `base_sha256` gives it (asked only then),
     /// against the base's digest the adapter records; a sealed file is opened with `key`.
+    /// `base_sha256` may refuse the load with its own error (the registry's check).
     /// Blocks while it loads: call it off the async threads.
-    pub fn cached_adapter(
+    pub fn cached_adapter<E: From<EngineError>>(
         &self,
         path: &Path,
         key: Option<&minerva_seal::Key>,
-        base_sha256: impl FnOnce() -> Option<String>,
-    ) -> Result<(Arc<dyn Adapter>, bool), EngineError> {
+        base_sha256: impl FnOnce() -> Result<Option<String>, E>,
+    ) -> Result<(Arc<dyn Adapter>, bool), E> {
         let stamp = std::fs::metadata(path)
             .map(|m| (m.len(), m.modified().ok()))
             .map_err(|e| EngineError::InvalidAdapter {
@@ -269,7 +270,7 @@ impl LlmWorker {
         {
             return Ok((Arc::clone(adapter), false));
         }
-        let adapter = self.model.load_adapter(path, base_sha256().as_deref(), key)?;
+        let adapter = self.model.load_adapter(path, base_sha256()?.as_deref(), key)?;
         adapters.insert(path.to_owned(), (stamp, Arc::clone(&adapter)));
         Ok((adapter, true))
     }

@@ -415,15 +415,21 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     let dir = tempfile::tempdir().unwrap();
     let worker = worker(8, 4096);
     let x_path = adapter_file(dir.path(), 1);
-    let (x, loaded) = worker.cached_adapter(&x_path, None, || None).unwrap();
+    let (x, loaded) = worker
+        .cached_adapter(&x_path, None, || Ok::<_, minerva_engine::EngineError>(None))
+        .unwrap();
     assert!(loaded, "the first request for an adapter loads it");
-    let (x_again, loaded) = worker.cached_adapter(&x_path, None, || None).unwrap();
+    let (x_again, loaded) = worker
+        .cached_adapter(&x_path, None, || Ok::<_, minerva_engine::EngineError>(None))
+        .unwrap();
     assert!(
         !loaded && Arc::ptr_eq(&x, &x_again),
         "a second request reloaded the adapter"
     );
     let (y, _) = worker
-        .cached_adapter(&adapter_file(dir.path(), 2), None, || None)
+        .cached_adapter(&adapter_file(dir.path(), 2), None, || {
+            Ok::<_, minerva_engine::EngineError>(None)
+        })
         .unwrap();
     // The same adapter file loaded for the reference model.
     let settings: Vec<Option<(Arc<dyn Adapter>, f32)>> = vec![
@@ -468,7 +474,9 @@ fn requests_with_different_adapters_batch_and_each_gets_its_own_adapters_output(
     assert_eq!(again_base.cached_tokens, prompt.len());
     assert_greedy_alone(&prompt, &again_base, options.max_tokens);
     let (fresh, _) = worker
-        .cached_adapter(&adapter_file(dir.path(), 3), None, || None)
+        .cached_adapter(&adapter_file(dir.path(), 3), None, || {
+            Ok::<_, minerva_engine::EngineError>(None)
+        })
         .unwrap();
     let (first_z, _) =
         collect(worker.submit_with_adapter(prompt.clone(), options.clone(), Some((Arc::clone(&fresh), 1.0))));

@@ -278,6 +278,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     });
     std::fs::create_dir_all(&adapters).with_context(|| format!("creating {}", adapters.display()))?;
     model.adapter()?.write_with(&out, key.as_ref())?;
+    registry.register_adapter(store, &args.out, Some(&record.sha256), "finetune")?;
     let report = Report {
         base: args.base.to_string(),
         base_sha256: &record.sha256,

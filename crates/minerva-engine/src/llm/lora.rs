@@ -18,7 +18,7 @@ use crate::{EngineError, Result, gguf};
 /// `general.type` of an adapter file.
 const ADAPTER_TYPE: &str = "adapter";
 /// Where Minerva records the SHA-256 of the base an adapter was made for.
-pub const BASE_DIGEST_KEY: &str = "minerva.adapter.base_sha256";
+pub use minerva_gguf::ADAPTER_BASE_DIGEST_KEY as BASE_DIGEST_KEY;
 
 /// One adapted matrix: the base tensor's name and the two factors.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, Gene
 use minerva_engine::sampling::{SampledToken, SamplingParams};
 use minerva_engine::{EngineError, LanguageModel, TokenId};
 use minerva_pool::{AcquireOptions, KeepAlive, LlmLease};
-use minerva_store::ModelId;
+use minerva_store::{ModelId, RegistryError};
 use minerva_workers::GenerationEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -259,25 +259,70 @@ async fn with_adapter(
         .resolve_adapter(&name)
         .map_err(|e| ApiError::ModelNotFound(e.to_string()))?;
     let registry = state.pool.registry().cloned();
-    let (id, worker, key) = (id.clone(), lease.clone(), state.config.seal_key.clone());
-    // The registry is read only when the adapter loads, not on every request.
+    let store = state.pool.store().clone();
+    let (id, worker, key, adapter_name) = (id.clone(), lease.clone(), state.config.seal_key.clone(), name.clone());
+    // The registry is read only when the adapter loads, not on every request: it checks
+    // the file's digest (registering a file that appeared in `adapters/`) and the base the
+    // adapter was made for.
     let (adapter, loaded) = tokio::task::spawn_blocking(move || {
         worker.cached_adapter(&path, key.as_ref(), || {
-            registry.and_then(|r| r.record(&id).ok().flatten()).map(|r| r.sha256)
+            let Some(registry) = registry else {
+                return Ok(None);
+            };
+            let record = registry.check_adapter(&store, &adapter_name)?;
+            let base = registry.record(&id)?.map(|r| r.sha256);
+            // An imported file may lack the base digest the registry took from `--base`;
+            // every other one records it, and the engine compares that after checking
+            // the architecture and shapes (the more telling refusal).
+            if record.origin == "import"
+                && let (Some(made_for), Some(base)) = (&record.base_sha256, &base)
+                && !made_for.eq_ignore_ascii_case(base)
+            {
+                return Err(AdapterError::Engine(EngineError::InvalidAdapter {
+                    path: path.clone(),
+                    reason: format!("the adapter was made for the base with SHA-256 {made_for}, not this one ({base})"),
+                }));
+            }
+            Ok(base)
         })
     })
     .await
     .map_err(|e| ApiError::Internal(format!("loading the adapter: {e}")))?
     .map_err(|e| match e {
         // The reason without the server's paths.
-        EngineError::InvalidAdapter { reason, .. } => ApiError::invalid("model", format!("adapter {name}: {reason}")),
-        other => ApiError::from(other),
+        AdapterError::Engine(EngineError::InvalidAdapter { reason, .. }) => {
+            ApiError::invalid("model", format!("adapter {name}: {reason}"))
+        }
+        AdapterError::Engine(other) => ApiError::from(other),
+        AdapterError::Registry(RegistryError::AdapterMissing { name, .. }) => {
+            ApiError::ModelNotFound(format!("adapter {name:?} is registered but its file is missing"))
+        }
+        AdapterError::Registry(e @ RegistryError::AdapterMismatch { .. }) => ApiError::ModelUnavailable(e.to_string()),
+        AdapterError::Registry(other) => ApiError::Internal(format!("adapter {name}: {other}")),
     })?;
     if loaded {
         // Its tensors stay in memory as long as the model: the pool counts them.
         lease.lease().charge(adapter.info().tensor_bytes);
     }
     Ok(lease.with_adapter(adapter, scale))
+}
+
+/// Why an adapter did not load: the engine refused it, or the registry did.
+enum AdapterError {
+    Engine(EngineError),
+    Registry(RegistryError),
+}
+
+impl From<EngineError> for AdapterError {
+    fn from(e: EngineError) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl From<RegistryError> for AdapterError {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(e)
+    }
 }
 
 /// Builds the generation options, checking limits.

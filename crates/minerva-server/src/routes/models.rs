@@ -54,6 +54,32 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Valu
         .list()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut data: Vec<serde_json::Value> = models.iter().map(describe).collect();
+    // Each registered LoRA adapter, under the name that serves it with its base.
+    if let Some(registry) = state.pool.registry().cloned() {
+        let adapted = tokio::task::spawn_blocking(move || {
+            let bases = registry.records()?;
+            let adapters = registry.adapters()?;
+            Ok::<_, minerva_store::RegistryError>((bases, adapters))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (bases, adapters) = adapted;
+        for adapter in &adapters {
+            let Some(made_for) = &adapter.base_sha256 else { continue };
+            for base in bases.iter().filter(|b| b.sha256.eq_ignore_ascii_case(made_for)) {
+                if !models.iter().any(|m| m.id == base.id) {
+                    continue;
+                }
+                data.push(serde_json::json!({
+                    "id": format!("{}+{}", base.id, adapter.name), "object": "model",
+                    "created": adapter.added_at / 1000, "owned_by": "minerva-adapter",
+                    "adapter": { "name": adapter.name, "base": base.id, "sha256": adapter.sha256,
+                                 "size_bytes": adapter.size_bytes, "origin": adapter.origin },
+                }));
+            }
+        }
+    }
     // Aliases, fallback chains, remote backends and experiments answer to their names
     // too: listed with what serves them.
     let table = state.routing.table();

@@ -61,6 +61,23 @@ pub enum RegistryError {
         path: PathBuf,
     },
     /// The id is not in the registry.
+    /// The adapter's file no longer has the digest it was registered with.
+    #[error(
+        "adapter {name:?} does not match its registered SHA-256 (expected {expected}, found {actual}): the file changed or is corrupt; restore it or import it again"
+    )]
+    AdapterMismatch {
+        name: ModelId,
+        expected: String,
+        actual: String,
+    },
+    /// The adapter is registered but its file is gone.
+    #[error(
+        "adapter {name:?} is registered but its file {path} is missing; restore it, or `minerva adapter rm {name}`"
+    )]
+    AdapterMissing { name: ModelId, path: PathBuf },
+    /// An import would replace an existing adapter.
+    #[error("adapter {name:?} exists; choose another name, or replace it (--force)")]
+    AdapterExists { name: ModelId },
     #[error("setting {key:?}: {reason}")]
     InvalidSetting { key: String, reason: String },
     #[error("model {id:?} is not registered (`minerva models` lists the models)")]

@@ -13,6 +13,7 @@
 //! - [`Registry::record_access`] and [`Registry::record_load`] feed the usage counters and
 //!   the access log that [`crate::patterns`] analyses.
 
+mod adapters;
 mod audit;
 mod db;
 mod error;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use db::{Backend, DbError, Row, Sql, args};
 
+pub use adapters::AdapterRecord;
 pub use audit::{AUDIT_RETENTION, AuditEntry};
 pub use db::DbError as DatabaseError;
 pub use error::RegistryError;

@@ -77,6 +77,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     ) STRICT;
     CREATE INDEX audit_at ON audit (at);",
+    // LoRA adapters of `adapters/` (registry/adapters.rs).
+    "CREATE TABLE adapters (
+        name TEXT PRIMARY KEY NOT NULL,
+        sha256 TEXT NOT NULL,
+        base_sha256 TEXT,
+        size_bytes INTEGER NOT NULL,
+        modified_ns INTEGER NOT NULL,
+        added_at INTEGER NOT NULL,
+        origin TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::ndjson::{self, Piece};
 use super::options::{self, Options};
-use super::{Clock, durations, merge, model_id, rfc3339};
+use super::{Clock, durations, merge, model_with_adapter, rfc3339};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::routes::generation::{self, Prepared};
@@ -138,7 +138,7 @@ async fn chat_on(
 ) -> Result<Response, ApiError> {
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     let mut clock = Clock::start();
-    let id = model_id(&state, &req.model)?;
+    let (_, name) = model_with_adapter(&state, &req.model)?;
     let tools = ToolFields {
         // Ollama's clients send `tools: []` when there are none.
         tools: req.tools.filter(|t| !t.is_empty()),
@@ -154,7 +154,7 @@ async fn chat_on(
         .map(|(i, m)| m.into_message(i))
         .collect::<Result<Vec<_>, _>>()?;
     let mut options = req.options.generate_options(&state)?;
-    let lease = generation::language_model(&state, id.as_str(), req.keep_alive).await?;
+    let lease = generation::language_model(&state, &name, req.keep_alive).await?;
     generation::apply_settings(&lease, req.options.given(), &mut options);
     clock.model_ready();
     if messages.is_empty() {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ndjson::{self, Piece};
 use super::options::{self, Options};
-use super::{Clock, durations, merge, model_id, rfc3339};
+use super::{Clock, durations, merge, model_with_adapter, rfc3339};
 use crate::error::ApiError;
 use crate::extract::AnyJson;
 use crate::routes::generation::{self, Prepared};
@@ -83,7 +83,7 @@ async fn generate_on(
     crate::middleware::check_keep_alive(scope.as_deref(), &req.keep_alive)?;
     check_unsupported(&req)?;
     let mut clock = Clock::start();
-    let id = model_id(&state, &req.model)?;
+    let (id, name) = model_with_adapter(&state, &req.model)?;
     if req.prompt.is_empty() && req.keep_alive == Some(KeepAlive::For(std::time::Duration::ZERO)) {
         // Ollama's way to unload a model: an empty prompt with keep_alive 0.
         state
@@ -97,7 +97,7 @@ async fn generate_on(
     let grammar = options::grammar(req.format.as_ref())?;
     let mut options = req.options.generate_options(&state)?;
     generation::check_prompt_chars(&state, "prompt", req.prompt.chars().count())?;
-    let lease = generation::language_model(&state, id.as_str(), req.keep_alive).await?;
+    let lease = generation::language_model(&state, &name, req.keep_alive).await?;
     generation::apply_settings(&lease, req.options.given(), &mut options);
     clock.model_ready();
     if req.prompt.is_empty() {

@@ -104,6 +104,18 @@ pub fn model_id(state: &AppState, name: &str) -> Result<ModelId, ApiError> {
     state.model_id(name)
 }
 
+/// An Ollama name that may name a LoRA adapter too (`NAME+ADAPTER`): the model, and the
+/// name [`crate::routes::generation::language_model`] takes.
+pub fn model_with_adapter(state: &AppState, name: &str) -> Result<(ModelId, String), ApiError> {
+    let (base, adapter) = crate::routing::split_adapter(name);
+    let id = model_id(state, base)?;
+    let full = match adapter {
+        Some(adapter) => format!("{id}+{adapter}"),
+        None => id.to_string(),
+    };
+    Ok((id, full))
+}
+
 /// The name a model is listed under: its id with Ollama's default tag.
 pub fn ollama_name(id: &ModelId) -> String {
     let id = id.to_string();
