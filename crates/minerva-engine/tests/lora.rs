@@ -149,6 +149,87 @@ fn the_adapter_changes_only_the_sessions_that_apply_it() {
     assert_eq!(run(&mut session), plain);
 }
 
+/// Two adapters applied together are the sum of their updates: the same logits as one
+/// adapter whose factors are theirs side by side (rank 4 + 4), and the same whichever
+/// order they are set in; removing them gives the base back.
+#[test]
+fn two_adapters_together_are_the_adapter_of_their_summed_updates() {
+    let base_path = common::model_path("smollm2-135m-instruct.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let x = adapter_for(&base_path, 0.6);
+    let mut y = LoraAdapterFile::init(&base_path, &["attn_q.weight", "attn_v.weight"], 4, 8.0, 11).unwrap();
+    for (i, pair) in y.pairs.iter_mut().enumerate() {
+        for (j, b) in pair.b.iter_mut().enumerate() {
+            *b = 0.4 * ((i * 13 + j * 7) as f32).cos();
+        }
+    }
+    // Side by side: A stacks the rows, B joins the columns; alpha 16 over rank 8 keeps
+    // each half's alpha / rank of 2.
+    let mut joined = x.clone();
+    joined.alpha = 16.0;
+    for (pair, other) in joined.pairs.iter_mut().zip(&y.pairs) {
+        assert_eq!(pair.target, other.target);
+        pair.a.extend_from_slice(&other.a);
+        let (xb, n_out) = (std::mem::take(&mut pair.b), pair.n_out);
+        pair.b = (0..n_out)
+            .flat_map(|row| {
+                xb[row * 4..row * 4 + 4]
+                    .iter()
+                    .chain(&other.b[row * 4..row * 4 + 4])
+                    .copied()
+            })
+            .collect();
+    }
+    let paths = ["x", "y", "joined"].map(|name| dir.path().join(format!("{name}.gguf")));
+    for (file, path) in [&x, &y, &joined].into_iter().zip(&paths) {
+        file.write(path).unwrap();
+    }
+    // On the f32 base, as the merge test: a quantized base quantizes each layer's input
+    // to 8 bits, and a rounding step flipped by the last bit of a sum moves the logits
+    // far more than the sum's f32 rounding does (0.78 here against 0.009 in f32).
+    let f32_path = dir.path().join("f32.gguf");
+    lora::dequantize(&base_path, &f32_path).unwrap();
+    let base = &LlamaCppModel::load(&f32_path).unwrap();
+    let [x, y, joined] = paths.map(|p| base.load_adapter(&p, None, None).unwrap());
+    let scale = 0.7;
+    let set = |adapters: &[&Arc<dyn minerva_engine::llm::Adapter>]| {
+        let mut set = minerva_engine::llm::AdapterSet::default();
+        for a in adapters {
+            set.push(Arc::clone(a), scale);
+        }
+        set
+    };
+
+    let plain = next_logits(base, None);
+    let one = next_logits(base, Some((Arc::clone(&joined), scale)));
+    let mut session = common::session(base, 256);
+    session.set_adapters(set(&[&x, &y])).unwrap();
+    let both = prompt_logits(base, session.as_mut());
+    session.set_adapters(set(&[&y, &x])).unwrap();
+    assert_eq!(
+        prompt_logits(base, session.as_mut()),
+        both,
+        "the order of the set changed the logits"
+    );
+    let only_x = next_logits(base, Some((Arc::clone(&x), scale)));
+
+    let effect = max_abs_diff(&plain, &one);
+    let disagreement = max_abs_diff(&both, &one);
+    let beyond_x = max_abs_diff(&both, &only_x);
+    eprintln!(
+        "joined adapter's effect {effect:.4}, both against joined {disagreement:.6}, both against x alone {beyond_x:.4}"
+    );
+    assert!(effect > 0.5 && beyond_x > 0.1, "the adapters barely changed the logits");
+    // Two rank-4 products summed, against one rank-8 product: the same terms in another
+    // order, so f32 rounding only.
+    assert!(
+        disagreement <= 2e-3 * effect,
+        "two adapters and their joined adapter disagree by {disagreement} (effect {effect})"
+    );
+    session.set_adapters(Default::default()).unwrap();
+    assert_eq!(prompt_logits(base, session.as_mut()), plain);
+}
+
 /// Adapters that do not fit are refused before llama.cpp sees them, saying why.
 #[test]
 fn an_adapter_for_another_base_or_shape_or_digest_is_refused_with_the_reason() {

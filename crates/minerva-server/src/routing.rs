@@ -281,22 +281,19 @@ impl RouteTable {
     }
 
     /// The name a request gives (`NAME` or `NAME+ADAPTER`) as the route or model it names
-    /// and the adapter to apply: the request's own, or the one its alias names (an alias
-    /// with an adapter and a request naming another is refused).
-    pub fn name_and_adapter<'a>(&'a self, name: &'a str) -> Result<(&'a str, Option<&'a str>), ApiError> {
+    /// and the adapters to apply: its alias's, if any, then the request's own
+    /// (`ALIAS+MORE` adds adapters to those the alias names).
+    pub fn name_and_adapter<'a>(&self, name: &'a str) -> (&'a str, Option<String>) {
         let (name, adapter) = split_adapter(name);
         let aliased = self
             .alias_adapters
             .get(name)
-            .or_else(|| self.alias_adapters.get(name.strip_suffix(":latest")?))
-            .map(String::as_str);
-        match (adapter, aliased) {
-            (Some(asked), Some(aliased)) => Err(ApiError::invalid(
-                "model",
-                format!("{name} names the adapter {aliased} already; ask for {name} without +{asked}"),
-            )),
-            (adapter, aliased) => Ok((name, adapter.or(aliased))),
-        }
+            .or_else(|| self.alias_adapters.get(name.strip_suffix(":latest")?));
+        let adapters = match (aliased, adapter) {
+            (Some(aliased), Some(asked)) => Some(format!("{aliased}+{asked}")),
+            (aliased, asked) => aliased.cloned().or_else(|| asked.map(str::to_owned)),
+        };
+        (name, adapters)
     }
 
     /// The experiment called `name`.
@@ -425,7 +422,8 @@ where
     let affinity = (path == "/chat/completions")
         .then(|| crate::remote::chat_affinity(&raw))
         .flatten();
-    let (name, adapter) = table.name_and_adapter(name)?;
+    let (name, adapter) = table.name_and_adapter(name);
+    let adapter = adapter.as_deref();
     serve(&table, name, user.as_deref(), is_loaded(state), |target| {
         let run_local = match &target {
             Target::Local(model) => Some(local(with_adapter(model, adapter))),
@@ -475,7 +473,8 @@ where
         return Err(ApiError::invalid("model", "model is required"));
     }
     let table = state.routing.table();
-    let (name, adapter) = table.name_and_adapter(name)?;
+    let (name, adapter) = table.name_and_adapter(name);
+    let adapter = adapter.as_deref();
     serve(&table, name, None, is_loaded(state), |target| {
         let run_local = match &target {
             Target::Local(model) => Some(local(with_adapter(model, adapter))),

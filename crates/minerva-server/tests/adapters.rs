@@ -17,13 +17,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A rank-4 adapter for the chat model's query and value projections, with B set to a
-/// fixed pattern (a trained adapter's B is not zero), recording `base_sha256`.
-fn write_adapter(store: &ModelStore, name: &str, base_sha256: &str) {
+/// fixed pattern of `phase` and `amplitude` (a trained adapter's B is not zero), recording `base_sha256`.
+fn write_adapter(store: &ModelStore, name: &str, base_sha256: &str, phase: f32, amplitude: f32) {
     let base = store.root().join(format!("{CHAT}.gguf"));
     let mut file = LoraAdapterFile::init(&base, &["attn_q.weight", "attn_v.weight"], 4, 8.0, 1).unwrap();
     for (i, pair) in file.pairs.iter_mut().enumerate() {
         for (j, b) in pair.b.iter_mut().enumerate() {
-            *b = 0.5 * ((i * 31 + j * 17) as f32).sin();
+            *b = amplitude * ((i * 31 + j * 17) as f32 + phase).sin();
         }
     }
     file.base_sha256 = Some(base_sha256.to_owned());
@@ -67,9 +67,10 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
             .unwrap();
     }
     let digest = registry.record(&chat_id).unwrap().unwrap().sha256;
-    write_adapter(&store, "colours", &digest);
+    write_adapter(&store, "colours", &digest, 0.0, 0.5);
+    write_adapter(&store, "shapes", &digest, 1.3, 0.2);
     let store_root = store.root().to_owned();
-    write_adapter(&store, "other-base", &"0".repeat(64));
+    write_adapter(&store, "other-base", &"0".repeat(64), 0.0, 0.5);
     let config = home.path().join("minerva.toml");
     std::fs::write(&config, format!("[aliases]\ncolourful = \"{CHAT}+colours\"\n")).unwrap();
     let routing = minerva_server::routing::Routing::load(Some(config), store.clone()).expect("the alias parses");
@@ -123,10 +124,37 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
         content(&server.ok("/v1/chat/completions", &greedy_chat("colourful")).await),
         adapted
     );
+    // Two adapters at once: their updates add up, whatever order they are named in (and
+    // an alias with one takes another); at scale 0 both are off.
+    let shapes = content(
+        &server
+            .ok("/v1/chat/completions", &greedy_chat(&format!("{CHAT}+shapes")))
+            .await,
+    );
+    let both = content(
+        &server
+            .ok("/v1/chat/completions", &greedy_chat(&format!("{CHAT}+colours+shapes")))
+            .await,
+    );
+    assert!(
+        both != adapted && both != shapes,
+        "{both:?} is one adapter's answer (plain {plain:?}, colours {adapted:?}, shapes {shapes:?})"
+    );
+    for name in [format!("{CHAT}+shapes+colours"), "colourful+shapes".to_owned()] {
+        assert_eq!(
+            content(&server.ok("/v1/chat/completions", &greedy_chat(&name)).await),
+            both,
+            "{name}"
+        );
+    }
+    let mut off = greedy_chat(&format!("{CHAT}+colours+shapes"));
+    off["adapter_scale"] = json!(0.0);
+    assert_eq!(content(&server.ok("/v1/chat/completions", &off).await), plain);
     let twice = server
-        .post("/v1/chat/completions", &greedy_chat("colourful+other-base"))
+        .post("/v1/chat/completions", &greedy_chat(&format!("{CHAT}+colours+colours")))
         .await;
-    expect_error(twice, StatusCode::BAD_REQUEST, Some("model")).await;
+    let error = expect_error(twice, StatusCode::BAD_REQUEST, Some("model")).await;
+    assert!(error["message"].as_str().unwrap().contains("named twice"), "{error}");
     // Registered on its first use, with the base's digest it records: listed under the
     // name that serves it.
     let models = server.ok_get("/v1/models").await;
@@ -145,11 +173,17 @@ async fn a_base_with_an_adapter_answers_differently_and_a_mismatched_adapter_is_
             .base_sha256,
         Some(digest.clone())
     );
-    // The adapter's tensors count with the model, once (the second request reused it).
-    let adapter_bytes =
-        minerva_engine::llm::lora::inspect_adapter(&store_root.join(minerva_store::ADAPTERS_DIR).join("colours.gguf"))
-            .unwrap()
-            .tensor_bytes;
+    // Each adapter's tensors count with the model, once (later requests reused them).
+    let adapter_bytes = |name: &str| {
+        minerva_engine::llm::lora::inspect_adapter(
+            &store_root
+                .join(minerva_store::ADAPTERS_DIR)
+                .join(format!("{name}.gguf")),
+        )
+        .unwrap()
+        .tensor_bytes
+    };
+    let adapter_bytes = adapter_bytes("colours") + adapter_bytes("shapes");
     assert_eq!(
         chat_bytes(&server.ok_get("/v1/models/loaded").await),
         base_bytes + adapter_bytes

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use minerva_engine::constraint::Vocabulary;
 use minerva_engine::generate::{GenerateOptions, Generation};
-use minerva_engine::llm::{Adapter, RopeScaling};
+use minerva_engine::llm::{Adapter, AdapterSet, RopeScaling};
 use minerva_engine::{EngineError, KvType, LanguageModel, SessionParams, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
@@ -223,17 +223,18 @@ impl LlmWorker {
         prompt: Vec<TokenId>,
         options: GenerateOptions,
     ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
-        self.submit_with_adapter(prompt, options, None)
+        self.submit_with_adapter(prompt, options, AdapterSet::default())
     }
 
-    /// [`Self::submit`] with a LoRA adapter (loaded for this worker's model) applied at a
-    /// scale: the generation batches with the others of the same adapter and scale.
+    /// [`Self::submit`] with LoRA adapters (loaded for this worker's model) applied at
+    /// their scales: the generation batches with the others of the same set and scales.
     pub fn submit_with_adapter(
         &self,
         prompt: Vec<TokenId>,
         options: GenerateOptions,
-        adapter: Option<(Arc<dyn Adapter>, f32)>,
+        adapter: impl Into<AdapterSet>,
     ) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        let adapter = adapter.into();
         let (events, receiver) = async_mpsc::unbounded_channel();
         self.send(Job {
             prompt,
@@ -300,7 +301,7 @@ impl LlmWorker {
             options,
             events,
             score_from: Some(from),
-            adapter: None,
+            adapter: AdapterSet::default(),
         });
         receiver
     }

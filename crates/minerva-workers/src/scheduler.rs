@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use minerva_engine::generate::{ContextShift, FinishReason, GenerateOptions, SequenceGenerator, Step, TokenSink};
-use minerva_engine::llm::{Adapter, LogitsWanted, SequenceInput, SequenceSnapshot};
+use minerva_engine::llm::{AdapterSet, LogitsWanted, SequenceInput, SequenceSnapshot};
 use minerva_engine::sampling::{SampledToken, log_probabilities};
 use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId, compute};
 use tokio::sync::mpsc as async_mpsc;
@@ -55,13 +55,8 @@ pub(crate) struct Job {
     /// Score instead of generate: the log-probability of every prompt token from this
     /// index on, given the ones before it, comes back as the result's `logprobs`.
     pub(crate) score_from: Option<usize>,
-    /// The LoRA adapter and scale its passes apply, if any.
-    pub(crate) adapter: Option<(Arc<dyn Adapter>, f32)>,
-}
-
-/// The prefix-cache space of an adapter setting.
-fn space_of(adapter: Option<&(Arc<dyn Adapter>, f32)>) -> Space {
-    adapter.map_or((0, 0), |(a, scale)| (a.id(), scale.to_bits()))
+    /// The LoRA adapters and scales its passes apply (empty: the base alone).
+    pub(crate) adapter: AdapterSet,
 }
 
 /// How the scheduler shares its session.
@@ -122,7 +117,7 @@ struct Running {
     score_from: Option<usize>,
     scores: Vec<SampledToken>,
     /// Its adapter setting, and the cache space that setting's KV belongs to.
-    adapter: Option<(Arc<dyn Adapter>, f32)>,
+    adapter: AdapterSet,
     space: Space,
 }
 
@@ -378,7 +373,7 @@ impl Scheduler {
                 in_run: false,
                 score_from: job.score_from,
                 scores: Vec::new(),
-                space: space_of(job.adapter.as_ref()),
+                space: job.adapter.key(),
                 adapter: job.adapter,
             });
             self.plan_prefix(self.running.len() - 1);
@@ -632,8 +627,9 @@ impl Scheduler {
             .running
             .iter()
             .find(|r| r.space == space)
-            .and_then(|r| r.adapter.clone());
-        let Err(e) = self.session.set_adapter(adapter) else {
+            .map(|r| r.adapter.clone())
+            .unwrap_or_default();
+        let Err(e) = self.session.set_adapters(adapter) else {
             return true;
         };
         tracing::error!(error = %e, "cannot apply a LoRA adapter");

@@ -18,8 +18,8 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::lora::{self, AdapterInfo};
 use super::{
-    Adapter, LanguageModel, LogitsWanted, ModelMetadata, RopeScaling, SeqId, SequenceInput, SequenceSnapshot, Session,
-    SessionParams, TokenId,
+    Adapter, AdapterSet, LanguageModel, LogitsWanted, ModelMetadata, RopeScaling, SeqId, SequenceInput,
+    SequenceSnapshot, Session, SessionParams, TokenId,
 };
 use crate::{EngineError, Result, gguf};
 
@@ -234,12 +234,14 @@ impl LanguageModel for LlamaCppModel {
         // clone of that `Arc`, so the model outlives the context; the field order of
         // `LlamaCppSession` drops the context before the `Arc`.
         let context: LlamaContext<'static> = unsafe { std::mem::transmute(context) };
+        let raw = raw_context(&context, &self.model);
         Ok(Box::new(LlamaCppSession {
             context,
+            raw,
             batch: LlamaBatch::new(params.n_batch as usize, params.n_seq_max as i32),
             params,
             can_shift: self.can_shift,
-            adapter: None,
+            adapters: AdapterSet::default(),
             _model: Arc::clone(&self.model),
         }))
     }
@@ -327,14 +329,92 @@ impl Drop for LlamaCppAdapter {
     }
 }
 
+/// The `llama_context` behind `context`: llama-cpp-2 keeps it private, but prints it in
+/// its `Debug` form; the address read there is trusted only once llama.cpp confirms it is
+/// a context of `model` with the context's size.
+fn raw_context(context: &LlamaContext<'static>, model: &LlamaModel) -> Option<RawContext> {
+    let printed = format!("{context:?}");
+    let hex = printed.split("context: 0x").nth(1)?;
+    let hex: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
+    let address = usize::from_str_radix(&hex, 16).ok()?;
+    let raw = std::ptr::NonNull::new(address as *mut llama_cpp_sys_2::llama_context)?;
+    // SAFETY: `LlamaModel` is `repr(transparent)` over its non-null `llama_model` pointer.
+    let model =
+        unsafe { *std::ptr::from_ref::<LlamaModel>(model).cast::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>>() };
+    // SAFETY: the address is the one llama-cpp-2 holds for this live context (its Debug
+    // form prints that field); both calls only read the context.
+    let confirmed = unsafe {
+        std::ptr::eq(llama_cpp_sys_2::llama_get_model(raw.as_ptr()), model.as_ptr())
+            && llama_cpp_sys_2::llama_n_ctx(raw.as_ptr()) == context.n_ctx()
+    };
+    if !confirmed {
+        tracing::warn!("cannot reach llama.cpp's context: one LoRA adapter per request only");
+        return None;
+    }
+    Some(RawContext(raw))
+}
+
+/// A session's own `llama_context` pointer (see [`raw_context`]).
+struct RawContext(std::ptr::NonNull<llama_cpp_sys_2::llama_context>);
+
+// SAFETY: it moves with its session, which owns the context (`LlamaContext` is `Send`
+// for the same reason) and is used by one thread at a time.
+unsafe impl Send for RawContext {}
+
+impl LlamaCppSession {
+    /// [`Session::set_adapters`] through llama-cpp-2's wrapper, which sets one adapter.
+    fn set_adapters_wrapped(&mut self, adapters: AdapterSet) -> Result<()> {
+        if adapters.len() > 1 {
+            return Err(EngineError::Decode(
+                "several adapters at once need llama.cpp's context, which could not be reached".into(),
+            ));
+        }
+        // llama-cpp-2's setter takes its own wrapper, a `repr(transparent)` non-null
+        // pointer without `Drop`; one is made for the call from the adapter's pointer.
+        let wrap = |a: &LlamaCppAdapter| {
+            // SAFETY: same size and layout (checked by `transmute`); the wrapper frees nothing.
+            unsafe {
+                std::mem::transmute::<std::ptr::NonNull<llama_cpp_sys_2::llama_adapter_lora>, LlamaLoraAdapter>(
+                    a.adapter,
+                )
+            }
+        };
+        match adapters.iter().next() {
+            Some((a, scale)) => {
+                let ours = a
+                    .as_any()
+                    .downcast_ref::<LlamaCppAdapter>()
+                    .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))?;
+                self.context
+                    .lora_adapter_set(&mut wrap(ours), *scale)
+                    .map_err(|e| EngineError::Decode(format!("cannot apply the adapter: {e}")))?;
+            }
+            None => {
+                if let Some((a, _)) = self.adapters.iter().next()
+                    && let Some(ours) = a.as_any().downcast_ref::<LlamaCppAdapter>()
+                {
+                    self.context
+                        .lora_adapter_remove(&mut wrap(ours))
+                        .map_err(|e| EngineError::Decode(format!("cannot remove the adapter: {e}")))?;
+                }
+            }
+        }
+        self.adapters = adapters;
+        Ok(())
+    }
+}
+
 /// A llama.cpp context: KV cache for up to `n_seq_max` sequences.
 struct LlamaCppSession {
     context: LlamaContext<'static>,
     batch: LlamaBatch<'static>,
     params: SessionParams,
     can_shift: bool,
-    /// The adapter the context applies, kept alive while it does.
-    adapter: Option<(Arc<dyn Adapter>, f32)>,
+    /// The context's `llama_context`, for the one call llama-cpp-2 does not wrap with
+    /// several values (`llama_set_adapters_lora`); `None` if it could not be found.
+    raw: Option<RawContext>,
+    /// The adapters the context applies, kept alive while it does.
+    adapters: AdapterSet,
     _model: Arc<LlamaModel>,
 }
 
@@ -469,46 +549,40 @@ impl Session for LlamaCppSession {
         Ok(())
     }
 
-    fn set_adapter(&mut self, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Result<()> {
-        let same = match (&self.adapter, &adapter) {
-            (None, None) => true,
-            (Some((a, x)), Some((b, y))) => Arc::ptr_eq(a, b) && x == y,
-            _ => false,
-        };
-        if same {
+    fn set_adapters(&mut self, adapters: AdapterSet) -> Result<()> {
+        if adapters.same_as(&self.adapters) {
             return Ok(());
         }
-        // llama-cpp-2's setter takes its own wrapper, a `repr(transparent)` non-null
-        // pointer without `Drop`; one is made for the call from the adapter's pointer.
-        let wrap = |a: &LlamaCppAdapter| {
-            // SAFETY: same size and layout (checked by `transmute`); the wrapper frees nothing.
-            unsafe {
-                std::mem::transmute::<std::ptr::NonNull<llama_cpp_sys_2::llama_adapter_lora>, LlamaLoraAdapter>(
-                    a.adapter,
-                )
-            }
-        };
-        match &adapter {
-            Some((a, scale)) => {
-                let ours = a
-                    .as_any()
-                    .downcast_ref::<LlamaCppAdapter>()
-                    .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))?;
-                self.context
-                    .lora_adapter_set(&mut wrap(ours), *scale)
-                    .map_err(|e| EngineError::Decode(format!("cannot apply the adapter: {e}")))?;
-            }
-            None => {
-                if let Some((a, _)) = &self.adapter
-                    && let Some(ours) = a.as_any().downcast_ref::<LlamaCppAdapter>()
-                {
-                    self.context
-                        .lora_adapter_remove(&mut wrap(ours))
-                        .map_err(|e| EngineError::Decode(format!("cannot remove the adapter: {e}")))?;
-                }
-            }
+        fn ours(a: &Arc<dyn Adapter>) -> Result<&LlamaCppAdapter> {
+            a.as_any()
+                .downcast_ref::<LlamaCppAdapter>()
+                .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))
         }
-        self.adapter = adapter;
+        let mut pointers = adapters
+            .iter()
+            .map(|(a, _)| ours(a).map(|a| a.adapter.as_ptr()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut scales: Vec<f32> = adapters.iter().map(|(_, scale)| *scale).collect();
+        let status = match self.raw {
+            // SAFETY: `raw` is this session's context (checked when it was found); the
+            // adapters were loaded for its model and are kept alive by `self.adapters`
+            // while the context applies them (llama.cpp copies the arrays).
+            Some(RawContext(raw)) => unsafe {
+                llama_cpp_sys_2::llama_set_adapters_lora(
+                    raw.as_ptr(),
+                    pointers.as_mut_ptr(),
+                    pointers.len(),
+                    scales.as_mut_ptr(),
+                )
+            },
+            None => return self.set_adapters_wrapped(adapters),
+        };
+        if status != 0 {
+            return Err(EngineError::Decode(format!(
+                "llama.cpp refused the adapters (status {status})"
+            )));
+        }
+        self.adapters = adapters;
         Ok(())
     }
 }

@@ -249,6 +249,85 @@ pub trait Adapter: Send + Sync {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// LoRA adapters applied together, each at its scale (times its `alpha / rank`): what a
+/// forward pass runs with; empty is the base alone. Kept in the order of the adapters'
+/// ids, as llama.cpp sums their updates whatever order they were set in, so two sets of
+/// the same adapters are one setting.
+#[derive(Clone, Default)]
+pub struct AdapterSet(Vec<(Arc<dyn Adapter>, f32)>);
+
+impl AdapterSet {
+    /// Adds `adapter` at `scale` (replacing its scale if it is in the set already).
+    pub fn push(&mut self, adapter: Arc<dyn Adapter>, scale: f32) {
+        match self.0.iter_mut().find(|(a, _)| a.id() == adapter.id()) {
+            Some(entry) => entry.1 = scale,
+            None => {
+                self.0.push((adapter, scale));
+                self.0.sort_by_key(|(a, _)| a.id());
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The adapters and their scales, in the set's order.
+    pub fn iter(&self) -> impl Iterator<Item = &(Arc<dyn Adapter>, f32)> {
+        self.0.iter()
+    }
+
+    /// Whether `other` applies the same adapters at the same scales.
+    pub fn same_as(&self, other: &AdapterSet) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((a, x), (b, y))| a.id() == b.id() && x.to_bits() == y.to_bits())
+    }
+
+    /// A key for what KV computed under the set is filed under: `(0, 0)` for the base,
+    /// `(id, scale bits)` for one adapter, and a digest of every `(id, scale)` for several.
+    pub fn key(&self) -> (u64, u32) {
+        match self.0.as_slice() {
+            [] => (0, 0),
+            [(a, scale)] => (a.id(), scale.to_bits()),
+            several => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                for (a, scale) in several {
+                    (a.id(), scale.to_bits()).hash(&mut hasher);
+                }
+                // The top bit apart from single adapters' ids (a process's counter).
+                (hasher.finish() | (1 << 63), several.len() as u32)
+            }
+        }
+    }
+}
+
+impl From<Option<(Arc<dyn Adapter>, f32)>> for AdapterSet {
+    fn from(adapter: Option<(Arc<dyn Adapter>, f32)>) -> Self {
+        let mut set = Self::default();
+        if let Some((adapter, scale)) = adapter {
+            set.push(adapter, scale);
+        }
+        set
+    }
+}
+
+impl std::fmt::Debug for AdapterSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(a, scale)| (a.id(), scale)))
+            .finish()
+    }
+}
+
 /// Mutable inference state of one context: the KV cache of its sequences.
 pub trait Session: Send {
     /// The parameters the session was created with.
@@ -283,11 +362,16 @@ pub trait Session: Send {
     /// sequence, in free cells of the session; `dst` then continues at position `len`.
     fn restore_sequence(&mut self, snapshot: &SequenceSnapshot, dst: SeqId, len: u32) -> Result<()>;
 
-    /// Applies `adapter` at `scale` (times its `alpha / rank`) to every following
-    /// [`Session::decode`], or none. A pass runs with one setting for all its sequences,
-    /// so sequences with different adapters decode in different passes; KV computed under
-    /// one adapter belongs to that adapter only.
-    fn set_adapter(&mut self, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Result<()>;
+    /// Applies the adapters of `adapters` (none: the base alone) to every following
+    /// [`Session::decode`]. A pass runs with one setting for all its sequences, so
+    /// sequences with different sets decode in different passes; KV computed under one set
+    /// belongs to that set only.
+    fn set_adapters(&mut self, adapters: AdapterSet) -> Result<()>;
+
+    /// [`Session::set_adapters`] with one adapter at `scale`, or none.
+    fn set_adapter(&mut self, adapter: Option<(Arc<dyn Adapter>, f32)>) -> Result<()> {
+        self.set_adapters(adapter.into())
+    }
 }
 
 /// A sequence's KV state held outside its session (see [`Session::save_sequence`]): it

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::actor::Msg;
 use super::{LoadedModel, ModelLease};
-use minerva_engine::llm::Adapter;
+use minerva_engine::llm::{Adapter, AdapterSet};
 use minerva_workers::LlmWorker;
 use minerva_workers::embedding::EmbeddingService;
 
@@ -59,7 +59,7 @@ impl Lease {
                 let worker = Arc::clone(worker);
                 Ok(TypedLease {
                     worker,
-                    adapter: None,
+                    adapter: AdapterSet::default(),
                     lease: self,
                 })
             }
@@ -74,7 +74,7 @@ impl Lease {
                 let service = Arc::clone(service);
                 Ok(TypedLease {
                     worker: service,
-                    adapter: None,
+                    adapter: AdapterSet::default(),
                     lease: self,
                 })
             }
@@ -89,8 +89,8 @@ pub struct TypedLease<W> {
     // Before `lease`: when the hold ends, the pool may free the model at once, and it
     // must then hold the last reference to the worker.
     worker: Arc<W>,
-    /// The LoRA adapter and scale the request's generations apply (language models).
-    adapter: Option<(Arc<dyn Adapter>, f32)>,
+    /// The LoRA adapters and scales the request's generations apply (language models).
+    adapter: AdapterSet,
     lease: Lease,
 }
 
@@ -106,15 +106,15 @@ impl<W> TypedLease<W> {
     }
 
     /// The lease with a LoRA adapter (loaded for this model) applied at `scale` to the
-    /// generations that go through it.
+    /// generations that go through it, besides those it applies already.
     pub fn with_adapter(mut self, adapter: Arc<dyn Adapter>, scale: f32) -> Self {
-        self.adapter = Some((adapter, scale));
+        self.adapter.push(adapter, scale);
         self
     }
 
-    /// The adapter and scale the lease applies, if any.
-    pub fn adapter(&self) -> Option<&(Arc<dyn Adapter>, f32)> {
-        self.adapter.as_ref()
+    /// The adapters and scales the lease applies (empty: none).
+    pub fn adapter(&self) -> &AdapterSet {
+        &self.adapter
     }
 }
 

@@ -181,7 +181,7 @@ impl Prepared {
     /// Queues the generation on the model's worker.
     pub fn submit(&self) -> UnboundedReceiver<GenerationEvent> {
         self.lease
-            .submit_with_adapter(self.prompt.clone(), self.options.clone(), self.lease.adapter().cloned())
+            .submit_with_adapter(self.prompt.clone(), self.options.clone(), self.lease.adapter().clone())
     }
 }
 
@@ -205,7 +205,8 @@ pub async fn language_model_scaled(
     keep_alive: Option<KeepAlive>,
     adapter_scale: Option<f32>,
 ) -> Result<LlmLease, ApiError> {
-    // `BASE+ADAPTER`: the base model with a LoRA adapter of the store's `adapters/`.
+    // `BASE+ADAPTER`: the base model with a LoRA adapter of the store's `adapters/`
+    // (`BASE+A+B`: with several).
     let (model, adapter) = crate::routing::split_adapter(model);
     if let Some(scale) = adapter_scale {
         if !scale.is_finite() || scale.abs() > MAX_ADAPTER_SCALE {
@@ -236,11 +237,29 @@ pub async fn language_model_scaled(
     let lease = lease
         .into_llm()
         .map_err(|_| ApiError::invalid("model", format!("{id} is an embedding model; use /v1/embeddings")))?;
-    match adapter {
-        Some(name) => with_adapter(state, &id, lease, name, adapter_scale.unwrap_or(1.0)).await,
-        None => Ok(lease),
+    let Some(names) = adapter else {
+        return Ok(lease);
+    };
+    // `BASE+A+B`: several adapters at once, their updates summed (each at the scale).
+    let names: Vec<&str> = names.split('+').collect();
+    if names.len() > MAX_ADAPTERS {
+        return Err(ApiError::invalid(
+            "model",
+            format!("{} adapters named; at most {MAX_ADAPTERS} apply at once", names.len()),
+        ));
     }
+    let mut lease = lease;
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(ApiError::invalid("model", format!("adapter {name} is named twice")));
+        }
+        lease = with_adapter(state, &id, lease, name, adapter_scale.unwrap_or(1.0)).await?;
+    }
+    Ok(lease)
 }
+
+/// The most adapters one request may apply together.
+pub const MAX_ADAPTERS: usize = 8;
 
 /// `lease` with the store's adapter `name` applied at `scale`, loaded for the model once
 /// and checked against it: its architecture, shapes, and the base digest it records
