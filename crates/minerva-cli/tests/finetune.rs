@@ -142,6 +142,20 @@ fn an_encrypted_run_killed_mid_way_resumes_with_its_key_and_serves_sealed() {
         history[5]["train_loss"].as_f64() < history[0]["train_loss"].as_f64(),
         "{report}"
     );
+    // Registered as the base's adapter, though the file is sealed: its digest is the
+    // sealed file's, its base the one it was trained on.
+    let listed = common::json(&common::run_in(home.path(), &["adapter", "list", "--json"]));
+    assert_eq!(listed[0]["name"], "orvane", "{listed}");
+    assert_eq!(listed[0]["origin"], "finetune", "{listed}");
+    assert_eq!(
+        listed[0]["serves_as"],
+        serde_json::json!([format!("{MODEL}+orvane")]),
+        "{listed}"
+    );
+    assert_eq!(
+        listed[0]["sha256"].as_str().unwrap(),
+        minerva_store::sha256_file(&adapter, &mut |_, _| {}).unwrap()
+    );
 
     // Served with the key: the adapter applies. Without: refused with the reason, and the
     // base still answers.

@@ -209,6 +209,7 @@ pub struct LoraLlama {
     sin: Tensor,
     /// `alpha / rank`.
     scale: f64,
+    /// The adapter's metadata and matrices; its factors live in the blocks' `Var`s.
     adapter: LoraAdapterFile,
 }
 
@@ -290,8 +291,11 @@ impl LoraLlama {
         let output = frozen(output)?;
         let mut config = config;
         config.n_vocab = output.n_out;
-        let mut pairs: std::collections::HashMap<&str, &LoraPair> =
-            adapter.pairs.iter().map(|p| (p.target.as_str(), p)).collect();
+        // The factors move into the trainable tensors; `adapter` keeps the metadata only.
+        let scale = f64::from(adapter.scale_factor());
+        let mut adapter = adapter;
+        let mut pairs: std::collections::HashMap<String, &mut LoraPair> =
+            adapter.pairs.iter_mut().map(|p| (p.target.clone(), p)).collect();
         let mut blocks = Vec::with_capacity(config.n_layer);
         for layer in 0..config.n_layer {
             let mut linears = Vec::with_capacity(LINEAR_KINDS.len());
@@ -308,8 +312,8 @@ impl LoraLlama {
                         }
                         let rank = pair.rank();
                         Some((
-                            Var::from_vec(pair.a.clone(), (rank, pair.n_in), &device)?,
-                            Var::from_vec(pair.b.clone(), (pair.n_out, rank), &device)?,
+                            Var::from_vec(std::mem::take(&mut pair.a), (rank, pair.n_in), &device)?,
+                            Var::from_vec(std::mem::take(&mut pair.b), (pair.n_out, rank), &device)?,
                         ))
                     }
                     None => None,
@@ -335,7 +339,7 @@ impl LoraLlama {
             blocks,
             cos,
             sin,
-            scale: f64::from(adapter.scale_factor()),
+            scale,
             adapter,
             config,
         })
@@ -356,7 +360,8 @@ impl LoraLlama {
             .collect()
     }
 
-    /// The adapter as it stands, in llama.cpp's format (the metadata it was loaded with).
+    /// The adapter as it stands, in llama.cpp's format (the metadata it was loaded with,
+    /// the factors of the trainable tensors).
     pub fn adapter(&self) -> Result<LoraAdapterFile> {
         let mut file = self.adapter.clone();
         let trained: std::collections::HashMap<&str, (&Var, &Var)> = self
