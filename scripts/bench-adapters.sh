@@ -3,7 +3,8 @@
 # temperature 0) on SmolLM2 alone, then spread over 1, 2 and 4 adapters (rank 8 on the
 # query and value projections, made by `minerva adapter init`: untrained, so the answers
 # are the base's and every request costs what a trained adapter's does), on one server.
-# Prints aggregate tok/s (median of REPS runs) and the ratio to the base alone.
+# Then every client with two adapters at once (`BASE+A+B`). Prints aggregate tok/s (median
+# of REPS runs) and the ratio to the base alone.
 #
 #   scripts/bench-adapters.sh            (REPS=3 CLIENTS=8 THREADS=2)
 set -euo pipefail
@@ -29,6 +30,10 @@ for k in 0 1 2 4; do
   python3 scripts/bench-serving.py --port "$port" --model "$BASE" --label "adapters=$k" \
     --clients "$CLIENTS" --reps "$REPS" --adapters "$k" | tee -a "$results" >&2
 done
+# Two adapters on every request (BASE+A+B): one setting, so the clients batch together.
+say "$CLIENTS clients, each with 2 adapters at once"
+python3 scripts/bench-serving.py --port "$port" --model "$BASE+bench-0+bench-1" --label "stacked=2" \
+  --clients "$CLIENTS" --reps "$REPS" | tee -a "$results" >&2
 say "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_bf16|avx512_vnni|amx_int8|amx_bf16' | tr '\n' ' ')"
 python3 - "$results" <<'PY'
 import json, statistics, sys
@@ -42,6 +47,11 @@ print("|---|---|---|---|")
 for label, runs in by.items():
     tok = statistics.median(r["tok_s"] for r in runs)
     ttft = statistics.median(r["ttft_p95"] for r in runs)
-    name = "base alone" if label == "adapters=0" else label.replace("adapters=", "") + " adapter(s)"
+    if label == "adapters=0":
+        name = "base alone"
+    elif label.startswith("stacked="):
+        name = "2 adapters on every request"
+    else:
+        name = "spread over " + label.replace("adapters=", "") + " adapter(s)"
     print(f"| {name} | {tok:.1f} | {ttft:.3f} | {tok / base:.2f}x |")
 PY
