@@ -103,7 +103,7 @@ pub struct RouteTable {
     routes: BTreeMap<String, Route>,
     backends: BTreeMap<String, Arc<Backend>>,
     experiments: BTreeMap<String, Arc<Experiment>>,
-    /// The LoRA adapter an alias names with its model (`alias = "BASE+ADAPTER"`).
+    /// The LoRA adapters an alias names with its model (`alias = "BASE+A"`, or `"BASE+A+B"`).
     alias_adapters: BTreeMap<String, String>,
 }
 
@@ -199,15 +199,17 @@ impl RouteTable {
         for (name, target) in &file.aliases {
             let at = line(target.span());
             name_ok(name, at)?;
-            // `BASE+ADAPTER`: the base model with an adapter of the store.
+            // `BASE+ADAPTER` (or `BASE+A+B`): the base model with adapters of the store.
             let (base, adapter) = split_adapter(target.get_ref());
-            if let Some(adapter) = adapter {
-                let adapter_id =
-                    ModelId::new(adapter).map_err(|e| invalid(format!("line {at}: alias {name}: adapter: {e}")))?;
-                store
-                    .resolve_adapter(&adapter_id)
-                    .map_err(|e| invalid(format!("line {at}: alias {name}: {e}")))?;
-                alias_adapters.insert(name.to_owned(), adapter.to_owned());
+            if let Some(adapters) = adapter {
+                for adapter in adapters.split('+') {
+                    let adapter_id =
+                        ModelId::new(adapter).map_err(|e| invalid(format!("line {at}: alias {name}: adapter: {e}")))?;
+                    store
+                        .resolve_adapter(&adapter_id)
+                        .map_err(|e| invalid(format!("line {at}: alias {name}: {e}")))?;
+                }
+                alias_adapters.insert(name.to_owned(), adapters.to_owned());
             }
             let target = toml::Spanned::new(target.span(), base.to_owned());
             let route = Route {
@@ -783,5 +785,37 @@ mod tests {
             let e = RouteTable::parse(text, path, &store).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn an_alias_names_its_adapters_and_a_request_may_add_more() {
+        let (dir, store) = store_with(&["small"]);
+        let adapters = dir.path().join(minerva_store::ADAPTERS_DIR);
+        std::fs::create_dir(&adapters).unwrap();
+        for a in ["tone", "style", "extra"] {
+            std::fs::write(adapters.join(format!("{a}.gguf")), b"GGUF").unwrap();
+        }
+        let path = Path::new("minerva.toml");
+        let text = "[aliases]\nsupport = \"small+tone\"\nboth = \"small+tone+style\"\nplain = \"small\"\n";
+        let table = RouteTable::parse(text, path, &store).unwrap();
+        assert_eq!(table.get("support").unwrap().models[0].name(), "small");
+        assert_eq!(table.name_and_adapter("support"), ("support", Some("tone".to_owned())));
+        assert_eq!(
+            table.name_and_adapter("both:latest"),
+            ("both:latest", Some("tone+style".to_owned()))
+        );
+        assert_eq!(
+            table.name_and_adapter("support+extra"),
+            ("support", Some("tone+extra".to_owned()))
+        );
+        assert_eq!(
+            table.name_and_adapter("plain+extra"),
+            ("plain", Some("extra".to_owned()))
+        );
+        assert_eq!(table.name_and_adapter("small"), ("small", None));
+        let missing = RouteTable::parse("[aliases]\nx = \"small+tone+gone\"\n", path, &store)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("line 2") && missing.contains("gone"), "{missing}");
     }
 }
