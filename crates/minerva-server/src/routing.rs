@@ -457,7 +457,7 @@ pub(crate) fn split_adapter(name: &str) -> (&str, Option<&str>) {
 }
 
 /// The name a model of the store is asked for: `MODEL`, or `MODEL+ADAPTER`.
-fn with_adapter(model: &ModelId, adapter: Option<&str>) -> String {
+pub(crate) fn with_adapter(model: &ModelId, adapter: Option<&str>) -> String {
     match adapter {
         Some(adapter) => format!("{model}+{adapter}"),
         None => model.to_string(),

@@ -354,6 +354,13 @@ fn raw_context(context: &LlamaContext<'static>, model: &LlamaModel) -> Option<Ra
     Some(RawContext(raw))
 }
 
+/// The llama.cpp adapter behind `a`.
+fn ours(a: &Arc<dyn Adapter>) -> Result<&LlamaCppAdapter> {
+    a.as_any()
+        .downcast_ref::<LlamaCppAdapter>()
+        .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))
+}
+
 /// A session's own `llama_context` pointer (see [`raw_context`]).
 struct RawContext(std::ptr::NonNull<llama_cpp_sys_2::llama_context>);
 
@@ -381,20 +388,16 @@ impl LlamaCppSession {
         };
         match adapters.iter().next() {
             Some((a, scale)) => {
-                let ours = a
-                    .as_any()
-                    .downcast_ref::<LlamaCppAdapter>()
-                    .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))?;
                 self.context
-                    .lora_adapter_set(&mut wrap(ours), *scale)
+                    .lora_adapter_set(&mut wrap(ours(a)?), *scale)
                     .map_err(|e| EngineError::Decode(format!("cannot apply the adapter: {e}")))?;
             }
             None => {
                 if let Some((a, _)) = self.adapters.iter().next()
-                    && let Some(ours) = a.as_any().downcast_ref::<LlamaCppAdapter>()
+                    && let Ok(current) = ours(a)
                 {
                     self.context
-                        .lora_adapter_remove(&mut wrap(ours))
+                        .lora_adapter_remove(&mut wrap(current))
                         .map_err(|e| EngineError::Decode(format!("cannot remove the adapter: {e}")))?;
                 }
             }
@@ -552,11 +555,6 @@ impl Session for LlamaCppSession {
     fn set_adapters(&mut self, adapters: AdapterSet) -> Result<()> {
         if adapters.same_as(&self.adapters) {
             return Ok(());
-        }
-        fn ours(a: &Arc<dyn Adapter>) -> Result<&LlamaCppAdapter> {
-            a.as_any()
-                .downcast_ref::<LlamaCppAdapter>()
-                .ok_or_else(|| EngineError::Decode("the adapter was not loaded by llama.cpp".into()))
         }
         let mut pointers = adapters
             .iter()

@@ -109,10 +109,7 @@ pub fn model_id(state: &AppState, name: &str) -> Result<ModelId, ApiError> {
 pub fn model_with_adapter(state: &AppState, name: &str) -> Result<(ModelId, String), ApiError> {
     let (base, adapter) = crate::routing::split_adapter(name);
     let id = model_id(state, base)?;
-    let full = match adapter {
-        Some(adapter) => format!("{id}+{adapter}"),
-        None => id.to_string(),
-    };
+    let full = crate::routing::with_adapter(&id, adapter);
     Ok((id, full))
 }
 
