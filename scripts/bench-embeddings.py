@@ -235,7 +235,8 @@ def main():
     p.add_argument("--minerva", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cache-port", type=int, required=True)
-    p.add_argument("--bf16-port", type=int, help="a server started with --embedding-dtype bf16")
+    p.add_argument("--dtype-port", action="append", default=[], metavar="DTYPE=PORT",
+                   help="a server started with --embedding-dtype DTYPE (repeatable: bf16=PORT, int8=PORT)")
     p.add_argument("--sentences-file", required=True)
     p.add_argument("--text", default="/usr/share/common-licenses/GPL-3")
     p.add_argument("--runs", type=int, default=3)
@@ -253,10 +254,11 @@ def main():
     st = run_st(args, texts, latency_texts, zipf)
     print("[bench] minerva", file=sys.stderr)
     mv = run_minerva(args, texts, latency_texts, st["vectors"], args.port, "f32")
-    mb = None
-    if args.bf16_port:
-        print("[bench] minerva, bf16", file=sys.stderr)
-        mb = run_minerva(args, texts, latency_texts, st["vectors"], args.bf16_port, "bf16")
+    reduced = []
+    for spec in args.dtype_port:
+        dtype, port = spec.split("=")
+        print(f"[bench] minerva, {dtype}", file=sys.stderr)
+        reduced.append((dtype, run_minerva(args, texts, latency_texts, st["vectors"], int(port), dtype)))
     print("[bench] minerva, repeated texts (Zipf) with the cache", file=sys.stderr)
     zp = run_zipf(args, zipf)
 
@@ -265,8 +267,8 @@ def main():
           f"all-MiniLM-L6-v2, medians of {args.runs} runs\n")
     head = "| measure | sentence-transformers | Minerva f32 | ratio |"
     rule = "|---|---|---|---|"
-    if mb:
-        head += " Minerva bf16 | ratio |"
+    for dtype, _ in reduced:
+        head += f" Minerva {dtype} | ratio |"
         rule += "---|---|"
     print(head)
     print(rule)
@@ -275,7 +277,7 @@ def main():
 
     def row(label, reference, key, fmt=".1f"):
         line = f"| {label} | {reference} | {mv[key]:{fmt}} | {mv[key] / float(reference.split()[0]):.2f}x |"
-        if mb:
+        for _, mb in reduced:
             line += f" {mb[key]:{fmt}} | {mb[key] / float(reference.split()[0]):.2f}x |"
         print(line)
 
@@ -284,7 +286,7 @@ def main():
     row("throughput, `minerva embed --file` incl. model load (sentences/s)", f"{best:.1f}", "cli")
     row("single-sentence latency p50 (ms, HTTP for Minerva)", f"{st['latency_p50_ms']:.2f}", "latency_p50_ms", ".2f")
     line = f"| cosine min vs sentence-transformers | 1 | {mv['cosine_min']:.6f} | |"
-    if mb:
+    for _, mb in reduced:
         line += f" {mb['cosine_min']:.6f} | |"
     print(line)
     s = mv["stats"]

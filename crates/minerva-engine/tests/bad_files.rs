@@ -151,7 +151,7 @@ fn memory_estimate_of_sizes_that_overflow_is_an_invalid_model() {
     bytes.append(&mut header);
     bytes.extend_from_slice(&[0u8; 4]);
     std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
-    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16] {
+    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16, EmbeddingDtype::Int8] {
         match minerva_engine::embed::memory(dir.path(), dtype) {
             Err(EngineError::InvalidEmbeddingModel { reason, .. }) => {
                 assert!(reason.contains("more elements"), "{reason}")
@@ -168,7 +168,7 @@ fn memory_estimate_of_sizes_that_overflow_is_an_invalid_model() {
     config["max_position_embeddings"] = serde_json::json!(u64::MAX / 2);
     config["hidden_size"] = serde_json::json!(u64::MAX / 3);
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16] {
+    for dtype in [EmbeddingDtype::F32, EmbeddingDtype::Bf16, EmbeddingDtype::Int8] {
         match minerva_engine::embed::memory(dir.path(), dtype) {
             Err(EngineError::InvalidEmbeddingModel { reason, .. }) => assert!(reason.contains("too large"), "{reason}"),
             other => panic!("expected an invalid model, got {other:?}"),

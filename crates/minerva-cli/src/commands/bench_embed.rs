@@ -35,7 +35,7 @@ pub struct Args {
     /// fixture format of scripts/reference/make-embedding-fixtures.py).
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Precision of the encoder's matrix products: f32 or bf16 (AVX512-BF16).
+    /// Precision of the encoder's matrix products: f32, bf16 (AVX512-BF16) or int8.
     #[arg(long, default_value = "f32")]
     dtype: minerva_engine::embed::EmbeddingDtype,
     /// Print JSON.

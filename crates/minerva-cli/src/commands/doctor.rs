@@ -59,6 +59,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
             "llama_cpp_system_info": k.system_info.trim(),
             "encoder_f32": encoder_kernels(EmbeddingDtype::F32),
             "encoder_bf16": encoder_kernels(EmbeddingDtype::Bf16),
+            "encoder_int8": encoder_kernels(EmbeddingDtype::Int8),
         }),
         Err(e) => {
             failed.push(format!("llama.cpp: {e}"));

@@ -27,7 +27,7 @@ pub struct Args {
     /// Fail on inputs longer than the model's maximum instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
-    /// Precision of the encoder's matrix products: f32 or bf16 (AVX512-BF16).
+    /// Precision of the encoder's matrix products: f32, bf16 (AVX512-BF16) or int8.
     #[arg(long, default_value = "f32")]
     dtype: minerva_engine::embed::EmbeddingDtype,
     /// Print JSON (one vector per input).

@@ -70,6 +70,10 @@ pub enum EmbeddingDtype {
     /// Weights and activations rounded to bf16 for the products, accumulated in f32
     /// (AVX512-BF16): about twice the products' speed, lowest cosine ≥ 0.999.
     Bf16,
+    /// Weights quantized to int8 per column at load, activations per row before each
+    /// product, accumulated exactly in i32 (VNNI where the CPU has it): the reduced
+    /// precision for CPUs without AVX512-BF16.
+    Int8,
 }
 
 impl std::str::FromStr for EmbeddingDtype {
@@ -79,7 +83,8 @@ impl std::str::FromStr for EmbeddingDtype {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!("unknown embedding dtype {other:?} (f32 or bf16)")),
+            "int8" | "i8" => Ok(Self::Int8),
+            other => Err(format!("unknown embedding dtype {other:?} (f32, bf16 or int8)")),
         }
     }
 }
@@ -89,6 +94,7 @@ impl std::fmt::Display for EmbeddingDtype {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         })
     }
 }

@@ -162,8 +162,8 @@ impl ModelSettings {
             }
             "top_k" => self.top_k = parse(value).map_err(invalid)?,
             "embedding_dtype" => {
-                if value.is_some_and(|v| !matches!(v, "f32" | "bf16")) {
-                    return Err(invalid("must be f32 or bf16".into()));
+                if value.is_some_and(|v| !matches!(v, "f32" | "bf16" | "int8")) {
+                    return Err(invalid("must be f32, bf16 or int8".into()));
                 }
                 self.embedding_dtype = value.map(str::to_owned);
             }

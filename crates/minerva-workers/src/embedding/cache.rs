@@ -100,6 +100,7 @@ impl CacheKey {
         match context.dtype {
             EmbeddingDtype::F32 => {}
             EmbeddingDtype::Bf16 => h.update(b"dtype=bf16\0"),
+            EmbeddingDtype::Int8 => h.update(b"dtype=int8\0"),
         }
         match input {
             EmbeddingInput::Text(text) => {
@@ -476,6 +477,12 @@ mod tests {
             ..context(true)
         };
         assert_ne!(base, CacheKey::new(&bf16, &text), "bf16 vectors are not f32 ones");
+        let int8 = KeyContext {
+            dtype: EmbeddingDtype::Int8,
+            ..context(true)
+        };
+        assert_ne!(base, CacheKey::new(&int8, &text), "int8 vectors are not f32 ones");
+        assert_ne!(CacheKey::new(&bf16, &text), CacheKey::new(&int8, &text));
         assert_ne!(base, CacheKey::new(&context(true), &EmbeddingInput::Tokens(vec![97])));
         assert_eq!(base, key("a"));
     }

@@ -104,6 +104,9 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
     let stride = convert_rows(a, m, k, scratch);
     let a16: &[u16] = scratch;
     let panels = n.div_ceil(NR);
+    if k % super::amx::DEPTH == 0 && m >= super::amx::ROWS && super::amx::available() {
+        return amx_matmul(dst, a16, stride, b, m, accumulate);
+    }
     let blocks = m.div_ceil(MB);
     // Every task writes its own rows × columns.
     let out = super::kernels::SharedMut(dst.as_mut_ptr());
@@ -121,19 +124,92 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
             unsafe {
                 let a_rows = a16.as_ptr().add(r * stride);
                 let c = out.0.add(r * n + cols.start);
-                match count {
-                    8 => tile::<8>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    7 => tile::<7>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    6 => tile::<6>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    5 => tile::<5>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    4 => tile::<4>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    3 => tile::<3>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    2 => tile::<2>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                    _ => tile::<1>(a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate),
-                }
+                tiles_for(count, a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate);
             }
             r += count;
         }
+    });
+}
+
+/// The `count × 32` tile (`count ≤ 8`) of [`tile`].
+///
+/// # Safety
+/// As [`tile`]'s.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_for(
+    count: usize,
+    a: *const u16,
+    stride: usize,
+    panel: &[u16],
+    pairs: usize,
+    c: *mut f32,
+    c_stride: usize,
+    width: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match count {
+            8 => tile::<8>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            7 => tile::<7>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            6 => tile::<6>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            5 => tile::<5>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            4 => tile::<4>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            3 => tile::<3>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            2 => tile::<2>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+            _ => tile::<1>(a, stride, panel, pairs, c, c_stride, width, accumulate),
+        }
+    }
+}
+
+/// [`matmul`] on AMX: tasks of 64 rows against every panel (the rows stay in L2 while
+/// the panels stream past); full 32-row blocks on the tiles, the rows left over on the
+/// AVX512-BF16 tiles.
+fn amx_matmul(dst: &mut [f32], a16: &[u16], stride: usize, b: &PackedB, m: usize, accumulate: bool) {
+    let n = b.n;
+    let panels = n.div_ceil(NR);
+    let depth = b.k / super::amx::DEPTH;
+    let out = super::kernels::SharedMut(dst.as_mut_ptr());
+    (0..m.div_ceil(MB)).into_par_iter().for_each(|block| {
+        let out = out;
+        let rows = block * MB..(block * MB + MB).min(m);
+        let full = rows.start + (rows.len() / super::amx::ROWS) * super::amx::ROWS;
+        // SAFETY: `amx_matmul` runs only when `amx::available()`.
+        let tiles = unsafe { super::amx::Tiles::configure() };
+        for panel in 0..panels {
+            let cols = panel * NR..(panel * NR + NR).min(n);
+            let bp = &b.data[panel * b.pairs * 2 * NR..][..b.pairs * 2 * NR];
+            let mut r = rows.start;
+            while r < full {
+                // SAFETY: rows r..r+32 of `a16` (stride ≥ k) and `dst` exist; the panel
+                // holds k/2 pairs; no other task writes these rows.
+                unsafe {
+                    super::amx::block(
+                        &tiles,
+                        a16.as_ptr().add(r * stride),
+                        stride,
+                        bp.as_ptr(),
+                        depth,
+                        out.0.add(r * n + cols.start),
+                        n,
+                        cols.len(),
+                        accumulate,
+                    );
+                }
+                r += super::amx::ROWS;
+            }
+            while r < rows.end {
+                let count = (rows.end - r).min(MR);
+                // SAFETY: as in `matmul`.
+                unsafe {
+                    let a_rows = a16.as_ptr().add(r * stride);
+                    let c = out.0.add(r * n + cols.start);
+                    tiles_for(count, a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate);
+                }
+                r += count;
+            }
+        }
+        drop(tiles);
     });
 }
 
@@ -200,7 +276,14 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for &(m, k, n) in &[(1, 2, 1), (13, 37, 45), (70, 384, 96), (9, 64, 33)] {
+        for &(m, k, n) in &[
+            (1, 2, 1),
+            (13, 37, 45),
+            (70, 384, 96),
+            (9, 64, 33),
+            (33, 64, 45),
+            (128, 32, 17),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.07).collect();
             let round = |x: f32| half::bf16::from_f32(x).to_f32();

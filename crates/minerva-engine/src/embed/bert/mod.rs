@@ -16,7 +16,9 @@
 //! time, so the pass runs near the machine's matrix-product rate (`minerva bench embed`
 //! measures both).
 
+pub(crate) mod amx;
 pub(crate) mod bf16;
+pub(crate) mod int8;
 pub(crate) mod kernels;
 mod weights;
 
@@ -28,7 +30,7 @@ use rayon::prelude::*;
 use self::kernels::{
     SharedMut, View, add, bias_activation, for_rows, gemm_strided, layer_norm, matmul, residual_with_bias, softmax,
 };
-use self::weights::{BertConfig, Weights};
+use self::weights::{BertConfig, Packed, Weights};
 use super::config::{SentenceTransformerConfig, read_json};
 use super::{EmbeddingDtype, EmbeddingModel, EncoderTokenizer, Pooling};
 use crate::{EngineError, Result};
@@ -91,6 +93,8 @@ struct Arena {
     inner: Vec<f32>,
     /// A product's left operand rounded to bf16 (bf16 mode).
     rounded: Vec<u16>,
+    /// A product's left operand quantized to int8 (int8 mode).
+    quantized: int8::Scratch,
 }
 
 /// The first `len` elements of `buffer`, grown (never shrunk) to hold them.
@@ -116,9 +120,7 @@ impl Bert {
             .iter()
             .any(|a| a.ends_with("ForSequenceClassification"));
         let mut weights = Weights::load(dir, &config, cross_encoder)?;
-        if dtype == EmbeddingDtype::Bf16 {
-            weights.to_bf16();
-        }
+        weights.pack(dtype);
         let reranker = match &weights.head {
             Some(head) if head.classifier.outputs != 1 => {
                 return Err(EngineError::InvalidEmbeddingModel {
@@ -200,23 +202,24 @@ impl Bert {
             context,
             inner,
             rounded,
+            quantized,
         } = arena;
-        let project =
-            |dst: &mut [f32], a: &[f32], linear: &weights::Linear, accumulate: bool, rounded: &mut Vec<u16>| {
-                match &linear.packed {
-                    Some(packed) => bf16::matmul(dst, a, packed, total, accumulate, rounded),
-                    None => matmul(
-                        dst,
-                        a,
-                        &linear.weight,
-                        total,
-                        linear.inputs,
-                        linear.outputs,
-                        accumulate,
-                        threads,
-                    ),
-                }
-            };
+        let int8_kernel = int8::Kernel::detect();
+        let mut project = |dst: &mut [f32], a: &[f32], linear: &weights::Linear, accumulate: bool| match &linear.packed
+        {
+            Some(Packed::Bf16(packed)) => bf16::matmul(dst, a, packed, total, accumulate, rounded),
+            Some(Packed::Int8(packed)) => int8::matmul(dst, a, packed, total, accumulate, int8_kernel, quantized),
+            None => matmul(
+                dst,
+                a,
+                &linear.weight,
+                total,
+                linear.inputs,
+                linear.outputs,
+                accumulate,
+                threads,
+            ),
+        };
         let x = take(x, total * h);
         // Embeddings: word + position + segment, then the embedding layer norm.
         x.par_chunks_mut(h)
@@ -233,23 +236,23 @@ impl Bert {
             });
         for layer in &w.layers {
             let q = take(qkv, total * 3 * h);
-            project(q, x, &layer.qkv, false, rounded);
+            project(q, x, &layer.qkv, false);
             for_rows(q, 3 * h, |row| add(row, &layer.qkv.bias));
             let context = take(context, total * h);
             self.attention(q, context, &starts);
             // y = x + b_o + context · W_o, then the attention layer norm.
             let y = take(y, total * h);
             residual_with_bias(y, x, &layer.attention_out.bias, h);
-            project(y, context, &layer.attention_out, true, rounded);
+            project(y, context, &layer.attention_out, true);
             let norm = &layer.attention_norm;
             for_rows(y, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
             // x = y + b_down + act(y · W_up + b_up) · W_down, then the output layer norm.
             let n_inner = layer.up.outputs;
             let inner = take(inner, total * n_inner);
-            project(inner, y, &layer.up, false, rounded);
+            project(inner, y, &layer.up, false);
             for_rows(inner, n_inner, |row| bias_activation(row, &layer.up.bias, w.activation));
             residual_with_bias(x, y, &layer.down.bias, h);
-            project(x, inner, &layer.down, true, rounded);
+            project(x, inner, &layer.down, true);
             let norm = &layer.output_norm;
             for_rows(x, h, |row| layer_norm(row, &norm.gamma, &norm.beta, w.eps));
         }
@@ -344,18 +347,23 @@ pub(super) fn memory(dir: &Path, dtype: EmbeddingDtype) -> Result<super::Encoder
         path: config_path.clone(),
         reason: "the sizes in config.json are too large for any model".into(),
     };
-    if dtype == EmbeddingDtype::Bf16 {
-        // The layers' matrices (all but the embedding tables and norms) at 2 bytes, when
-        // the file holds them (a file without them fails to load anyway).
+    // The layers' matrices (all but the embedding tables and norms) at 2 bytes in bf16,
+    // 1 in int8, when the file holds them (a file without them fails to load anyway).
+    let saved_per_value = match dtype {
+        EmbeddingDtype::F32 => 0,
+        EmbeddingDtype::Bf16 => 2,
+        EmbeddingDtype::Int8 => 3,
+    };
+    if saved_per_value > 0 {
         let matrices = h
             .checked_mul(h)
             .and_then(|hh| hh.checked_mul(4))
             .and_then(|a| h.checked_mul(inner)?.checked_mul(2)?.checked_add(a))
-            .and_then(|m| m.checked_mul(layers)?.checked_mul(2))
+            .and_then(|m| m.checked_mul(layers)?.checked_mul(saved_per_value))
             .ok_or_else(too_large)?;
         weights = weights.saturating_sub(matrices);
     }
-    // x, y, context (h each), qkv (3h), inner; bf16 adds the rounded operand; and per
+    // x, y, context (h each), qkv (3h), inner; bf16 and int8 add the rounded operand; and per
     // thread one sequence's scores.
     let activations = h
         .checked_mul(6)
@@ -389,8 +397,12 @@ fn linear_vector(layer: &weights::Linear, v: &[f32]) -> Vec<f32> {
 
 /// The matrix-product kernels the pass runs on this CPU with `dtype`.
 pub(crate) fn kernels_name(dtype: EmbeddingDtype) -> &'static str {
-    if dtype == EmbeddingDtype::Bf16 {
+    if dtype == EmbeddingDtype::Bf16 && amx::available() {
+        "bf16 amx (tdpbf16ps) for 32-row blocks, avx512_bf16 for the rest, f32 accumulation"
+    } else if dtype == EmbeddingDtype::Bf16 {
         "bf16 avx512_bf16 (vdpbf16ps), f32 accumulation"
+    } else if dtype == EmbeddingDtype::Int8 {
+        int8::Kernel::detect().name()
     } else if std::arch::is_x86_feature_detected!("avx512f") {
         "gemm f32 avx512f"
     } else if std::arch::is_x86_feature_detected!("fma") {

@@ -8,6 +8,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use super::kernels::Activation;
+use crate::embed::EmbeddingDtype;
 use crate::{EngineError, Result};
 
 /// The fields of a BERT `config.json` the encoder reads.
@@ -45,13 +46,28 @@ fn default_act() -> String {
 }
 
 /// A linear layer: `weight` is `inputs × outputs` row-major (emptied when the layer
-/// runs in bf16: `packed` holds it then).
+/// runs in reduced precision: `packed` holds it then).
 pub(super) struct Linear {
     pub weight: Vec<f32>,
-    pub packed: Option<super::bf16::PackedB>,
+    pub packed: Option<Packed>,
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
+}
+
+/// A layer's matrix in reduced precision, packed for its kernels.
+pub(super) enum Packed {
+    Bf16(super::bf16::PackedB),
+    Int8(super::int8::PackedI8),
+}
+
+impl Packed {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Bf16(p) => p.bytes(),
+            Self::Int8(p) => p.bytes(),
+        }
+    }
 }
 
 /// A layer normalization's scale and shift.
@@ -204,16 +220,17 @@ impl Weights {
         })
     }
 
-    /// Rounds the layers' matrices to bf16 and packs them for the bf16 kernels (the f32
-    /// copies are freed).
-    pub(super) fn to_bf16(&mut self) {
+    /// Packs the layers' matrices for `dtype`'s kernels: rounded to bf16, or quantized
+    /// to int8 per column (the f32 copies are freed); f32 leaves them as they are.
+    pub(super) fn pack(&mut self, dtype: EmbeddingDtype) {
         for layer in &mut self.layers {
             for linear in [&mut layer.qkv, &mut layer.attention_out, &mut layer.up, &mut layer.down] {
-                linear.packed = Some(super::bf16::PackedB::pack(
-                    &linear.weight,
-                    linear.inputs,
-                    linear.outputs,
-                ));
+                let (k, n) = (linear.inputs, linear.outputs);
+                linear.packed = match dtype {
+                    EmbeddingDtype::F32 => continue,
+                    EmbeddingDtype::Bf16 => Some(Packed::Bf16(super::bf16::PackedB::pack(&linear.weight, k, n))),
+                    EmbeddingDtype::Int8 => Some(Packed::Int8(super::int8::PackedI8::pack(&linear.weight, k, n))),
+                };
                 linear.weight = Vec::new();
             }
         }
@@ -221,7 +238,8 @@ impl Weights {
 
     /// The bytes the weights take in memory.
     pub(super) fn bytes(&self) -> usize {
-        let linear = |l: &Linear| l.weight.len() + l.bias.len() + l.packed.as_ref().map_or(0, |p| p.bytes() / 4);
+        let linear =
+            |l: &Linear| l.weight.len() + l.bias.len() + l.packed.as_ref().map_or(0, |p| p.bytes().div_ceil(4));
         let norm = |n: &Norm| n.gamma.len() + n.beta.len();
         let layers: usize = self
             .layers
