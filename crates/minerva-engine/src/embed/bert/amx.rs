@@ -82,13 +82,13 @@ impl Drop for Tiles {
     }
 }
 
-/// `c[32 × 32] (+)= a[32 × depth·32] · panel`: 32 rows of `a` (bf16, `a_stride` values
+/// `c[rows × 32] (+)= a[32 × depth·32] · panel`: 32 rows of `a` (bf16, `a_stride` values
 /// apart) against one 32-column panel of packed weights with `depth · 16` row pairs,
-/// into `width ≤ 32` columns of 32 rows of `c` (`c_stride` f32 apart).
+/// into `width ≤ 32` columns of the first `rows ≤ 32` rows of `c` (`c_stride` f32 apart).
 ///
 /// # Safety
 /// The tiles are configured on this thread (`_tiles`); `a` points at 32 rows of at least `depth · 32` values,
-/// `panel` at `depth · 16 · 64` values, `c` at 32 rows of at least `width` f32.
+/// `panel` at `depth · 16 · 64` values, `c` at `rows` rows of at least `width` f32.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn block(
     _tiles: &Tiles,
@@ -98,6 +98,7 @@ pub(super) unsafe fn block(
     depth: usize,
     c: *mut f32,
     c_stride: usize,
+    rows: usize,
     width: usize,
     accumulate: bool,
 ) {
@@ -155,7 +156,7 @@ pub(super) unsafe fn block(
         for (t, tile) in out.iter().enumerate() {
             let (row0, col0) = (16 * (t / 2), 16 * (t % 2));
             let cols = width.saturating_sub(col0).min(16);
-            for r in 0..16 {
+            for r in 0..16.min(rows.saturating_sub(row0)) {
                 let dst = c.add((row0 + r) * c_stride + col0);
                 for (j, &value) in tile[r * 16..r * 16 + cols].iter().enumerate() {
                     let slot = dst.add(j);

@@ -104,8 +104,14 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
     let stride = convert_rows(a, m, k, scratch);
     let a16: &[u16] = scratch;
     let panels = n.div_ceil(NR);
-    if k % super::amx::DEPTH == 0 && m >= super::amx::ROWS && super::amx::available() {
-        return amx_matmul(dst, a16, stride, b, m, accumulate);
+    if k % super::amx::DEPTH == 0 && super::amx::available() {
+        // The tiles read whole blocks of 32 rows: the rows past `m` are read (whatever
+        // they hold) and their results dropped.
+        let rows = m.next_multiple_of(super::amx::ROWS);
+        if scratch.len() < rows * stride {
+            scratch.resize(rows * stride, 0);
+        }
+        return amx_matmul(dst, scratch, stride, b, m, accumulate);
     }
     let blocks = m.div_ceil(MB);
     // Every task writes its own rows × columns.
@@ -163,26 +169,25 @@ unsafe fn tiles_for(
 }
 
 /// [`matmul`] on AMX: tasks of 64 rows against every panel (the rows stay in L2 while
-/// the panels stream past); full 32-row blocks on the tiles, the rows left over on the
-/// AVX512-BF16 tiles.
+/// the panels stream past), in blocks of 32 rows (`a16` holds whole blocks; the results
+/// of rows past `m` are dropped).
 fn amx_matmul(dst: &mut [f32], a16: &[u16], stride: usize, b: &PackedB, m: usize, accumulate: bool) {
     let n = b.n;
     let panels = n.div_ceil(NR);
     let depth = b.k / super::amx::DEPTH;
+    assert!(a16.len() >= m.next_multiple_of(super::amx::ROWS) * stride);
     let out = super::kernels::SharedMut(dst.as_mut_ptr());
     (0..m.div_ceil(MB)).into_par_iter().for_each(|block| {
         let out = out;
         let rows = block * MB..(block * MB + MB).min(m);
-        let full = rows.start + (rows.len() / super::amx::ROWS) * super::amx::ROWS;
         // SAFETY: `amx_matmul` runs only when `amx::available()`.
         let tiles = unsafe { super::amx::Tiles::configure() };
         for panel in 0..panels {
             let cols = panel * NR..(panel * NR + NR).min(n);
             let bp = &b.data[panel * b.pairs * 2 * NR..][..b.pairs * 2 * NR];
-            let mut r = rows.start;
-            while r < full {
-                // SAFETY: rows r..r+32 of `a16` (stride ≥ k) and `dst` exist; the panel
-                // holds k/2 pairs; no other task writes these rows.
+            for r in rows.clone().step_by(super::amx::ROWS) {
+                // SAFETY: rows r..r+32 of `a16` exist (asserted), rows r..r+valid of
+                // `dst`; the panel holds k/2 pairs; no other task writes these rows.
                 unsafe {
                     super::amx::block(
                         &tiles,
@@ -192,21 +197,11 @@ fn amx_matmul(dst: &mut [f32], a16: &[u16], stride: usize, b: &PackedB, m: usize
                         depth,
                         out.0.add(r * n + cols.start),
                         n,
+                        (rows.end - r).min(super::amx::ROWS),
                         cols.len(),
                         accumulate,
                     );
                 }
-                r += super::amx::ROWS;
-            }
-            while r < rows.end {
-                let count = (rows.end - r).min(MR);
-                // SAFETY: as in `matmul`.
-                unsafe {
-                    let a_rows = a16.as_ptr().add(r * stride);
-                    let c = out.0.add(r * n + cols.start);
-                    tiles_for(count, a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate);
-                }
-                r += count;
             }
         }
         drop(tiles);
@@ -283,6 +278,7 @@ mod tests {
             (9, 64, 33),
             (33, 64, 45),
             (128, 32, 17),
+            (5, 64, 40),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.07).collect();

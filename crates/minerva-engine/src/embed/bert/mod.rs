@@ -398,7 +398,7 @@ fn linear_vector(layer: &weights::Linear, v: &[f32]) -> Vec<f32> {
 /// The matrix-product kernels the pass runs on this CPU with `dtype`.
 pub(crate) fn kernels_name(dtype: EmbeddingDtype) -> &'static str {
     if dtype == EmbeddingDtype::Bf16 && amx::available() {
-        "bf16 amx (tdpbf16ps) for 32-row blocks, avx512_bf16 for the rest, f32 accumulation"
+        "bf16 amx (tdpbf16ps), f32 accumulation"
     } else if dtype == EmbeddingDtype::Bf16 {
         "bf16 avx512_bf16 (vdpbf16ps), f32 accumulation"
     } else if dtype == EmbeddingDtype::Int8 {
