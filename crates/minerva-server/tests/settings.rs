@@ -82,16 +82,13 @@ async fn a_system_prompt_and_a_context_size_set_for_a_model_apply_from_its_next_
 }
 
 /// An embedding model's `embedding_dtype` setting picks its precision on its next load:
-/// bf16 vectors (AVX512-BF16) are close to the f32 ones but not the same; reset, the next
+/// int8 vectors (any CPU) and bf16 ones (AVX512-BF16 or AMX) are close to the f32 ones but
+/// not the same, nor each other (the embedding cache keys on the dtype); reset, the next
 /// load is f32 again, bit for bit what the engine computes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
     use common::EMBED;
     use minerva_engine::embed::{EmbedOptions, cosine_similarity};
-    if !std::arch::is_x86_feature_detected!("avx512bf16") {
-        eprintln!("skipped: this CPU has no AVX512-BF16");
-        return;
-    }
     let home = tempfile::tempdir().unwrap();
     let store = ModelStore::new(home.path().join("models"));
     let dir = store.root().join(EMBED);
@@ -104,7 +101,7 @@ async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
     registry.register(&store, &id, &mut |_, _| {}).unwrap();
     let mut settings = registry.settings(&id).unwrap();
     assert!(settings.set("embedding_dtype", Some("int3")).is_err());
-    settings.set("embedding_dtype", Some("bf16")).unwrap();
+    settings.set("embedding_dtype", Some("int8")).unwrap();
     registry.set_settings(&id, &settings).unwrap();
     let server = TestServer::start_on_pool(
         ServerConfig::default(),
@@ -128,9 +125,21 @@ async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
         .embed(&[text], EmbedOptions::default())
         .unwrap()
         .remove(0);
-    let bf16 = embed().await;
-    let c = cosine_similarity(&bf16, &reference);
-    assert!(c >= 0.999 && bf16 != reference, "bf16 cosine {c}");
+    let int8 = embed().await;
+    let c = cosine_similarity(&int8, &reference);
+    assert!(c >= 0.998 && int8 != reference, "int8 cosine {c}");
+
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        let mut settings = registry.settings(&id).unwrap();
+        settings.set("embedding_dtype", Some("bf16")).unwrap();
+        registry.set_settings(&id, &settings).unwrap();
+        server.delete(&format!("/v1/models/{EMBED}")).await;
+        let bf16 = embed().await;
+        let c = cosine_similarity(&bf16, &reference);
+        assert!(c >= 0.999 && bf16 != reference && bf16 != int8, "bf16 cosine {c}");
+    } else {
+        eprintln!("bf16 not tested: this CPU has no AVX512-BF16");
+    }
 
     let mut settings = registry.settings(&id).unwrap();
     settings.set("embedding_dtype", None).unwrap();

@@ -1,9 +1,10 @@
 //! bf16 matrix products on AMX (Sapphire Rapids and later): `tdpbf16ps` multiplies a
 //! 16 × 32 bf16 tile by a 32 × 16 one into a 16 × 16 f32 tile, 8192 products per
 //! instruction, where AVX512-BF16's `vdpbf16ps` does 32. The bf16 path (`bf16.rs`) runs
-//! its full 32-row blocks here when the CPU has AMX-BF16 and Linux grants the tile state,
-//! and everything else (the rows left over, inner dimensions that are not a multiple of
-//! 32) on its AVX512-BF16 tiles: both accumulate the same bf16 products in f32.
+//! its products here when the CPU has AMX-BF16, Linux grants the tile state and the inner
+//! dimension is a multiple of 32 (every BERT's is), in blocks of 32 rows (a last partial
+//! block reads rows past the batch and drops their results), and on its AVX512-BF16
+//! tiles otherwise: both accumulate the same bf16 products in f32.
 //!
 //! The packed weights need no other layout: a panel's pair-interleaved rows are AMX's
 //! "VNNI" layout for B, 16 columns per 64-byte row. A block of 32 rows × 32 columns keeps
