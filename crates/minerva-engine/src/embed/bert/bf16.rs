@@ -240,24 +240,7 @@ unsafe fn tile<const R: usize>(
                 hi[r] = _mm512_dpbf16_ps(hi[r], av, b1);
             }
         }
-        let mask_lo: __mmask16 = if width >= 16 { 0xffff } else { (1u16 << width) - 1 };
-        let mask_hi: __mmask16 = if width >= 32 {
-            0xffff
-        } else if width <= 16 {
-            0
-        } else {
-            (1u16 << (width - 16)) - 1
-        };
-        for r in 0..R {
-            let row = c.add(r * c_stride);
-            let (mut v0, mut v1) = (lo[r], hi[r]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask_lo, row));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask_hi, row.add(16)));
-            }
-            _mm512_mask_storeu_ps(row, mask_lo, v0);
-            _mm512_mask_storeu_ps(row.add(16), mask_hi, v1);
-        }
+        super::kernels::store_panel_rows(&lo, &hi, c, c_stride, width, accumulate);
     }
 }
 

@@ -382,25 +382,7 @@ mod avx512 {
                     hi[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum_hi[r]), _mm512_mul_ps(scale_hi, a_scale), hi[r]);
                 }
             }
-            let width = tile.width;
-            let mask_lo: __mmask16 = if width >= 16 { 0xffff } else { (1u16 << width) - 1 };
-            let mask_hi: __mmask16 = if width >= 32 {
-                0xffff
-            } else if width <= 16 {
-                0
-            } else {
-                (1u16 << (width - 16)) - 1
-            };
-            for r in 0..R {
-                let row = tile.c.add(r * tile.c_stride);
-                let (mut v0, mut v1) = (lo[r], hi[r]);
-                if tile.accumulate {
-                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask_lo, row));
-                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask_hi, row.add(16)));
-                }
-                _mm512_mask_storeu_ps(row, mask_lo, v0);
-                _mm512_mask_storeu_ps(row.add(16), mask_hi, v1);
-            }
+            super::super::kernels::store_panel_rows(&lo, &hi, tile.c, tile.c_stride, tile.width, tile.accumulate);
         }
     }
 }

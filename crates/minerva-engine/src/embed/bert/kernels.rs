@@ -441,3 +441,46 @@ mod tests {
         }
     }
 }
+
+/// Writes rows of a 32-column register tile, `lo[r]` (columns 0–15) and `hi[r]` (16–31),
+/// into `c` (rows `c_stride` f32 apart), `width ≤ 32` columns, added to what is there when
+/// `accumulate`: the epilogue of the bf16 and int8 tiles.
+///
+/// # Safety
+/// AVX-512F present; `c` holds `lo.len()` rows of `c_stride` f32 with `width` valid
+/// columns each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_panel_rows(
+    lo: &[std::arch::x86_64::__m512],
+    hi: &[std::arch::x86_64::__m512],
+    c: *mut f32,
+    c_stride: usize,
+    width: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mask_lo: __mmask16 = if width >= 16 { 0xffff } else { (1u16 << width) - 1 };
+    let mask_hi: __mmask16 = if width >= 32 {
+        0xffff
+    } else if width <= 16 {
+        0
+    } else {
+        (1u16 << (width - 16)) - 1
+    };
+    for (r, (&v0, &v1)) in lo.iter().zip(hi).enumerate() {
+        // SAFETY: row r's `width` columns lie inside `c` (the caller's bounds); the masks
+        // keep the loads and stores inside them.
+        unsafe {
+            let row = c.add(r * c_stride);
+            let (mut v0, mut v1) = (v0, v1);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask_lo, row));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask_hi, row.add(16)));
+            }
+            _mm512_mask_storeu_ps(row, mask_lo, v0);
+            _mm512_mask_storeu_ps(row.add(16), mask_hi, v1);
+        }
+    }
+}
