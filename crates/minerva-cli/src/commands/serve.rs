@@ -136,7 +136,7 @@ pub struct Settings {
     #[arg(long, env = "MINERVA_KV_TYPE")]
     kv_type: Option<String>,
     /// Precision of the embedding models' matrix products: f32 (sentence-transformers'
-    /// vectors), bf16 (AVX512-BF16: about 1.7x the throughput, cosine ≥ 0.999) or int8
+    /// vectors), bf16 (AMX or AVX512-BF16: about 1.7x the throughput, cosine ≥ 0.999) or int8
     /// (VNNI where the CPU has it; for CPUs without AVX512-BF16); a model's
     /// `embedding_dtype` setting overrides it [default: f32].
     #[arg(long, env = "MINERVA_EMBEDDING_DTYPE")]

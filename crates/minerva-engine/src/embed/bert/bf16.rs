@@ -103,7 +103,6 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
     assert!(dst.len() >= m * n && a.len() >= m * k, "bf16 matmul operands too small");
     let stride = convert_rows(a, m, k, scratch);
     let a16: &[u16] = scratch;
-    let panels = n.div_ceil(NR);
     if k % super::amx::DEPTH == 0 && super::amx::available() {
         // The tiles read whole blocks of 32 rows: the rows past `m` are read (whatever
         // they hold) and their results dropped.
@@ -113,26 +112,17 @@ pub(super) fn matmul(dst: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumula
         }
         return amx_matmul(dst, scratch, stride, b, m, accumulate);
     }
-    let blocks = m.div_ceil(MB);
-    // Every task writes its own rows × columns.
+    // Every tile writes its own rows × columns.
     let out = super::kernels::SharedMut(dst.as_mut_ptr());
-    (0..blocks * panels).into_par_iter().for_each(|task| {
+    super::kernels::for_each_tile(m, n, MB, NR, MR, |panel, cols, r, count| {
         let out = out;
-        let (block, panel) = (task / panels, task % panels);
-        let rows = block * MB..(block * MB + MB).min(m);
-        let cols = panel * NR..(panel * NR + NR).min(n);
         let bp = &b.data[panel * b.pairs * 2 * NR..][..b.pairs * 2 * NR];
-        let mut r = rows.start;
-        while r < rows.end {
-            let count = (rows.end - r).min(MR);
-            // SAFETY: rows r..r+count and columns `cols` lie inside `dst` (m × n) and `a16`
-            // (m × stride); no other task writes them; the CPU has the features.
-            unsafe {
-                let a_rows = a16.as_ptr().add(r * stride);
-                let c = out.0.add(r * n + cols.start);
-                tiles_for(count, a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate);
-            }
-            r += count;
+        // SAFETY: rows r..r+count and columns `cols` lie inside `dst` (m × n) and `a16`
+        // (m × stride); no other tile writes them; the CPU has the features.
+        unsafe {
+            let a_rows = a16.as_ptr().add(r * stride);
+            let c = out.0.add(r * n + cols.start);
+            tiles_for(count, a_rows, stride, bp, b.pairs, c, n, cols.len(), accumulate);
         }
     });
 }

@@ -186,46 +186,36 @@ pub(super) fn matmul(
     let stride = quantize_rows(a, m, k, scratch);
     let (a8, a_scales): (&[u8], &[f32]) = (&scratch.bytes, &scratch.scales);
     let groups = b.groups;
-    let panels = n.div_ceil(NR);
-    let blocks = m.div_ceil(MB);
-    // Every task writes its own rows × columns.
+    // Every tile writes its own rows × columns.
     let out = super::kernels::SharedMut(dst.as_mut_ptr());
-    (0..blocks * panels).into_par_iter().for_each(|task| {
+    super::kernels::for_each_tile(m, n, MB, NR, MR, |panel, cols, r, count| {
         let out = out;
-        let (block, panel) = (task / panels, task % panels);
-        let rows = block * MB..(block * MB + MB).min(m);
-        let cols = panel * NR..(panel * NR + NR).min(n);
-        let mut r = rows.start;
-        while r < rows.end {
-            let count = (rows.end - r).min(MR);
-            let tile = Tile {
-                a: &a8[r * stride..(r + count) * stride],
-                stride,
-                a_scales: &a_scales[r * groups..(r + count) * groups],
-                rows: count,
-                panel: &b.data[panel * b.quads * 128..][..b.quads * 128],
-                w_scales: &b.scales[panel * groups * NR..][..groups * NR],
-                w_offsets: &b.offsets[panel * groups * NR..][..groups * NR],
-                quads: b.quads,
-                groups,
-                // SAFETY: row r, column cols.start lies inside `dst` (m × n).
-                c: unsafe { out.0.add(r * n + cols.start) },
-                c_stride: n,
-                width: cols.len(),
-                accumulate,
-            };
-            // SAFETY: the tile's rows × columns of `dst` are this task's alone; the CPU has
-            // the kernel's features (asserted above).
-            unsafe {
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => avx512::tile(&tile),
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::AvxVnni => avx2::tile(&tile),
-                    _ => portable_tile(&tile),
-                }
+        let tile = Tile {
+            a: &a8[r * stride..(r + count) * stride],
+            stride,
+            a_scales: &a_scales[r * groups..(r + count) * groups],
+            rows: count,
+            panel: &b.data[panel * b.quads * 128..][..b.quads * 128],
+            w_scales: &b.scales[panel * groups * NR..][..groups * NR],
+            w_offsets: &b.offsets[panel * groups * NR..][..groups * NR],
+            quads: b.quads,
+            groups,
+            // SAFETY: row r, column cols.start lies inside `dst` (m × n).
+            c: unsafe { out.0.add(r * n + cols.start) },
+            c_stride: n,
+            width: cols.len(),
+            accumulate,
+        };
+        // SAFETY: the tile's rows × columns of `dst` are this tile's alone; the CPU has
+        // the kernel's features (asserted above).
+        unsafe {
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => avx512::tile(&tile),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => avx2::tile(&tile),
+                _ => portable_tile(&tile),
             }
-            r += count;
         }
     });
 }

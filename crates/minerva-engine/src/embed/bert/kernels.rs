@@ -161,6 +161,33 @@ pub(super) struct SharedMut(pub *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// Spreads an `m × n` product over Rayon's pool for the panel kernels (bf16, int8):
+/// tasks of `block_rows` rows against one `panel_cols`-wide panel (the rows stay in L2
+/// while the panels stream past), and within a task register tiles of up to `tile_rows`
+/// rows. `tile(panel, cols, r, count)` computes rows `r..r + count`, columns `cols` (of
+/// panel `panel`); no two calls share an output element.
+pub(super) fn for_each_tile(
+    m: usize,
+    n: usize,
+    block_rows: usize,
+    panel_cols: usize,
+    tile_rows: usize,
+    tile: impl Fn(usize, std::ops::Range<usize>, usize, usize) + Sync,
+) {
+    let panels = n.div_ceil(panel_cols);
+    (0..m.div_ceil(block_rows) * panels).into_par_iter().for_each(|task| {
+        let (block, panel) = (task / panels, task % panels);
+        let rows = block * block_rows..(block * block_rows + block_rows).min(m);
+        let cols = panel * panel_cols..(panel * panel_cols + panel_cols).min(n);
+        let mut r = rows.start;
+        while r < rows.end {
+            let count = (rows.end - r).min(tile_rows);
+            tile(panel, cols.clone(), r, count);
+            r += count;
+        }
+    });
+}
+
 /// `dst = src + bias`, row by row (`width`-long rows): a residual with the next
 /// product's bias, which the product then accumulates onto.
 pub(super) fn residual_with_bias(dst: &mut [f32], src: &[f32], bias: &[f32], width: usize) {
