@@ -35,8 +35,19 @@ fn tune_stores_the_fastest_setting_it_measured_and_check_compares_it_with_the_de
         values.len()
     };
     assert!(tried("parallel") >= 3, "{report}");
-    assert_eq!(tried("kv_type"), 2, "{report}");
+    assert_eq!(tried("flash_attention"), 2, "{report}");
+    assert_eq!(tried("batch"), 3, "{report}");
     assert_eq!(tried("draft_max"), 2, "{report}");
+    // A quantized KV cache is tried only where flash attention is on (llama.cpp takes no
+    // other), and no setting without it was measured.
+    let flash = report["best"]["flash_attention"].as_bool().unwrap();
+    assert_eq!(tried("kv_type"), if flash { 2 } else { 1 }, "{report}");
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["setting"]["flash_attention"] == true || t["setting"]["kv_type"] == "f16"),
+        "{report}"
+    );
     assert!(trials.iter().all(|t| t["tokens_per_second"].as_f64().unwrap() > 0.0));
     let best = &report["best"];
     let best_trial = trials
@@ -51,7 +62,14 @@ fn tune_stores_the_fastest_setting_it_measured_and_check_compares_it_with_the_de
         .as_f64()
         .expect("a TTFT limit after the first knob");
     assert!(best_trial["ttft_seconds"].as_f64().unwrap() <= limit, "{report}");
-    let knobs = ["threads", "parallel", "kv_type", "draft_max"];
+    let knobs = [
+        "threads",
+        "parallel",
+        "flash_attention",
+        "kv_type",
+        "batch",
+        "draft_max",
+    ];
     let neighbours: Vec<&serde_json::Value> = trials
         .iter()
         .filter(|t| knobs.iter().filter(|k| t["setting"][**k] != best[**k]).count() == 1)
@@ -66,7 +84,7 @@ fn tune_stores_the_fastest_setting_it_measured_and_check_compares_it_with_the_de
     }
 
     let shown = json(&run(home.path(), &["show", MODEL, "--json"]));
-    for key in ["threads", "parallel", "draft_max"] {
+    for key in ["threads", "parallel", "flash_attention", "batch", "draft_max"] {
         assert_eq!(shown["settings"][key], best[key], "{key}: {shown}");
     }
     assert_eq!(shown["settings"]["kv_type"], best["kv_type"]);

@@ -76,6 +76,9 @@ pub struct SessionShape {
     pub n_seq_max: u32,
     /// Element type of the KV cache.
     pub kv_type: KvType,
+    /// Attention through flash-attention kernels; without them every pass holds its
+    /// scores, cells by tokens by heads.
+    pub flash_attention: bool,
     /// Precision of an encoder's products (its weights' size in memory).
     pub embedding_dtype: EmbeddingDtype,
 }
@@ -194,12 +197,19 @@ fn estimate_gguf(path: &Path, shape: SessionShape) -> Result<Footprint, Estimate
         1
     };
     let attention_masks = product(&[masks, n_ctx, n_ubatch, 2]);
+    // Without flash attention a pass multiplies out the scores of every head against every
+    // cell, in f32, and keeps them beside their softmax.
+    let scores = if shape.flash_attention {
+        0
+    } else {
+        product(&[2, n_head, n_ctx, n_ubatch, 4])
+    };
     // One logits row per sequence, in the graph's result and in the output buffer.
     let logits = product(&[2, n_seq, n_vocab, 4]);
     let vocabulary = n_vocab
         .saturating_mul(VOCAB_BYTES_PER_TOKEN)
         .saturating_add(n_merges.saturating_mul(VOCAB_BYTES_PER_MERGE));
-    let scratch = [activations, attention_masks, logits, vocabulary]
+    let scratch = [activations, attention_masks, scores, logits, vocabulary]
         .iter()
         .fold(LLM_BASE, |sum, part| sum.saturating_add(*part));
 

@@ -148,6 +148,78 @@ async fn an_embedding_models_dtype_setting_applies_from_its_next_load() {
     assert_eq!(embed().await, reference, "f32 again after the reset and a reload");
 }
 
+/// A model's `draft_model` (a q4_0 copy of it, made by Minerva) drafts its greedy replies
+/// from its next load, and its weights and KV count in the model's estimate; a draft
+/// model with another vocabulary leaves the model serving without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_model_setting_drafts_from_the_next_load_and_counts_in_the_estimate() {
+    use minerva_engine::llm::quantize::{QuantType, quantize};
+    let (_home, store, registry) = chat_home();
+    let id = ModelId::new(CHAT).unwrap();
+    let draft = store.root().join("smollm2-q4.gguf");
+    quantize(
+        &store.root().join(format!("{CHAT}.gguf")),
+        &draft,
+        QuantType::Q4_0,
+        minerva_engine::compute::default_threads(),
+    )
+    .unwrap();
+    std::fs::hard_link(
+        common::models_dir().join("gemma-3-270m.gguf"),
+        store.root().join("gemma-3-270m.gguf"),
+    )
+    .unwrap();
+    let server = TestServer::start_on_pool(
+        ServerConfig::default(),
+        ModelPool::with_registry(store, pool(), Arc::clone(&registry)),
+    )
+    .await;
+    let chat = json!({ "model": CHAT, "max_tokens": 24, "temperature": 0, "messages": [{ "role": "user", "content": "What is the capital of France?" }] });
+    let loaded = || async {
+        let body = server.ok_get("/v1/models/loaded").await;
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == CHAT)
+            .cloned()
+            .expect("the chat model is loaded")
+    };
+    let set_draft = |name: Option<&str>| {
+        let mut settings = registry.settings(&id).unwrap();
+        settings.set("draft_model", name).unwrap();
+        registry.set_settings(&id, &settings).unwrap();
+    };
+    server.ok("/v1/chat/completions", &chat).await;
+    let alone = loaded().await;
+    let weights = |m: &serde_json::Value| m["estimate"]["weights"].as_u64().unwrap();
+
+    set_draft(Some("smollm2-q4"));
+    server.delete(&format!("/v1/models/{CHAT}")).await;
+    let reply = server.ok("/v1/chat/completions", &chat).await;
+    assert!(
+        !reply["choices"][0]["message"]["content"].as_str().unwrap().is_empty(),
+        "{reply}"
+    );
+    let with_draft = loaded().await;
+    let draft_bytes = std::fs::metadata(&draft).unwrap().len();
+    assert!(
+        weights(&with_draft) >= weights(&alone) + draft_bytes * 9 / 10,
+        "the estimate's weights {} do not hold the draft model's {draft_bytes} bytes beside the model's {}",
+        weights(&with_draft),
+        weights(&alone)
+    );
+    assert!(
+        with_draft["scheduler"]["draft_accepted"].as_u64().unwrap() > 0,
+        "the draft model's guesses were never accepted: {with_draft}"
+    );
+
+    // Another vocabulary: refused at the load, and the model serves without it.
+    set_draft(Some("gemma-3-270m"));
+    server.delete(&format!("/v1/models/{CHAT}")).await;
+    server.ok("/v1/chat/completions", &chat).await;
+}
+
 /// A model's context is capped at the length it was trained with (8192 for SmolLM2) unless
 /// its settings stretch it with RoPE scaling: then it reads a prompt longer than that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

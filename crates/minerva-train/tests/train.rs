@@ -71,6 +71,7 @@ fn llama_logits(
             threads: 2,
             kv_type: KvType::F16,
             rope: RopeScaling::Model,
+            flash_attention: true,
         })
         .unwrap();
     session.set_adapter(adapter.map(|a| (a, 1.0))).unwrap();

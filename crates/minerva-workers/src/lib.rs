@@ -12,6 +12,7 @@
 //! implements a forward pass (the engine's).
 
 mod draft;
+mod draft_model;
 pub mod embedding;
 mod llm_worker;
 pub mod memory;

@@ -14,6 +14,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use crate::worker_thread::JoinOnDrop;
 
+use crate::draft_model::DraftModel;
 use crate::scheduler::{Job, Scheduler, SchedulerCounters, SchedulerLimits, SchedulerStats};
 
 /// Most sequences llama.cpp allows in one context.
@@ -42,11 +43,22 @@ pub struct LlmWorkerConfig {
     /// Longest speculative draft (prompt lookup) per sequence and step; 0 turns
     /// speculative decoding off.
     pub draft_max: usize,
+    /// Most tokens one forward pass carries: a long prompt goes in chunks of this size
+    /// (llama.cpp's batch and micro-batch alike, since the scheduler never hands it a pass
+    /// larger than one micro-batch).
+    pub batch: usize,
+    /// Attention through llama.cpp's flash-attention kernels (a quantized KV needs it).
+    pub flash_attention: bool,
 }
 
 impl LlmWorkerConfig {
     /// Default of [`LlmWorkerConfig::draft_max`].
     pub const DEFAULT_DRAFT_MAX: usize = 16;
+    /// Default of [`LlmWorkerConfig::batch`] (llama.cpp's default micro-batch).
+    pub const DEFAULT_BATCH: usize = 512;
+    /// Fewest tokens a pass may carry: the scheduler's small pass of decode tokens and
+    /// short prompts takes up to 63 ([`crate::scheduler`]'s large-pass threshold, less one).
+    pub const MIN_BATCH: usize = 64;
 }
 
 impl LlmWorkerConfig {
@@ -57,13 +69,15 @@ impl LlmWorkerConfig {
         let parallel = self.parallel.clamp(1, MAX_SEQUENCES);
         let cells = (parallel * CELLS_PER_SEQUENCE).max(n_ctx as usize);
         let cells = u32::try_from(cells).unwrap_or(u32::MAX);
+        let batch = u32::try_from(self.batch.clamp(Self::MIN_BATCH, Self::DEFAULT_BATCH)).unwrap_or(512);
         SessionParams {
             n_ctx: cells,
-            n_batch: cells.min(512),
+            n_batch: cells.min(batch),
             n_seq_max: parallel as u32,
             threads: self.threads,
             kv_type: self.kv_type,
             rope: self.rope,
+            flash_attention: self.flash_attention,
         }
     }
 }
@@ -108,7 +122,21 @@ impl LlmWorker {
     /// The worker's forward passes share the process's cores with every other model's
     /// through [`minerva_engine::compute`]: one pass at a time, on all the cores.
     pub fn start(path: &Path, config: LlmWorkerConfig, name: &str) -> Result<Self, EngineError> {
+        Self::start_with_draft(path, config, name, None)
+    }
+
+    /// [`LlmWorker::start`] with a draft model for speculative decoding: the model at
+    /// `draft`, which must share this model's vocabulary, guesses the next tokens of
+    /// greedy requests (up to `draft_max` a step) and this model verifies them in its
+    /// next pass (prompt lookup drafts for the requests it does not serve).
+    pub fn start_with_draft(
+        path: &Path,
+        config: LlmWorkerConfig,
+        name: &str,
+        draft: Option<&Path>,
+    ) -> Result<Self, EngineError> {
         let (ready_tx, ready_rx) = mpsc::channel();
+        let draft = draft.map(Path::to_owned);
         let (jobs, inbox) = mpsc::channel::<Job>();
         let path = path.to_owned();
         let model_name = name.to_owned();
@@ -122,9 +150,13 @@ impl LlmWorker {
                         .n_ctx
                         .min(config.rope.context_limit(model.metadata().n_ctx_train));
                     let session = model.new_session(config.session_params(n_ctx))?;
-                    Ok((model, session, n_ctx))
+                    let drafter = draft
+                        .as_deref()
+                        .map(|draft| DraftModel::load(draft, model.as_ref(), session.params()))
+                        .transpose()?;
+                    Ok((model, session, n_ctx, drafter))
                 });
-                let (model, session, n_ctx) = match loaded {
+                let (model, session, n_ctx, drafter) = match loaded {
                     Ok(loaded) => loaded,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -157,6 +189,7 @@ impl LlmWorker {
                     inbox,
                     counters,
                     model_name,
+                    drafter,
                 )
                 .run();
             })

@@ -2,8 +2,9 @@
 //! and steps every running generation together.
 //!
 //! Each step is at most two forward passes: the next token of every decoding sequence
-//! plus short prompts, then one chunk (within a token budget, so that a long prompt never
-//! stalls running streams) of the oldest long prompt. Requests join between steps (FIFO, while a
+//! plus short prompts, then the prompts still to read, several to a pass up to the
+//! session's batch (so a long prompt goes in chunks and never stalls running streams, and
+//! a burst of new prompts is read in few passes). Requests join between steps (FIFO, while a
 //! sequence slot and KV cells are free); a finished or abandoned one leaves at once.
 //!
 //! Prefix reuse: a new prompt starts from the longest prefix whose KV is already there,
@@ -32,16 +33,16 @@ use minerva_engine::{EngineError, LanguageModel, SeqId, Session, TokenId, comput
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::draft::{Acceptance, MatchKind, PassCost, best_length, lookup};
+use crate::draft_model::{DraftModel, Want};
 use crate::llm_worker::GenerationEvent;
 use crate::prefix_cache::{PrefixCache, Space, common_prefix};
 
-/// Most tokens one step evaluates (decodes plus prefill chunks).
-const STEP_TOKENS: usize = 512;
-
 /// Forward passes of this many tokens or more take other kernels in llama.cpp (tiled
-/// flash attention) that round differently: decode tokens never share such a pass, and a
-/// prompt chunk of that size has it to itself, as it would alone, so that a stream's
-/// output does not depend on its batch mates.
+/// flash attention, tiled matrix products) that round differently: decode tokens never
+/// share such a pass, so that a stream's tokens, once its prompt is in, do not depend on
+/// which prompts arrive beside it. Prompts do share it: a prompt read beside others rounds
+/// its KV in the last bits as a larger pass does, which the batching tests bound by their
+/// near-tie rule.
 const LARGE_PASS: usize = 64;
 
 /// A shared prefix shorter than this is recomputed rather than waited for.
@@ -167,6 +168,8 @@ impl TokenSink for ChannelSink<'_> {
 pub struct SchedulerCounters {
     /// Prompt tokens run through the model (not those whose KV was reused).
     pub prompt_tokens_evaluated: AtomicU64,
+    /// Forward passes that read prompt tokens (several prompts may share one).
+    pub prompt_passes: AtomicU64,
     /// Context shifts done.
     pub context_shifts: AtomicU64,
     /// Speculative draft tokens evaluated.
@@ -188,6 +191,7 @@ pub struct SchedulerCounters {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct SchedulerStats {
     pub prompt_tokens_evaluated: u64,
+    pub prompt_passes: u64,
     pub context_shifts: u64,
     pub draft_tokens: u64,
     pub draft_accepted: u64,
@@ -213,6 +217,7 @@ impl SchedulerCounters {
     pub(crate) fn snapshot(&self) -> SchedulerStats {
         SchedulerStats {
             prompt_tokens_evaluated: self.prompt_tokens_evaluated.load(Ordering::Relaxed),
+            prompt_passes: self.prompt_passes.load(Ordering::Relaxed),
             context_shifts: self.context_shifts.load(Ordering::Relaxed),
             draft_tokens: self.draft_tokens.load(Ordering::Relaxed),
             draft_accepted: self.draft_accepted.load(Ordering::Relaxed),
@@ -245,6 +250,8 @@ pub(crate) struct Scheduler {
     /// Counts drafts declined, so that a kind of match that stopped paying is tried again
     /// now and then (its acceptance may have changed).
     declined: u64,
+    /// The draft model that guesses for greedy sequences, when the model has one.
+    drafter: Option<DraftModel>,
 }
 
 impl Scheduler {
@@ -258,6 +265,7 @@ impl Scheduler {
         inbox: mpsc::Receiver<Job>,
         stats: Arc<SchedulerCounters>,
         name: String,
+        drafter: Option<DraftModel>,
     ) -> Self {
         let n_seq = session.params().n_seq_max as usize;
         Self {
@@ -275,6 +283,7 @@ impl Scheduler {
             acceptance: Acceptance::default(),
             pass_cost: PassCost::default(),
             declined: 0,
+            drafter,
         }
     }
 
@@ -485,6 +494,55 @@ impl Scheduler {
         }
     }
 
+    /// The draft model's guesses for the decoding sequences of `space` (the base model's
+    /// only: the draft model knows no adapter), by index into `running`, within `room`
+    /// draft tokens in all; none without a draft model.
+    fn model_drafts(&mut self, space: Space, room: usize) -> Vec<Option<Vec<TokenId>>> {
+        let mut drafts = vec![None; self.running.len()];
+        let Some(drafter) = self.drafter.as_mut() else {
+            return drafts;
+        };
+        let mut left = room;
+        let mut wants = Vec::new();
+        let mut owners = Vec::new();
+        for (index, r) in self.running.iter().enumerate() {
+            let Phase::Decode(next) = r.phase else { continue };
+            if r.space != space || !r.adapter.is_empty() {
+                continue;
+            }
+            let limit = left
+                .min(if r.drafts { self.limits.draft_max } else { 0 })
+                .min(r.generator.remaining().saturating_sub(1))
+                .min(r.n_ctx.saturating_sub(r.kv.len() + 1));
+            if limit == 0 {
+                continue;
+            }
+            left -= limit;
+            wants.push(Want {
+                seq: r.seq,
+                kv: &r.kv,
+                next,
+                limit,
+            });
+            owners.push(index);
+        }
+        if wants.is_empty() {
+            return drafts;
+        }
+        match compute::exclusive(|| drafter.draft(&wants)) {
+            Ok(guesses) => {
+                for (index, guess) in owners.into_iter().zip(guesses) {
+                    drafts[index] = Some(guess);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the draft model failed; this step drafts by prompt lookup");
+                drafter.reset();
+            }
+        }
+        drafts
+    }
+
     /// The step's first forward pass for the sequences of one adapter setting: every
     /// decoding sequence's next token (and its speculative draft, while the pass and the
     /// KV cells have room) and the short prompt chunks that fit, fewer than
@@ -504,6 +562,7 @@ impl Scheduler {
                 .min(self.limits.kv_cells.saturating_sub(self.cells_in_use())),
         };
         let fixed = self.pass_cost.fixed_per_token();
+        let mut model_drafts = self.model_drafts(space, room);
         for (index, r) in self.running.iter().enumerate() {
             if r.space != space {
                 continue;
@@ -515,24 +574,28 @@ impl Scheduler {
                     .min(if r.drafts { self.limits.draft_max } else { 0 })
                     .min(r.generator.remaining().saturating_sub(1))
                     .min(r.n_ctx.saturating_sub(at + 1));
-                let (kind, draft) = match lookup(&r.kv, token, limit) {
-                    Some((ngram, mut candidate)) => {
-                        let kind = MatchKind {
-                            ngram,
-                            in_run: r.in_run,
-                        };
-                        let alpha = self.acceptance.alpha(kind);
-                        let mut k = best_length(alpha, fixed, decoding, candidate.len());
-                        if k == 0 {
-                            self.declined += 1;
-                            if self.declined % 16 == 0 {
-                                k = 1;
+                let from_model = model_drafts.get_mut(index).and_then(Option::take);
+                let (kind, draft) = match from_model.map(|d| d.into_iter().take(room).collect::<Vec<_>>()) {
+                    Some(draft) => (None, draft),
+                    None => match lookup(&r.kv, token, limit) {
+                        Some((ngram, mut candidate)) => {
+                            let kind = MatchKind {
+                                ngram,
+                                in_run: r.in_run,
+                            };
+                            let alpha = self.acceptance.alpha(kind);
+                            let mut k = best_length(alpha, fixed, decoding, candidate.len());
+                            if k == 0 {
+                                self.declined += 1;
+                                if self.declined % 16 == 0 {
+                                    k = 1;
+                                }
                             }
+                            candidate.truncate(k);
+                            (Some(kind).filter(|_| k > 0), candidate)
                         }
-                        candidate.truncate(k);
-                        (Some(kind).filter(|_| k > 0), candidate)
-                    }
-                    None => (None, Vec::new()),
+                        None => (None, Vec::new()),
+                    },
                 };
                 room -= draft.len();
                 used += 1 + draft.len();
@@ -568,30 +631,46 @@ impl Scheduler {
         members
     }
 
-    /// The step's second forward pass: the next chunk (up to the step's budget) of the
-    /// oldest prompt with [`LARGE_PASS`] tokens or more still to evaluate, alone; else a
-    /// short prompt the small pass had no room for.
+    /// The step's second forward pass: the prompts still to read, up to the session's
+    /// batch (the model's `batch` setting) in all: first the oldest with [`LARGE_PASS`]
+    /// tokens or more to go, then the others in arrival order (short prompts the small pass
+    /// had no room for among them), the last one cut to what fits. Several prompts share
+    /// the pass, so that a burst of new requests is read in as few passes as the batch
+    /// allows. Only prompts of one adapter setting share it (the session applies one).
     fn plan_large_pass(&self) -> Vec<Member> {
-        let budget = STEP_TOKENS.min(self.session.params().n_batch as usize);
-        let pending = |r: &&Running, min: usize| {
-            r.phase == Phase::Prefill && r.ready.is_none() && r.prompt.len().saturating_sub(r.kv.len()) >= min
+        let budget = self.session.params().n_batch as usize;
+        let rest = |r: &Running| r.prompt.len().saturating_sub(r.kv.len());
+        let pending = |r: &Running| r.phase == Phase::Prefill && r.ready.is_none() && rest(r) > 0;
+        let first = (self.running.iter().position(|r| pending(r) && rest(r) >= LARGE_PASS))
+            .or_else(|| self.running.iter().position(pending));
+        let Some(first) = first else {
+            return Vec::new();
         };
-        let chosen = (self.running.iter().enumerate().find(|(_, r)| pending(r, LARGE_PASS)))
-            .or_else(|| self.running.iter().enumerate().find(|(_, r)| pending(r, 1)));
-        chosen
-            .map(|(index, r)| {
-                let from = r.kv.len();
-                let to = r.prompt.len().min(from + budget);
-                vec![Member {
-                    index,
-                    from,
-                    to,
-                    logits: to == r.prompt.len(),
-                    draft: Vec::new(),
-                    kind: None,
-                }]
-            })
-            .unwrap_or_default()
+        let space = self.running[first].space;
+        let order = std::iter::once(first).chain((0..self.running.len()).filter(|&i| i != first));
+        let mut members = Vec::new();
+        let mut left = budget;
+        for index in order {
+            let r = &self.running[index];
+            if left == 0 {
+                break;
+            }
+            if !pending(r) || r.space != space {
+                continue;
+            }
+            let from = r.kv.len();
+            let to = r.prompt.len().min(from + left);
+            left -= to - from;
+            members.push(Member {
+                index,
+                from,
+                to,
+                logits: to == r.prompt.len(),
+                draft: Vec::new(),
+                kind: None,
+            });
+        }
+        members
     }
 
     /// One step: the small pass of each adapter setting in use (the base's alone when no
@@ -646,6 +725,9 @@ impl Scheduler {
     fn fail(&mut self, index: usize, message: &str) {
         let r = self.running.remove(index);
         self.session.free_sequence(r.seq);
+        if let Some(drafter) = self.drafter.as_mut() {
+            drafter.forget(r.seq);
+        }
         self.free_seqs.push(r.seq);
         let _ = r
             .events
@@ -698,9 +780,15 @@ impl Scheduler {
             })
             .collect();
         let pass_tokens: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+        let reads_prompts = members
+            .iter()
+            .any(|m| !matches!(running[m.index].phase, Phase::Decode(_)));
         let started = std::time::Instant::now();
         let rows = match self.session.decode(&inputs) {
             Ok(rows) => {
+                if reads_prompts {
+                    self.stats.prompt_passes.fetch_add(1, Ordering::Relaxed);
+                }
                 if pass_tokens < LARGE_PASS {
                     self.pass_cost.record(pass_tokens, started.elapsed().as_secs_f64());
                 }
@@ -750,8 +838,10 @@ impl Scheduler {
                         }
                     }
                     r.in_run = !member.draft.is_empty() && accepted == member.draft.len();
-                    if let Some(kind) = member.kind {
-                        self.acceptance.record(kind, member.draft.len(), accepted);
+                    if !member.draft.is_empty() {
+                        if let Some(kind) = member.kind {
+                            self.acceptance.record(kind, member.draft.len(), accepted);
+                        }
                         self.stats
                             .draft_tokens
                             .fetch_add(member.draft.len() as u64, Ordering::Relaxed);
@@ -885,6 +975,9 @@ impl Scheduler {
             }
         }
         self.session.free_sequence(r.seq);
+        if let Some(drafter) = self.drafter.as_mut() {
+            drafter.forget(r.seq);
+        }
         self.free_seqs.push(r.seq);
     }
 }

@@ -37,6 +37,8 @@ fn worker(id: &str) -> LlmWorker {
         kv_type: minerva_engine::KvType::F16,
         rope: minerva_engine::llm::RopeScaling::Model,
         draft_max: 0,
+        batch: LlmWorkerConfig::DEFAULT_BATCH,
+        flash_attention: true,
     };
     LlmWorker::start(&model_path(id), config, id).expect("the worker starts")
 }

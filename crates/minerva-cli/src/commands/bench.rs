@@ -143,6 +143,7 @@ pub fn speed(model: &dyn LanguageModel, test: &SpeedTest, on_run: &mut dyn FnMut
             threads: test.threads,
             kv_type: test.kv_type,
             rope: minerva_engine::llm::RopeScaling::Model,
+            flash_attention: true,
         })
     };
     let n_vocab = model.metadata().n_vocab;

@@ -39,6 +39,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         threads: args.threads.unwrap_or_else(minerva_engine::compute::default_threads),
         kv_type: minerva_engine::KvType::F16,
         rope: minerva_engine::llm::RopeScaling::Model,
+        flash_attention: true,
     })?;
     let bar = progress::bar(0, "perplexity");
     let report = perplexity(

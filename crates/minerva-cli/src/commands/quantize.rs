@@ -166,6 +166,7 @@ fn quality_report(
         threads,
         kv_type: KvType::F16,
         rope: minerva_engine::llm::RopeScaling::Model,
+        flash_attention: true,
     };
     let mut base_session = base.new_session(params.clone())?;
     let mut quant_session = quant.new_session(params)?;

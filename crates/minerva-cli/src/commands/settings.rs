@@ -15,7 +15,8 @@ pub struct ConfigArgs {
     /// The model.
     name: ModelId,
     /// `key=value` to set, `key=` to go back to the server's default; none to list. Keys:
-    /// num_ctx, parallel, threads, draft_max, kv_type, rope_scaling, rope_factor,
+    /// num_ctx, parallel, threads, draft_max, draft_model, kv_type, batch, flash_attention,
+    /// rope_scaling, rope_factor,
     /// system, template, keep_alive, pinned, temperature, top_p, top_k, embedding_dtype.
     settings: Vec<String>,
 }

@@ -5,8 +5,8 @@
 //! Each trial starts the model's real worker (the scheduler `serve` runs) with one
 //! setting, warms it up, and runs the load: `--clients` greedy generations at once, short
 //! questions and one copy-heavy request (where speculative drafts pay), `--tokens` each.
-//! The knobs are tried one at a time (threads, parallel sequences, KV type, speculative
-//! drafts), each keeping the best value found for those before it (the value kept so far
+//! The knobs are tried one at a time (threads, parallel sequences, flash attention, KV
+//! type, the batch a long prompt is read in, speculative drafts), each keeping the best value found for those before it (the value kept so far
 //! competing too), within `--budget-seconds`. Throughput decides, but not at any latency:
 //! after the first knob, a setting whose time to first token is over twice the kept one's
 //! (plus 50 ms) is not chosen, since a user waiting for an answer would not take it (one
@@ -63,7 +63,9 @@ pub struct Args {
 struct Setting {
     threads: usize,
     parallel: usize,
+    flash_attention: bool,
     kv_type: KvType,
+    batch: usize,
     draft_max: usize,
 }
 
@@ -72,9 +74,16 @@ impl Setting {
         Self {
             threads: minerva_engine::compute::default_threads(),
             parallel: PoolConfig::DEFAULT_PARALLEL,
+            flash_attention: true,
             kv_type: KvType::F16,
+            batch: LlmWorkerConfig::DEFAULT_BATCH,
             draft_max: LlmWorkerConfig::DEFAULT_DRAFT_MAX,
         }
+    }
+
+    /// llama.cpp runs it: a quantized KV cache needs flash attention.
+    fn runs(&self) -> bool {
+        self.flash_attention || self.kv_type == KvType::F16
     }
 
     /// The defaults with a model's stored settings over them.
@@ -83,6 +92,8 @@ impl Setting {
         Self {
             threads: settings.threads.unwrap_or(defaults.threads),
             parallel: settings.parallel.unwrap_or(defaults.parallel),
+            flash_attention: settings.flash_attention.unwrap_or(defaults.flash_attention),
+            batch: settings.batch.unwrap_or(defaults.batch),
             kv_type: settings
                 .kv_type
                 .as_deref()
@@ -120,10 +131,22 @@ const QUESTIONS: &[&str] = &[
     "Question: How do airplanes stay in the air?\nAnswer:",
 ];
 
+/// About 300 tokens: the copy-heavy request reads it in chunks of the batch knob.
 const PASSAGE: &str = "The lighthouse keeper climbed the spiral stairs every evening at dusk, \
     carrying a lantern, a logbook and a flask of tea. From the top he could see the fishing \
     boats returning to the harbour, the gulls circling the cliffs, and the lights of the town \
-    coming on one by one along the bay.";
+    coming on one by one along the bay. He wrote the weather in the logbook in a small, \
+    careful hand: the direction of the wind, the height of the swell, the colour of the sky \
+    in the west, and the names of the boats that were still at sea. On clear nights the beam \
+    reached twenty miles across the water, and sailors far out on the dark swell would count \
+    its flashes to know which coast they were passing. In winter the storms came in from the \
+    north, and the spray rose so high that it struck the glass of the lantern room, a hundred \
+    feet above the rocks. Then he stayed awake until morning, trimming the wicks, winding the \
+    clockwork that turned the great lens, and listening to the wind in the iron railings of \
+    the gallery. When the supply boat came at the end of each month, it brought oil, flour, \
+    letters from his sister in the city, and sometimes a newspaper that was already two weeks \
+    old. He read every page of it, even the advertisements, and then used it to light the \
+    stove in the kitchen at the foot of the tower.";
 
 pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     if args.clients == 0 || args.tokens == 0 || args.repetitions == 0 {
@@ -212,10 +235,29 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
                 .collect(),
         ),
         (
+            "flash_attention",
+            [true, false]
+                .into_iter()
+                .map(|f| {
+                    Box::new(move |s: Setting| Setting {
+                        flash_attention: f,
+                        ..s
+                    }) as Box<dyn Fn(Setting) -> Setting>
+                })
+                .collect(),
+        ),
+        (
             "kv_type",
             [KvType::F16, KvType::Q8_0]
                 .into_iter()
                 .map(|k| Box::new(move |s: Setting| Setting { kv_type: k, ..s }) as Box<dyn Fn(Setting) -> Setting>)
+                .collect(),
+        ),
+        (
+            "batch",
+            [128, 256, LlmWorkerConfig::DEFAULT_BATCH]
+                .into_iter()
+                .map(|b| Box::new(move |s: Setting| Setting { batch: b, ..s }) as Box<dyn Fn(Setting) -> Setting>)
                 .collect(),
         ),
         (
@@ -237,6 +279,12 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
         for value in values {
             let setting = value(best);
             bar.set_message(format!("tune {knob}"));
+            if !setting.runs() {
+                // Not a setting llama.cpp takes (a quantized KV cache after flash attention
+                // was turned off): nothing to measure.
+                bar.inc(1);
+                continue;
+            }
             if Instant::now() >= deadline {
                 out_of_time = true;
                 bar.inc(1);
@@ -276,6 +324,8 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     settings.threads = Some(best.threads);
     settings.parallel = Some(best.parallel);
     settings.kv_type = Some(best.kv_type.as_str().to_owned());
+    settings.flash_attention = Some(best.flash_attention);
+    settings.batch = Some(best.batch);
     settings.draft_max = Some(best.draft_max);
     if !args.dry_run {
         registry.set_settings(&name, &settings)?;
@@ -315,10 +365,12 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
     } else {
         writeln!(
             out,
-            "\nstored as {name}'s settings: threads={} parallel={} kv_type={} draft_max={} (in effect when it next loads)",
+            "\nstored as {name}'s settings: threads={} parallel={} flash_attention={} kv_type={} batch={} draft_max={} (in effect when it next loads)",
             best.threads,
             best.parallel,
+            best.flash_attention,
             best.kv_type.as_str(),
+            best.batch,
             best.draft_max
         )?;
     }
@@ -328,17 +380,19 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
 fn print_table<'a>(out: &mut impl Write, rows: impl Iterator<Item = (&'a str, &'a Trial)>) -> Result<()> {
     writeln!(
         out,
-        "{:<9} {:>7} {:>8} {:>7} {:>9} {:>9} {:>9}",
-        "", "threads", "parallel", "kv", "draft_max", "tok/s", "TTFT s"
+        "{:<9} {:>7} {:>8} {:>5} {:>7} {:>6} {:>9} {:>9} {:>9}",
+        "", "threads", "parallel", "flash", "kv", "batch", "draft_max", "tok/s", "TTFT s"
     )?;
     for (label, t) in rows {
         writeln!(
             out,
-            "{:<9} {:>7} {:>8} {:>7} {:>9} {:>9.1} {:>9.3}",
+            "{:<9} {:>7} {:>8} {:>5} {:>7} {:>6} {:>9} {:>9.1} {:>9.3}",
             label,
             t.setting.threads,
             t.setting.parallel,
+            if t.setting.flash_attention { "on" } else { "off" },
             t.setting.kv_type.as_str(),
+            t.setting.batch,
             t.setting.draft_max,
             t.tokens_per_second,
             t.ttft_seconds
@@ -374,10 +428,15 @@ fn measure(path: &Path, name: &str, ctx: u32, setting: Setting, load: &Load) -> 
         n_ctx: ctx,
         threads: setting.threads,
         parallel: setting.parallel,
-        prefix_cache_tokens: PoolConfig::DEFAULT_PREFIX_CACHE_TOKENS,
+        // Every run of the load computes its prompts, as new requests would: with the
+        // cache, every run after the first would find them there, and the knobs that
+        // shape prompt processing (batch, flash attention) would measure nothing.
+        prefix_cache_tokens: 0,
         kv_type: setting.kv_type,
         rope: minerva_engine::llm::RopeScaling::Model,
         draft_max: setting.draft_max,
+        batch: setting.batch,
+        flash_attention: setting.flash_attention,
     };
     let worker = LlmWorker::start(path, config, name).with_context(|| format!("starting {name} with {setting:?}"))?;
     let warm = GenerateOptions {

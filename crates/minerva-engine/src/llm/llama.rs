@@ -199,6 +199,13 @@ impl LanguageModel for LlamaCppModel {
                 "n_batch and n_seq_max must be positive",
             ));
         }
+        // llama.cpp refuses a quantized V cache without flash attention (a null context).
+        if !params.flash_attention && params.kv_type != super::KvType::F16 {
+            return Err(EngineError::invalid(
+                "flash_attention",
+                "a quantized KV cache (q8_0, q4_0) needs flash attention",
+            ));
+        }
         let threads = i32::try_from(params.threads.max(1)).unwrap_or(i32::MAX);
         let context_params = LlamaContextParams::default()
             .with_n_ctx(Some(n_ctx))
@@ -213,7 +220,13 @@ impl LanguageModel for LlamaCppModel {
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             .with_type_k(kv_cache_type(params.kv_type))
-            .with_type_v(kv_cache_type(params.kv_type));
+            .with_type_v(kv_cache_type(params.kv_type))
+            .with_flash_attention_policy(if params.flash_attention {
+                // On where the backend has the kernels (every CPU build does).
+                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO
+            } else {
+                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            });
         let context_params = match params.rope {
             RopeScaling::Model => context_params,
             RopeScaling::Linear(factor) => context_params

@@ -179,6 +179,9 @@ pub struct SessionParams {
     pub kv_type: KvType,
     /// Position scaling past the trained context.
     pub rope: RopeScaling,
+    /// Attention through llama.cpp's fused flash-attention kernels (where the backend has
+    /// them, as on CPU); off, it multiplies out the scores. A quantized KV cache needs it.
+    pub flash_attention: bool,
 }
 
 /// Which logits a [`SequenceInput`] wants back.

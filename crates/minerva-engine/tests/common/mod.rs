@@ -77,6 +77,7 @@ pub fn session(model: &dyn LanguageModel, n_ctx: u32) -> Box<dyn Session> {
             threads: threads(),
             kv_type: minerva_engine::KvType::F16,
             rope: minerva_engine::llm::RopeScaling::Model,
+            flash_attention: true,
         })
         .unwrap()
 }

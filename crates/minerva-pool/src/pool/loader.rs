@@ -15,7 +15,7 @@ use crate::keep_alive::KeepAlive;
 use minerva_engine::embed::EmbeddingDtype;
 use minerva_engine::llm::RopeScaling;
 use minerva_store::Registry;
-use minerva_store::{ModelFormat, ModelId, ModelSettings, ModelStore};
+use minerva_store::{ModelEntry, ModelFormat, ModelId, ModelSettings, ModelStore};
 use minerva_workers::embedding::{EmbeddingService, EmbeddingServiceConfig};
 use minerva_workers::memory::resident_bytes;
 use minerva_workers::{LlmWorker, LlmWorkerConfig};
@@ -115,6 +115,23 @@ impl ModelLoader {
         })
     }
 
+    /// The model that drafts for `id` (its `draft_model` setting), when it names a language
+    /// model of the store; a draft model that is gone or not a GGUF model is left out with
+    /// a warning (the model serves without it).
+    fn draft_model(&self, id: &ModelId, settings: &ModelSettings) -> Option<ModelEntry> {
+        let name = settings.draft_model.as_deref()?;
+        let entry = ModelId::new(name)
+            .map_err(|e| e.to_string())
+            .and_then(|draft| self.store.resolve(&draft).map_err(|e| e.to_string()))
+            .and_then(|entry| match entry.format {
+                ModelFormat::Gguf => Ok(entry),
+                _ => Err(format!("{name} is not a language model")),
+            });
+        entry
+            .inspect_err(|e| tracing::warn!(model = %id, error = %e, "the model serves without its draft model"))
+            .ok()
+    }
+
     /// The worker and session shape for model `id`: the pool's, with the model's own
     /// context size, parallel sequences, KV type and RoPE scaling where its `settings`
     /// give them.
@@ -129,9 +146,14 @@ impl ModelLoader {
                 tracing::warn!(model = %id, error = %e, "ignoring the model's RoPE scaling");
                 RopeScaling::Model
             });
+        // Only the settings that shape the worker make it differ from the pool's.
         if settings.num_ctx.is_none()
             && settings.parallel.is_none()
+            && settings.threads.is_none()
+            && settings.draft_max.is_none()
             && settings.kv_type.is_none()
+            && settings.batch.is_none()
+            && settings.flash_attention.is_none()
             && rope == RopeScaling::Model
         {
             return (
@@ -152,6 +174,8 @@ impl ModelLoader {
                 .as_deref()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(self.worker.kv_type),
+            batch: settings.batch.unwrap_or(self.worker.batch),
+            flash_attention: settings.flash_attention.unwrap_or(self.worker.flash_attention),
             rope,
             ..self.worker
         };
@@ -176,10 +200,28 @@ impl Loader for ModelLoader {
                 .inspect_err(|e| tracing::warn!(model = %id, error = %e, "ignoring the model's keep_alive"))
                 .ok()
         });
-        let residency = |footprint: Footprint| Footprint {
-            keep_alive,
-            pinned: settings.pinned.unwrap_or(false),
-            ..footprint
+        let draft = self.draft_model(id, &settings);
+        let residency = |footprint: Footprint| {
+            // A draft model holds its weights and a session shaped as the model's (f16 KV).
+            let draft = draft.as_ref().zip(footprint.shape).and_then(|(entry, shape)| {
+                let shape = SessionShape {
+                    kv_type: minerva_engine::KvType::F16,
+                    flash_attention: true,
+                    cached_tokens: 0,
+                    ..shape
+                };
+                estimate(entry, shape)
+                    .inspect_err(|e| tracing::warn!(model = %id, error = %e, "cannot size the draft model"))
+                    .ok()
+            });
+            Footprint {
+                keep_alive,
+                pinned: settings.pinned.unwrap_or(false),
+                weights: footprint.weights.saturating_add(draft.map_or(0, |d| d.weights)),
+                kv_cache: footprint.kv_cache.saturating_add(draft.map_or(0, |d| d.kv_cache)),
+                scratch: footprint.scratch.saturating_add(draft.map_or(0, |d| d.scratch)),
+                ..footprint
+            }
         };
         let full = estimate(&entry, shape)?;
         if full.total() <= budget || entry.format != ModelFormat::Gguf {
@@ -232,7 +274,17 @@ impl Loader for ModelLoader {
                     },
                     None => configured,
                 };
-                let worker = LlmWorker::start(&entry.path, worker, id.as_str())?.with_settings(settings);
+                let started = match self.draft_model(id, &settings) {
+                    Some(draft) => LlmWorker::start_with_draft(&entry.path, worker, id.as_str(), Some(&draft.path))
+                        .or_else(|e| {
+                            // A draft model that cannot draft for it (another vocabulary)
+                            // never keeps the model from serving.
+                            tracing::warn!(model = %id, error = %e, "the model serves without its draft model");
+                            LlmWorker::start(&entry.path, worker, id.as_str())
+                        }),
+                    None => LlmWorker::start(&entry.path, worker, id.as_str()),
+                };
+                let worker = started?.with_settings(settings);
                 LoadedModel::Llm(Arc::new(worker))
             }
             ModelFormat::SentenceTransformers => LoadedModel::Embedding(Arc::new(EmbeddingService::load(
@@ -285,6 +337,7 @@ pub(super) fn session_shape(worker: &LlmWorkerConfig) -> SessionShape {
         n_batch: params.n_batch,
         n_seq_max: params.n_seq_max,
         kv_type: params.kv_type,
+        flash_attention: params.flash_attention,
         embedding_dtype: EmbeddingDtype::F32,
     }
 }
@@ -299,5 +352,7 @@ pub(super) fn worker_config(config: &PoolConfig) -> LlmWorkerConfig {
         kv_type: config.kv_type,
         rope: RopeScaling::Model,
         draft_max: config.draft_max,
+        batch: LlmWorkerConfig::DEFAULT_BATCH,
+        flash_attention: true,
     }
 }

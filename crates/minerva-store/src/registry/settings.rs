@@ -18,6 +18,18 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
     ),
     ("kv_type", "element type of the KV cache: f16, q8_0 or q4_0"),
     (
+        "batch",
+        "most tokens of one forward pass, the chunk a long prompt is read in: 64 to 512",
+    ),
+    (
+        "draft_model",
+        "a model of the models directory with the same vocabulary that drafts its greedy replies",
+    ),
+    (
+        "flash_attention",
+        "false: attention without llama.cpp's flash-attention kernels (needs kv_type f16)",
+    ),
+    (
         "rope_scaling",
         "stretch the context past the trained length: none, linear or yarn (with rope_factor)",
     ),
@@ -52,6 +64,9 @@ pub struct ModelSettings {
     pub threads: Option<usize>,
     pub draft_max: Option<usize>,
     pub kv_type: Option<String>,
+    pub batch: Option<usize>,
+    pub flash_attention: Option<bool>,
+    pub draft_model: Option<String>,
     pub rope_scaling: Option<String>,
     pub rope_factor: Option<f64>,
     pub system: Option<String>,
@@ -111,6 +126,20 @@ impl ModelSettings {
                     return Err(invalid("must be f16, q8_0 or q4_0".into()));
                 }
                 self.kv_type = value.map(str::to_owned);
+            }
+            "batch" => {
+                let n: Option<usize> = parse(value).map_err(invalid)?;
+                if n.is_some_and(|n| !(64..=512).contains(&n)) {
+                    return Err(invalid("must be between 64 and 512".into()));
+                }
+                self.batch = n;
+            }
+            "flash_attention" => self.flash_attention = parse(value).map_err(invalid)?,
+            "draft_model" => {
+                if let Some(v) = value {
+                    ModelId::new(v.trim()).map_err(|e| invalid(e.to_string()))?;
+                }
+                self.draft_model = value.map(|v| v.trim().to_owned());
             }
             "rope_scaling" => {
                 if value.is_some_and(|v| !matches!(v, "none" | "linear" | "yarn")) {
@@ -191,6 +220,9 @@ impl ModelSettings {
         push("threads", self.threads.map(|v| v.to_string()));
         push("draft_max", self.draft_max.map(|v| v.to_string()));
         push("kv_type", self.kv_type.clone());
+        push("batch", self.batch.map(|v| v.to_string()));
+        push("flash_attention", self.flash_attention.map(|v| v.to_string()));
+        push("draft_model", self.draft_model.clone());
         push("rope_scaling", self.rope_scaling.clone());
         push("rope_factor", self.rope_factor.map(|v| v.to_string()));
         push("system", self.system.clone());
@@ -204,8 +236,15 @@ impl ModelSettings {
         pairs
     }
 
-    /// Checks what single values cannot: a RoPE scaling needs its factor.
+    /// Checks what single values cannot: a RoPE scaling needs its factor, and a quantized
+    /// KV cache flash attention.
     pub fn validate(&self) -> Result<(), RegistryError> {
+        if self.flash_attention == Some(false) && self.kv_type.as_deref().is_some_and(|t| t != "f16") {
+            return Err(RegistryError::InvalidSetting {
+                key: "flash_attention".into(),
+                reason: "a quantized KV cache (kv_type q8_0 or q4_0) needs flash attention".into(),
+            });
+        }
         if matches!(self.rope_scaling.as_deref(), Some("linear" | "yarn")) && self.rope_factor.is_none() {
             return Err(RegistryError::InvalidSetting {
                 key: "rope_scaling".into(),
@@ -302,6 +341,10 @@ mod tests {
             ("keep_alive", "soon"),
             ("keep_alive", "5 parsecs"),
             ("pinned", "maybe"),
+            ("batch", "32"),
+            ("batch", "4096"),
+            ("flash_attention", "sometimes"),
+            ("draft_model", "../elsewhere"),
         ] {
             let before = s.clone();
             assert!(s.set(key, Some(value)).is_err(), "{key}={value} was accepted");
@@ -318,6 +361,26 @@ mod tests {
             [
                 ("system", "Answer in French.".to_owned()),
                 ("temperature", "0.2".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quantized_kv_cache_without_flash_attention_is_refused_as_a_whole() {
+        let mut s = ModelSettings::default();
+        s.set("kv_type", Some("q8_0")).unwrap();
+        s.set("flash_attention", Some("false")).unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("flash attention"), "{e}");
+        s.set("kv_type", Some("f16")).unwrap();
+        s.set("batch", Some("128")).unwrap();
+        s.validate().unwrap();
+        assert_eq!(
+            s.pairs(),
+            [
+                ("kv_type", "f16".to_owned()),
+                ("batch", "128".to_owned()),
+                ("flash_attention", "false".to_owned())
             ]
         );
     }
