@@ -6,7 +6,9 @@
 //! setting, warms it up, and runs the load: `--clients` greedy generations at once, short
 //! questions and one copy-heavy request (where speculative drafts pay), `--tokens` each.
 //! The knobs are tried one at a time (threads, parallel sequences, flash attention, KV
-//! type, the batch a long prompt is read in, speculative drafts), each keeping the best value found for those before it (the value kept so far
+//! type, the batch a long prompt is read in, speculative drafts; flash attention off
+//! comes with an f16 KV cache and a quantized KV cache with flash attention on, the one
+//! pairing llama.cpp requires), each keeping the best value found for those before it (the value kept so far
 //! competing too), within `--budget-seconds`. Throughput decides, but not at any latency:
 //! after the first knob, a setting whose time to first token is over twice the kept one's
 //! (plus 50 ms) is not chosen, since a user waiting for an answer would not take it (one
@@ -239,8 +241,10 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
             [true, false]
                 .into_iter()
                 .map(|f| {
+                    // Off takes an f16 KV cache with it (llama.cpp's condition).
                     Box::new(move |s: Setting| Setting {
                         flash_attention: f,
+                        kv_type: if f { s.kv_type } else { KvType::F16 },
                         ..s
                     }) as Box<dyn Fn(Setting) -> Setting>
                 })
@@ -250,7 +254,14 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
             "kv_type",
             [KvType::F16, KvType::Q8_0]
                 .into_iter()
-                .map(|k| Box::new(move |s: Setting| Setting { kv_type: k, ..s }) as Box<dyn Fn(Setting) -> Setting>)
+                .map(|k| {
+                    // A quantized KV cache takes flash attention with it.
+                    Box::new(move |s: Setting| Setting {
+                        kv_type: k,
+                        flash_attention: s.flash_attention || k != KvType::F16,
+                        ..s
+                    }) as Box<dyn Fn(Setting) -> Setting>
+                })
                 .collect(),
         ),
         (
@@ -280,8 +291,7 @@ pub fn run(store: &ModelStore, args: Args) -> Result<()> {
             let setting = value(best);
             bar.set_message(format!("tune {knob}"));
             if !setting.runs() {
-                // Not a setting llama.cpp takes (a quantized KV cache after flash attention
-                // was turned off): nothing to measure.
+                // Not a setting llama.cpp takes (the knobs above never make one).
                 bar.inc(1);
                 continue;
             }
