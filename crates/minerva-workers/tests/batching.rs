@@ -196,6 +196,32 @@ fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> (Generation, Strin
     panic!("the worker hung up without a result");
 }
 
+/// Submits every prompt to `worker` at once.
+fn submit_all(
+    worker: &LlmWorker,
+    prompts: &[Vec<TokenId>],
+    options: &GenerateOptions,
+) -> Vec<UnboundedReceiver<GenerationEvent>> {
+    prompts
+        .iter()
+        .map(|p| worker.submit(p.clone(), options.clone()))
+        .collect()
+}
+
+/// Waits for each generation and checks it against its prompt alone ([`assert_greedy_alone`]),
+/// and that its streamed text is its text.
+fn assert_each_greedy_alone(
+    prompts: &[Vec<TokenId>],
+    receivers: Vec<UnboundedReceiver<GenerationEvent>>,
+    max_tokens: usize,
+) {
+    for (prompt, events) in prompts.iter().zip(receivers) {
+        let (batched, streamed) = collect(events);
+        assert_greedy_alone(prompt, &batched, max_tokens);
+        assert_eq!(streamed, batched.text);
+    }
+}
+
 /// Prompts of very different lengths, one longer than a step's token budget.
 fn mixed_prompts() -> Vec<Vec<TokenId>> {
     let long = "The history of the printing press begins in the fifteenth century. ".repeat(60);
@@ -220,15 +246,8 @@ fn eight_concurrent_generations_equal_one_at_a_time_token_for_token() {
     assert!(prompts[4].len() > 512, "one prompt must need several steps to prefill");
     let options = greedy(24);
     let worker = worker(8, 0);
-    let receivers: Vec<_> = prompts
-        .iter()
-        .map(|p| worker.submit(p.clone(), options.clone()))
-        .collect();
-    for (prompt, events) in prompts.iter().zip(receivers) {
-        let (batched, streamed) = collect(events);
-        assert_greedy_alone(prompt, &batched, options.max_tokens);
-        assert_eq!(streamed, batched.text);
-    }
+    let receivers = submit_all(&worker, &prompts, &options);
+    assert_each_greedy_alone(&prompts, receivers, options.max_tokens);
 }
 
 /// The knobs `minerva tune` turns: a batch of 64 reads the long prompt in ten chunks
@@ -250,15 +269,8 @@ fn small_batches_and_attention_without_flash_kernels_give_the_same_greedy_tokens
         MODEL,
     )
     .expect("the worker starts");
-    let receivers: Vec<_> = prompts
-        .iter()
-        .map(|p| worker.submit(p.clone(), options.clone()))
-        .collect();
-    for (prompt, events) in prompts.iter().zip(receivers) {
-        let (batched, streamed) = collect(events);
-        assert_greedy_alone(prompt, &batched, options.max_tokens);
-        assert_eq!(streamed, batched.text);
-    }
+    let receivers = submit_all(&worker, &prompts, &options);
+    assert_each_greedy_alone(&prompts, receivers, options.max_tokens);
     let refused = LlmWorker::start(
         &model_path(),
         LlmWorkerConfig {
@@ -293,17 +305,8 @@ fn a_burst_of_long_prompts_shares_its_prompt_passes_and_matches_one_at_a_time() 
     let worker = worker(4, 0);
     // Holding the cores while the burst arrives: the scheduler's first pass waits for
     // them, so every prompt is queued before the second pass is planned.
-    let receivers: Vec<_> = minerva_engine::compute::exclusive(|| {
-        prompts
-            .iter()
-            .map(|p| worker.submit(p.clone(), options.clone()))
-            .collect()
-    });
-    for (prompt, events) in prompts.iter().zip(receivers) {
-        let (batched, streamed) = collect(events);
-        assert_greedy_alone(prompt, &batched, options.max_tokens);
-        assert_eq!(streamed, batched.text);
-    }
+    let receivers = minerva_engine::compute::exclusive(|| submit_all(&worker, &prompts, &options));
+    assert_each_greedy_alone(&prompts, receivers, options.max_tokens);
     let stats = worker.stats();
     assert!(
         stats.prompt_passes <= 2,
@@ -616,15 +619,8 @@ fn a_draft_model_sharing_the_vocabulary_changes_no_token_and_its_guesses_are_acc
         tokens("Once upon a time, in a small village at the edge of a great forest, there lived"),
         tokens("1, 2, 3, 4, 5,"),
     ];
-    let receivers: Vec<_> = prompts
-        .iter()
-        .map(|p| worker.submit(p.clone(), options.clone()))
-        .collect();
-    for (prompt, events) in prompts.iter().zip(receivers) {
-        let (drafted, streamed) = collect(events);
-        assert_greedy_alone(prompt, &drafted, options.max_tokens);
-        assert_eq!(streamed, drafted.text);
-    }
+    let receivers = submit_all(&worker, &prompts, &options);
+    assert_each_greedy_alone(&prompts, receivers, options.max_tokens);
     let stats = worker.stats();
     eprintln!(
         "draft model: {} of {} draft tokens accepted",
