@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use minerva_engine::llm::{LogitsWanted, SequenceInput};
+use minerva_engine::llm::{LogitsWanted, RopeScaling, SequenceInput};
 use minerva_engine::{EngineError, KvType, LanguageModel, SeqId, Session, SessionParams, TokenId};
 
 use crate::prefix_cache::common_prefix;
@@ -56,9 +56,12 @@ impl DraftModel {
                 format!("{} cannot draft for this model: {reason}", path.display()),
             )
         })?;
+        // Its own positions, unscaled: the target's RoPE scaling is for the target's
+        // training length.
         let session = model.new_session(SessionParams {
             kv_type: KvType::F16,
             flash_attention: true,
+            rope: RopeScaling::Model,
             ..params
         })?;
         Ok(Self {
@@ -93,11 +96,13 @@ impl DraftModel {
             }
             pending.push((i, shared));
         }
-        // Catch up, as many sequences per pass as the batch takes; the pass that reads a
-        // sequence's last token gives its first guess.
+        // Catch up in one pass of at most the batch, so that a long prompt never holds up
+        // the step (a sequence with more to read goes on at the next step, and drafts from
+        // the step its last token is read); the pass that reads a sequence's last token
+        // gives its first guess.
         let n_batch = self.session.params().n_batch as usize;
         let mut guesses: Vec<(usize, TokenId, f32)> = Vec::new();
-        while !pending.is_empty() {
+        if !pending.is_empty() {
             let mut budget = n_batch;
             let mut taken: Vec<(usize, usize, usize)> = Vec::new(); // (pending index, from, to)
             for (p, &(i, from)) in pending.iter().enumerate() {
@@ -136,17 +141,14 @@ impl DraftModel {
                 })
                 .collect();
             let rows = self.session.decode(&inputs)?;
-            for ((&(p, _, to), tokens), row) in taken.iter().zip(&histories).zip(&rows) {
+            for ((&(p, _, _), tokens), row) in taken.iter().zip(&histories).zip(&rows) {
                 let i = pending[p].0;
                 self.held[wants[i].seq.0 as usize].extend_from_slice(tokens);
                 if let Some(logits) = row.first() {
                     let (token, p) = top(logits);
                     guesses.push((i, token, p));
                 }
-                pending[p].1 = to;
             }
-            drop(rows);
-            pending.retain(|&(i, from)| from < wants[i].kv.len() + 1);
         }
         // Guess on, one token per pass for every sequence whose last guess was sure enough
         // and whose draft is not full.

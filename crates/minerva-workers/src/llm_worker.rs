@@ -56,8 +56,9 @@ impl LlmWorkerConfig {
     pub const DEFAULT_DRAFT_MAX: usize = 16;
     /// Default of [`LlmWorkerConfig::batch`] (llama.cpp's default micro-batch).
     pub const DEFAULT_BATCH: usize = 512;
-    /// Fewest tokens a pass may carry: the scheduler's small pass of decode tokens and
-    /// short prompts takes up to 63 ([`crate::scheduler`]'s large-pass threshold, less one).
+    /// Fewest tokens a pass may carry: the scheduler's small pass takes every decoding
+    /// sequence's token and up to 63 more (drafts, short prompts), so the session's batch
+    /// is at least the parallel sequences plus this.
     pub const MIN_BATCH: usize = 64;
 }
 
@@ -69,7 +70,13 @@ impl LlmWorkerConfig {
         let parallel = self.parallel.clamp(1, MAX_SEQUENCES);
         let cells = (parallel * CELLS_PER_SEQUENCE).max(n_ctx as usize);
         let cells = u32::try_from(cells).unwrap_or(u32::MAX);
-        let batch = u32::try_from(self.batch.clamp(Self::MIN_BATCH, Self::DEFAULT_BATCH)).unwrap_or(512);
+        // The step's small pass carries every decoding sequence's token (and up to 63 more),
+        // so the batch is never below the sequences plus that.
+        let batch = self
+            .batch
+            .clamp(Self::MIN_BATCH, Self::DEFAULT_BATCH)
+            .max(parallel + Self::MIN_BATCH);
+        let batch = u32::try_from(batch).unwrap_or(u32::MAX);
         SessionParams {
             n_ctx: cells,
             n_batch: cells.min(batch),
@@ -109,6 +116,8 @@ pub struct LlmWorker {
     /// LoRA adapters loaded for the model, by file (with the size and modification time
     /// they were loaded at).
     adapters: std::sync::Mutex<AdapterCache>,
+    /// Why the draft model it was started with was refused.
+    draft_error: Option<String>,
     /// After `jobs`: the channel closes first, then the thread is joined.
     _thread: JoinOnDrop,
 }
@@ -128,7 +137,10 @@ impl LlmWorker {
     /// [`LlmWorker::start`] with a draft model for speculative decoding: the model at
     /// `draft`, which must share this model's vocabulary, guesses the next tokens of
     /// greedy requests (up to `draft_max` a step) and this model verifies them in its
-    /// next pass (prompt lookup drafts for the requests it does not serve).
+    /// next pass (prompt lookup drafts for the requests it does not serve). A draft model
+    /// that cannot draft for it (another vocabulary, an unreadable file) never keeps the
+    /// model from serving: it serves without one, and [`LlmWorker::draft_model_error`]
+    /// says why.
     pub fn start_with_draft(
         path: &Path,
         config: LlmWorkerConfig,
@@ -150,20 +162,27 @@ impl LlmWorker {
                         .n_ctx
                         .min(config.rope.context_limit(model.metadata().n_ctx_train));
                     let session = model.new_session(config.session_params(n_ctx))?;
-                    let drafter = draft
-                        .as_deref()
-                        .map(|draft| DraftModel::load(draft, model.as_ref(), session.params()))
-                        .transpose()?;
-                    Ok((model, session, n_ctx, drafter))
+                    Ok((model, session, n_ctx))
                 });
-                let (model, session, n_ctx, drafter) = match loaded {
+                let (model, session, n_ctx) = match loaded {
                     Ok(loaded) => loaded,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                if ready_tx.send(Ok((Arc::clone(&model), n_ctx))).is_err() {
+                let (drafter, draft_error) = match draft
+                    .as_deref()
+                    .map(|d| DraftModel::load(d, model.as_ref(), session.params()))
+                {
+                    Some(Ok(drafter)) => (Some(drafter), None),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the model serves without its draft model");
+                        (None, Some(e.to_string()))
+                    }
+                    None => (None, None),
+                };
+                if ready_tx.send(Ok((Arc::clone(&model), n_ctx, draft_error))).is_err() {
                     return;
                 }
                 let params = session.params();
@@ -194,11 +213,12 @@ impl LlmWorker {
                 .run();
             })
             .map_err(|e| EngineError::Decode(format!("cannot start the model's worker thread: {e}")))?;
-        let (model, n_ctx) = ready_rx
+        let (model, n_ctx, draft_error) = ready_rx
             .recv()
             .map_err(|_| EngineError::Decode("the model's worker thread died while loading".into()))??;
         Ok(Self {
             model,
+            draft_error,
             vocabulary: std::sync::OnceLock::new(),
             jobs,
             n_ctx,
@@ -207,6 +227,11 @@ impl LlmWorker {
             adapters: std::sync::Mutex::default(),
             _thread: JoinOnDrop::new(Some(thread)),
         })
+    }
+
+    /// Why the draft model it was started with does not draft, if it does not.
+    pub fn draft_model_error(&self) -> Option<&str> {
+        self.draft_error.as_deref()
     }
 
     /// The worker with the model's settings (its defaults for requests that give none).

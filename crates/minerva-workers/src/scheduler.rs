@@ -45,6 +45,9 @@ use crate::prefix_cache::{PrefixCache, Space, common_prefix};
 /// near-tie rule.
 const LARGE_PASS: usize = 64;
 
+/// Failures of the draft model after which the scheduler drops it.
+const MAX_DRAFT_FAILURES: u32 = 3;
+
 /// A shared prefix shorter than this is recomputed rather than waited for.
 const MIN_SHARED_PREFIX: usize = 32;
 
@@ -252,6 +255,8 @@ pub(crate) struct Scheduler {
     declined: u64,
     /// The draft model that guesses for greedy sequences, when the model has one.
     drafter: Option<DraftModel>,
+    /// How often the draft model failed (at [`MAX_DRAFT_FAILURES`] it is dropped).
+    draft_failures: u32,
 }
 
 impl Scheduler {
@@ -284,6 +289,7 @@ impl Scheduler {
             pass_cost: PassCost::default(),
             declined: 0,
             drafter,
+            draft_failures: 0,
         }
     }
 
@@ -536,8 +542,16 @@ impl Scheduler {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the draft model failed; this step drafts by prompt lookup");
                 drafter.reset();
+                self.draft_failures += 1;
+                if self.draft_failures >= MAX_DRAFT_FAILURES {
+                    // A draft model that keeps failing (one whose KV cannot be cut back,
+                    // or too small a session) would re-read every history at each step.
+                    tracing::warn!(error = %e, "the draft model failed again; it drafts no more for this model");
+                    self.drafter = None;
+                } else {
+                    tracing::warn!(error = %e, "the draft model failed; this step drafts by prompt lookup");
+                }
             }
         }
         drafts

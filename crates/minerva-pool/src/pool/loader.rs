@@ -179,6 +179,18 @@ impl ModelLoader {
             rope,
             ..self.worker
         };
+        // The model's flash_attention=false over a server whose KV type is quantized: the
+        // model's own setting wins, with the f16 KV cache llama.cpp needs for it (the
+        // settings refuse the pair when both are the model's).
+        let worker = if !worker.flash_attention && worker.kv_type != minerva_engine::KvType::F16 {
+            tracing::warn!(model = %id, "flash attention off: this model's KV cache is f16, not the server's type");
+            LlmWorkerConfig {
+                kv_type: minerva_engine::KvType::F16,
+                ..worker
+            }
+        } else {
+            worker
+        };
         let shape = SessionShape {
             cached_tokens: self.shape.cached_tokens,
             embedding_dtype,
@@ -223,9 +235,9 @@ impl Loader for ModelLoader {
                 ..footprint
             }
         };
-        let full = estimate(&entry, shape)?;
+        let full = residency(estimate(&entry, shape)?);
         if full.total() <= budget || entry.format != ModelFormat::Gguf {
-            return Ok(residency(full));
+            return Ok(full);
         }
         // Too big as configured: the largest smaller session that fits, else the smallest
         // (which the pool then refuses with what it needs).
@@ -235,7 +247,7 @@ impl Loader for ModelLoader {
                 cached_tokens: self.shape.cached_tokens,
                 ..session_shape(&worker)
             };
-            smallest = estimate(&entry, shape)?;
+            smallest = residency(estimate(&entry, shape)?);
             if smallest.total() <= budget {
                 tracing::info!(
                     model = %id,
@@ -249,7 +261,7 @@ impl Loader for ModelLoader {
                 break;
             }
         }
-        Ok(residency(smallest))
+        Ok(smallest)
     }
 
     fn load(&self, id: &ModelId, footprint: &Footprint) -> Result<(LoadedModel, u64), PoolError> {
@@ -274,16 +286,13 @@ impl Loader for ModelLoader {
                     },
                     None => configured,
                 };
-                let started = match self.draft_model(id, &settings) {
-                    Some(draft) => LlmWorker::start_with_draft(&entry.path, worker, id.as_str(), Some(&draft.path))
-                        .or_else(|e| {
-                            // A draft model that cannot draft for it (another vocabulary)
-                            // never keeps the model from serving.
-                            tracing::warn!(model = %id, error = %e, "the model serves without its draft model");
-                            LlmWorker::start(&entry.path, worker, id.as_str())
-                        }),
-                    None => LlmWorker::start(&entry.path, worker, id.as_str()),
-                };
+                let draft = self.draft_model(id, &settings);
+                let started = LlmWorker::start_with_draft(
+                    &entry.path,
+                    worker,
+                    id.as_str(),
+                    draft.as_ref().map(|d| d.path.as_path()),
+                );
                 let worker = started?.with_settings(settings);
                 LoadedModel::Llm(Arc::new(worker))
             }
