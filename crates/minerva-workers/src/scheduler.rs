@@ -126,6 +126,14 @@ struct Running {
 }
 
 impl Running {
+    /// Most draft tokens this decoding sequence may carry in a pass with `room` left: a
+    /// draft of k tokens yields up to k + 1, all inside its context and its token limit.
+    fn draft_limit(&self, draft_max: usize, room: usize) -> usize {
+        room.min(if self.drafts { draft_max } else { 0 })
+            .min(self.generator.remaining().saturating_sub(1))
+            .min(self.n_ctx.saturating_sub(self.kv.len() + 1))
+    }
+
     /// The tokens this sequence's KV will hold once its prompt is in, and how many of
     /// them are there now.
     fn known_tokens(&self) -> (&[TokenId], usize) {
@@ -516,10 +524,7 @@ impl Scheduler {
             if r.space != space || !r.adapter.is_empty() {
                 continue;
             }
-            let limit = left
-                .min(if r.drafts { self.limits.draft_max } else { 0 })
-                .min(r.generator.remaining().saturating_sub(1))
-                .min(r.n_ctx.saturating_sub(r.kv.len() + 1));
+            let limit = r.draft_limit(self.limits.draft_max, left);
             if limit == 0 {
                 continue;
             }
@@ -584,10 +589,7 @@ impl Scheduler {
             if let Phase::Decode(token) = r.phase {
                 let at = r.kv.len();
                 // A draft of k tokens yields up to k + 1 tokens, all inside the context.
-                let limit = room
-                    .min(if r.drafts { self.limits.draft_max } else { 0 })
-                    .min(r.generator.remaining().saturating_sub(1))
-                    .min(r.n_ctx.saturating_sub(at + 1));
+                let limit = r.draft_limit(self.limits.draft_max, room);
                 let from_model = model_drafts.get_mut(index).and_then(Option::take);
                 let (kind, draft) = match from_model.map(|d| d.into_iter().take(room).collect::<Vec<_>>()) {
                     Some(draft) => (None, draft),
@@ -735,14 +737,19 @@ impl Scheduler {
         false
     }
 
+    /// Frees a sequence's cells, in the session and the draft model's, and its id.
+    fn release(&mut self, seq: SeqId) {
+        self.session.free_sequence(seq);
+        if let Some(drafter) = self.drafter.as_mut() {
+            drafter.forget(seq);
+        }
+        self.free_seqs.push(seq);
+    }
+
     /// Ends sequence `index` with an engine error, freeing its cells.
     fn fail(&mut self, index: usize, message: &str) {
         let r = self.running.remove(index);
-        self.session.free_sequence(r.seq);
-        if let Some(drafter) = self.drafter.as_mut() {
-            drafter.forget(r.seq);
-        }
-        self.free_seqs.push(r.seq);
+        self.release(r.seq);
         let _ = r
             .events
             .send(GenerationEvent::Done(Err(EngineError::Decode(message.to_owned()))));
@@ -988,11 +995,7 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "cannot keep a finished sequence's KV"),
             }
         }
-        self.session.free_sequence(r.seq);
-        if let Some(drafter) = self.drafter.as_mut() {
-            drafter.forget(r.seq);
-        }
-        self.free_seqs.push(r.seq);
+        self.release(r.seq);
     }
 }
 

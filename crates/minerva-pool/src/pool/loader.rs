@@ -146,24 +146,6 @@ impl ModelLoader {
                 tracing::warn!(model = %id, error = %e, "ignoring the model's RoPE scaling");
                 RopeScaling::Model
             });
-        // Only the settings that shape the worker make it differ from the pool's.
-        if settings.num_ctx.is_none()
-            && settings.parallel.is_none()
-            && settings.threads.is_none()
-            && settings.draft_max.is_none()
-            && settings.kv_type.is_none()
-            && settings.batch.is_none()
-            && settings.flash_attention.is_none()
-            && rope == RopeScaling::Model
-        {
-            return (
-                self.worker,
-                SessionShape {
-                    embedding_dtype,
-                    ..self.shape
-                },
-            );
-        }
         let worker = LlmWorkerConfig {
             n_ctx: settings.num_ctx.unwrap_or(self.worker.n_ctx),
             parallel: settings.parallel.unwrap_or(self.worker.parallel),
