@@ -19,9 +19,13 @@
 # alternating, aggregate tok/s medians.
 # Then the co-location table (scripts/bench-colocation.py): the model's decode speed alone,
 # beside one and two idle models and beside a busy one, and the server's idle CPU.
+# llama-server is built with llama.cpp's own compiler flags, as its users build it. The
+# optional part "flags" (not in the default PARTS) adds llama-server tuned built with
+# Minerva's flags too (LLAMA_REF_MINERVA_FLAGS=1: -mno-avx512fp16, see .cargo/config.toml)
+# at each N and the copy workload, to show how much of a difference is that flag.
 #   scripts/bench-serving.sh
 #   THREADS=2 REPS=3 CLIENTS="1 4 8 16" ROUNDS=2 scripts/bench-serving.sh
-#   PARTS="copy" scripts/bench-serving.sh     (any of: serving copy overhead colocation)
+#   PARTS="copy" scripts/bench-serving.sh     (any of: serving copy overhead colocation flags)
 # Servers listen on 127.0.0.1 only and are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +42,9 @@ MODEL_FILE="$MODELS_DIR/$MODEL_ID.gguf"
 [ -f "$MODEL_FILE" ] || { echo "$MODEL_FILE is missing: run scripts/fetch-models.sh" >&2; exit 1; }
 
 LLAMA_BIN="$(LLAMA_REF_SERVER=1 scripts/reference/build-llama-cpp.sh | tail -1)"
+if part flags; then
+  LLAMA_FLAGS_BIN="$(LLAMA_REF_SERVER=1 LLAMA_REF_MINERVA_FLAGS=1 scripts/reference/build-llama-cpp.sh | tail -1)"
+fi
 cargo build --release --locked --bin minerva >&2
 out="$(mktemp -d)"
 server_pid=""
@@ -87,7 +94,7 @@ run() {
 llama_server() { # PARALLEL
   # exec: the background job's PID is the server's, so stop_server stops it (a leftover
   # server would keep the port and the CPU for the next run).
-  exec "$LLAMA_BIN/llama-server" -m "$MODEL_FILE" -t "$THREADS" --parallel "$1" \
+  exec "${LLAMA_SERVER_BIN:-$LLAMA_BIN}/llama-server" -m "$MODEL_FILE" -t "$THREADS" --parallel "$1" \
     --host 127.0.0.1 --port "$PORT" --alias "$MODEL_ID" --no-webui "${@:2}"
 }
 
@@ -115,6 +122,12 @@ if part copy; then
   run "llama-server ngram" --copy -- llama_server 1 --spec-type ngram-simple
   run "minerva draft off" --copy --load gemma-3-270m all-minilm-l6-v2 -- minerva_server --draft-max 0
   run "minerva" --copy --load gemma-3-270m all-minilm-l6-v2 -- minerva_server
+fi
+if part flags; then
+  for n in $CLIENTS; do
+    LLAMA_SERVER_BIN="$LLAMA_FLAGS_BIN" run "llama-server tuned, Minerva's flags" --clients "$n" -- llama_server "$n"
+  done
+  LLAMA_SERVER_BIN="$LLAMA_FLAGS_BIN" run "llama-server, Minerva's flags" --copy -- llama_server 1
 fi
 if part overhead; then
   # Alternating, one run each per repetition, so that a drift of the machine hits both.
@@ -165,6 +178,18 @@ def serving_table():
         print(line)
 if scenarios:
     serving_table()
+flagged = "llama-server tuned, Minerva's flags"
+if any(r["label"] == flagged for r in rows):
+    print()
+    print("llama-server tuned built with Minerva's compiler flags (-mno-avx512fp16), medians:")
+    print()
+    print("| scenario | llama tuned tok/s | llama tuned, Minerva's flags tok/s | minerva tok/s | minerva vs llama with Minerva's flags |")
+    print("|---|---|---|---|---|")
+    for s in scenarios:
+        if not s.startswith("N="):
+            continue
+        a, b, m = (med(l, s, "tok_s") for l in ("llama-server tuned", flagged, "minerva"))
+        print(f"| {s} | {a:.1f} | {b:.1f} | {m:.1f} | {m / b if b == b and b > 0 else float('nan'):.2f}x |")
 if overhead:
     on = [r["tok_s"] for r in overhead if r["label"] == "monitoring on"]
     off = [r["tok_s"] for r in overhead if r["label"] == "monitoring off"]
@@ -183,6 +208,8 @@ if copies:
     print("Copy-heavy workload, one client, 256 tokens, temperature 0: single-stream decode tok/s (medians).")
     print()
     labels = ["llama-server", "llama-server ngram", "minerva draft off", "minerva"]
+    if any(r["label"] == "llama-server, Minerva's flags" for r in copies):
+        labels.insert(2, "llama-server, Minerva's flags")
     decode = {l: statistics.median([r["decode_tok_s"] for r in copies if r["label"] == l] or [float("nan")]) for l in labels}
     ttft = {l: statistics.median([r["ttft_mean"] for r in copies if r["label"] == l] or [float("nan")]) for l in labels}
     digest = {l: {r["text_digest"] for r in copies if r["label"] == l} for l in labels}

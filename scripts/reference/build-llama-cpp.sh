@@ -42,11 +42,15 @@
 #                  <workspace>/target/llama-server-reference with LLAMA_REF_SERVER=1)
 #   LLAMA_REF_JOBS parallel build jobs (default: 2)
 #   LLAMA_REF_FORCE=1  force re-assembly of the source tree and a clean rebuild
+#   LLAMA_REF_MINERVA_FLAGS=1  llama-server with Minerva's extra compiler flags too
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SERVER="${LLAMA_REF_SERVER:-0}"
-if [ "$SERVER" = 1 ]; then
+MINERVA_FLAGS="${LLAMA_REF_MINERVA_FLAGS:-0}"
+if [ "$SERVER" = 1 ] && [ "$MINERVA_FLAGS" = 1 ]; then
+    OUT="${LLAMA_REF_DIR:-$ROOT/target/llama-server-reference-minerva-flags}"
+elif [ "$SERVER" = 1 ]; then
     OUT="${LLAMA_REF_DIR:-$ROOT/target/llama-server-reference}"
 else
     OUT="${LLAMA_REF_DIR:-$ROOT/target/llama-reference}"
@@ -159,6 +163,15 @@ CRATE_BUILD_TYPE="${LLAMA_REF_BUILD_TYPE:-$CRATE_BUILD_TYPE}"
 # crates/minerva-engine/src/compute.rs). LLAMA_REF_OPENMP overrides either way.
 if [ "$SERVER" = 1 ]; then CRATE_OPENMP=ON; fi
 CRATE_OPENMP="${LLAMA_REF_OPENMP:-$CRATE_OPENMP}"
+# For the same reason it gets llama.cpp's own compiler flags: the -mno-avx512fp16 that
+# Minerva's .cargo/config.toml adds (it moves ggml's f16 attention helpers off a scalar
+# path on AVX512-FP16 CPUs) is left out. LLAMA_REF_MINERVA_FLAGS=1 keeps it, in a work
+# dir of its own, to measure how much of a difference is that flag.
+if [ "$SERVER" = 1 ] && [ "$MINERVA_FLAGS" != 1 ]; then
+    for v in CRATE_C_FLAGS CRATE_CXX_FLAGS CRATE_ASM_FLAGS; do
+        flags="${!v}"; printf -v "$v" "%s" "${flags// -mno-avx512fp16/}"
+    done
+fi
 log "mirroring crate build config from: $MIRROR_SRC"
 log "  CMAKE_BUILD_TYPE=$CRATE_BUILD_TYPE GGML_NATIVE=$CRATE_NATIVE GGML_OPENMP=$CRATE_OPENMP BUILD_SHARED_LIBS=$CRATE_SHARED"
 log "  CMAKE_C_FLAGS='$CRATE_C_FLAGS' CMAKE_CXX_FLAGS='$CRATE_CXX_FLAGS'"
