@@ -183,13 +183,15 @@ if any(r["label"] == flagged for r in rows):
     print()
     print("llama-server tuned built with Minerva's compiler flags (-mno-avx512fp16), medians:")
     print()
-    print("| scenario | llama tuned tok/s | llama tuned, Minerva's flags tok/s | minerva tok/s | minerva vs llama with Minerva's flags |")
-    print("|---|---|---|---|---|")
+    print("| scenario | llama tuned tok/s | llama tuned, Minerva's flags tok/s | minerva tok/s | minerva vs llama with Minerva's flags | TTFT mean: llama with Minerva's flags / minerva | TTFT mean vs it |")
+    print("|---|---|---|---|---|---|---|")
+    ratio = lambda a, b: a / b if b == b and b > 0 else float("nan")
     for s in scenarios:
         if not s.startswith("N="):
             continue
         a, b, m = (med(l, s, "tok_s") for l in ("llama-server tuned", flagged, "minerva"))
-        print(f"| {s} | {a:.1f} | {b:.1f} | {m:.1f} | {m / b if b == b and b > 0 else float('nan'):.2f}x |")
+        tb, tm = med(flagged, s, "ttft_mean"), med("minerva", s, "ttft_mean")
+        print(f"| {s} | {a:.1f} | {b:.1f} | {m:.1f} | {ratio(m, b):.2f}x | {tb:.3f} / {tm:.3f} | {ratio(tm, tb):.2f}x |")
 if overhead:
     on = [r["tok_s"] for r in overhead if r["label"] == "monitoring on"]
     off = [r["tok_s"] for r in overhead if r["label"] == "monitoring off"]

@@ -588,7 +588,6 @@ impl Scheduler {
             }
             if let Phase::Decode(token) = r.phase {
                 let at = r.kv.len();
-                // A draft of k tokens yields up to k + 1 tokens, all inside the context.
                 let limit = r.draft_limit(self.limits.draft_max, room);
                 let from_model = model_drafts.get_mut(index).and_then(Option::take);
                 let (kind, draft) = match from_model.map(|d| d.into_iter().take(room).collect::<Vec<_>>()) {
