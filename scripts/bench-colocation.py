@@ -17,6 +17,13 @@ medians of REPS) in each state of the server:
 For the busy states the table also gives the busy model's rate as a fraction of its
 own alone rate: two models that share the cores without collapsing add up to ~1.
 
+Then two busy models (issue 17's shared cores): MODEL and OTHER with N chat clients
+each, alone one after the other, then both at once; the aggregate of both at once (all
+tokens of both over the time until both are done) against the better of the two alone,
+and each model's rate at once as a share of its alone rate, summed (1.00: sharing the
+cores lost nothing against running the same work one after the other; models that each
+ran threads for all cores would fight over them and fall far below it).
+
 Then the idle cost: CPU time of the server process (utime + stime from /proc/PID/stat)
 over IDLE seconds with all three models loaded and no request, as % of one core.
 
@@ -45,6 +52,9 @@ QUESTIONS = [  # prompts that make the model write all MAX_TOKENS tokens
     "Write a long story about a city under the sea.",
 ]
 
+
+# The other model's prompt: any model continues it for all MAX_TOKENS tokens.
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 
 # Texts no run has embedded before.
 NONCE = time.time_ns()
@@ -99,8 +109,15 @@ def complete(args, model, prompt, max_tokens):
     return json.loads(data)["usage"]["completion_tokens"]
 
 
-def concurrent_rate(args, n):
-    """N clients, ROUNDS chats each, at once: aggregate generated tokens per second."""
+def concurrent_rate(args, n, model=None):
+    """N clients of MODEL (or `model`), ROUNDS chats each, at once: aggregate generated
+    tokens per second."""
+    tokens, wall = concurrent_tokens(args, n, model or args.model)
+    return tokens / wall
+
+
+def concurrent_tokens(args, n, model):
+    """N clients of `model`, ROUNDS chats each, at once: (generated tokens, seconds)."""
     tokens = []
     errors = []
     barrier = threading.Barrier(n)
@@ -109,7 +126,11 @@ def concurrent_rate(args, n):
         barrier.wait()
         for r in range(args.rounds):
             try:
-                tokens.append(chat(args, args.model, QUESTIONS[(c + r) % len(QUESTIONS)], args.max_tokens)[1])
+                if model == args.other:
+                    # As the background client asks it (it may be a base model).
+                    tokens.append(complete(args, model, COUNTING, args.max_tokens))
+                else:
+                    tokens.append(chat(args, model, QUESTIONS[(c + r) % len(QUESTIONS)], args.max_tokens)[1])
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(str(e))
 
@@ -121,8 +142,30 @@ def concurrent_rate(args, n):
         t.join()
     wall = time.perf_counter() - start
     if errors:
-        raise RuntimeError(f"{len(errors)} chats failed, first: {errors[0]}")
-    return sum(tokens) / wall
+        raise RuntimeError(f"{len(errors)} chats to {model} failed, first: {errors[0]}")
+    return sum(tokens), wall
+
+
+def pair_rates(args, n):
+    """MODEL and OTHER with N clients each: each alone, then both at once. Both at once
+    counts all tokens of both over the time until the slower is done (so the aggregate
+    is not flattered by the faster one finishing early)."""
+    alone = {m: concurrent_rate(args, n, m) for m in (args.model, args.other)}
+    done = {}
+
+    def run(model):
+        done[model] = concurrent_tokens(args, n, model)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(m,)) for m in (args.model, args.other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if len(done) != 2:
+        raise RuntimeError("a model of the pair failed (its client's error is above)")
+    return alone, {m: tokens / wall for m, (tokens, _) in done.items()}
 
 
 class Background:
@@ -137,7 +180,7 @@ class Background:
 
     def one(self):
         if self.kind == "other":
-            return complete(self.args, self.args.other, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", self.args.max_tokens)
+            return complete(self.args, self.args.other, COUNTING, self.args.max_tokens)
         if self.kind == "hits":
             body = {"model": self.args.embed, "input": "the one sentence this client sends every time"}
             status, data = request(self.args, "POST", "/v1/embeddings", body)
@@ -217,6 +260,12 @@ def main():
     parser.add_argument("--idle", type=float, default=10, help="seconds of the idle-CPU sample")
     parser.add_argument("--label", default="minerva")
     parser.add_argument(
+        "--pair-clients",
+        type=int,
+        default=8,
+        help="clients of each model in the two-busy-models part (0: skip it)",
+    )
+    parser.add_argument(
         "--states",
         nargs="+",
         default=list(STATES),
@@ -269,6 +318,20 @@ def main():
                 else:
                     emit(kind="rate", state=state, n=n, rep=rep, tok_s=concurrent_rate(args, n))
 
+    if args.pair_clients:
+        unload(args, args.embed)
+        load(args, args.other)
+        complete(args, args.other, COUNTING, 8)
+        for rep in range(args.reps):
+            alone, both = pair_rates(args, args.pair_clients)
+            emit(
+                kind="pair",
+                n=args.pair_clients,
+                rep=rep,
+                alone=alone,
+                both=both,
+            )
+
     load(args, args.other)
     load(args, args.embed)
     Background(args, "other").one()
@@ -313,6 +376,31 @@ def table(path):
             else:
                 line += " |"
             print(line)
+        pairs = [r for r in mine if r["kind"] == "pair"]
+        if pairs:
+            model, other = list(pairs[0]["alone"])
+            def pmed(part, m):
+                return statistics.median(r[part][m] for r in pairs)
+            # The aggregate's ratio per rep, then its median (each rep's own alone rates).
+            ratio = statistics.median(
+                sum(r["both"].values()) / max(r["alone"].values()) for r in pairs
+            )
+            print()
+            print(f"Two busy models, {pairs[0]['n']} clients each (medians of {len(pairs)} reps, tok/s):")
+            print()
+            # Each model's rate at once as a share of its alone rate, summed: 1.00 means
+            # sharing lost nothing against running the same work one after the other.
+            shares = statistics.median(sum(r["both"][m] / r["alone"][m] for m in r["both"]) for r in pairs)
+            print(
+                f"| {model} alone | {other} alone | both at once: {model} | {other} | aggregate "
+                "| aggregate vs the better alone | shares of the alone rates, summed |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            agg = statistics.median(sum(r["both"].values()) for r in pairs)
+            print(
+                f"| {pmed('alone', model):.1f} | {pmed('alone', other):.1f} | {pmed('both', model):.1f} "
+                f"| {pmed('both', other):.1f} | {agg:.1f} | {ratio:.2f}x | {shares:.2f} |"
+            )
         for r in mine:
             if r["kind"] == "idle":
                 print()

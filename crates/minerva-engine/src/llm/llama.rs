@@ -213,7 +213,8 @@ impl LanguageModel for LlamaCppModel {
             .with_n_ubatch(params.n_batch.min(512))
             .with_n_seq_max(params.n_seq_max)
             // One pool of cells for all sequences: any sequence may use the whole context,
-            // and a shared prefix copied between sequences shares its cells.
+            // and a shared prefix copied between sequences shares its cells. (Per-stream
+            // cells were measured and lost: see ARCHITECTURE.md, the chat request's step 3.)
             .with_kv_unified(true)
             // Sliding-window layers keep every position, so a cached prefix stays whole.
             .with_swa_full(true)
