@@ -10,15 +10,21 @@
 //! regions altogether, so that even a lone busy model decodes at sleep-and-wake speed (a
 //! second loaded, idle model made the first one 4.5x slower that way).
 //!
-//! So every forward pass of every model runs inside [`exclusive`], and so does the work
-//! that follows it on the same thread (a language model's scheduler samples from the
-//! logits inside the same turn): one turn at a time on all the cores. Waiting turns are
-//! granted by fair share of time, not by arrival: each thread that computes is charged
-//! the time its turns took, and the waiter charged least goes next (as Linux's CFS
-//! schedules tasks). Two busy models thus split the cores by time, whatever the length of
-//! their passes — a language model's 10 ms decode beside an encoder's 100 ms batch gets
-//! its half, not one turn in two. Turns nest: a pass inside a turn of the same thread
-//! runs at once.
+//! So every forward pass of every model runs inside a turn, and so does the work that
+//! follows it on the same thread (a language model's scheduler samples from the logits
+//! inside the same turn). A turn has a width: [`exclusive`] takes every core (the
+//! encoder, whose Rayon pool is sized once), [`share`] an even share of them among the
+//! threads asking for shares (llama.cpp, which takes a thread count per pass). Turns
+//! never hold more threads than there are cores, so nothing collapses; alone, a share is
+//! every core, and two busy language models on two cores each decode on one at once
+//! rather than taking turns on both, which does more work, since a pass gains far less
+//! than twice from twice the threads. Waiting turns are granted by fair share of time,
+//! not by arrival: each thread that computes is charged the time its turns took (times
+//! the share of the cores they held), and the waiter charged least goes next (as Linux's
+//! CFS schedules tasks). Two busy models thus split the cores by time, whatever the
+//! length of their passes — a language model's 10 ms decode beside an encoder's 100 ms
+//! batch gets its half, not one turn in two. Turns nest: a pass inside a turn of the same
+//! thread runs at once, on that turn's cores.
 //!
 //! Between turns no engine thread spins: llama.cpp is built without OpenMP and starts its
 //! threads for each pass (ggml's own thread pool, tens of microseconds against passes of
@@ -32,6 +38,8 @@ use std::time::{Duration, Instant};
 
 /// Who has the cores and who waits for them.
 struct Cores {
+    /// Cores of the process (the widest turn).
+    cores: usize,
     state: Mutex<State>,
     granted: Condvar,
 }
@@ -42,15 +50,34 @@ struct Cores {
 /// whoever waits, however much more time they have had.
 const GRACE: Duration = Duration::from_millis(2);
 
+/// How long after its last turn a thread still counts as one that shares the cores: a
+/// busy model's scheduler asks again within microseconds, and a share computed in that
+/// gap without it would hand the other model every core, turn after turn.
+const RECENT: Duration = Duration::from_millis(10);
+
+/// What a turn asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Every core (a pass whose thread count is fixed, such as the encoder's).
+    All,
+    /// A fair share of the cores among the threads that ask for shares now: all of them
+    /// when it is alone (a llama.cpp pass, which takes its thread count per pass).
+    Share,
+}
+
 #[derive(Default)]
 struct State {
-    /// A turn is running.
-    busy: bool,
-    /// The cores are kept free for this thread until then (see [`GRACE`]).
-    held_for: Option<(ThreadId, Instant)>,
-    /// Threads waiting for a turn, with the time they are charged.
-    waiting: Vec<(ThreadId, u64)>,
-    /// Time charged to each thread that computed lately, in nanoseconds.
+    /// Cores the running turns use.
+    in_use: usize,
+    /// Threads running a turn, with its width and what they asked for.
+    running: Vec<(ThreadId, usize, Ask)>,
+    /// The cores this thread's last turn had stay free for it until then (see [`GRACE`]).
+    held_for: Option<(ThreadId, Instant, usize)>,
+    /// Threads waiting for a turn, with the time they are charged and what they ask for.
+    waiting: Vec<(ThreadId, u64, Ask)>,
+    /// When each thread that took shares lately ended its last one.
+    recent: HashMap<ThreadId, Instant>,
+    /// Time charged to each thread that computed lately, in nanoseconds of all the cores.
     charged: HashMap<ThreadId, u64>,
     /// The least charge of a turn granted lately: a thread charged less (new, or back
     /// after a pause) starts here, so it cannot claim the cores for the time it did not
@@ -60,51 +87,96 @@ struct State {
 }
 
 impl State {
-    /// Whether `me`, charged `charge`, may take the cores now.
-    fn may_take(&self, me: ThreadId, charge: u64, now: Instant) -> bool {
-        if self.busy {
-            return false;
+    /// The cores a turn of `me` asking `ask` gets now: all of them, or for a share, the
+    /// cores split evenly among the threads running, waiting for or lately ending shares
+    /// (at least one).
+    fn width(&self, me: ThreadId, ask: Ask, cores: usize, now: Instant) -> usize {
+        match ask {
+            Ask::All => cores,
+            Ask::Share => {
+                let others = self
+                    .running
+                    .iter()
+                    .map(|&(t, _, a)| (t, a))
+                    .chain(self.waiting.iter().map(|&(t, _, a)| (t, a)))
+                    .filter(|&(_, a)| a == Ask::Share)
+                    .map(|(t, _)| t)
+                    .chain(
+                        self.recent
+                            .iter()
+                            .filter(|&(_, &ended)| now.saturating_duration_since(ended) < RECENT)
+                            .map(|(&t, _)| t),
+                    )
+                    .filter(|&t| t != me)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len();
+                (cores / (others + 1)).max(1)
+            }
         }
-        if let Some((thread, until)) = self.held_for
-            && thread != me
-            && now < until
-        {
-            return false;
-        }
-        self.waiting.iter().all(|&(thread, c)| thread == me || c >= charge)
     }
 
-    fn take(&mut self, me: ThreadId, charge: u64) {
-        self.busy = true;
-        self.held_for = None;
-        self.waiting.retain(|&(thread, _)| thread != me);
+    /// Whether `me`, charged `charge`, may take `width` cores now.
+    fn may_take(&self, me: ThreadId, charge: u64, width: usize, cores: usize, now: Instant) -> bool {
+        let held = match self.held_for {
+            Some((thread, until, held)) if thread != me && now < until => held,
+            _ => 0,
+        };
+        if self.in_use + width + held > cores {
+            return false;
+        }
+        self.waiting.iter().all(|&(thread, c, _)| thread == me || c >= charge)
+    }
+
+    fn take(&mut self, me: ThreadId, charge: u64, width: usize, ask: Ask) {
+        if matches!(self.held_for, Some((thread, _, _)) if thread == me) {
+            self.held_for = None;
+        }
+        if !self.running.is_empty() {
+            self.stats.concurrent += 1;
+        }
+        self.in_use += width;
+        self.running.push((me, width, ask));
+        self.waiting.retain(|&(thread, _, _)| thread != me);
         self.floor = self.floor.max(charge);
         self.stats.turns += 1;
     }
 }
 
 impl Cores {
+    fn new(cores: usize) -> Self {
+        Self {
+            cores: cores.max(1),
+            state: Mutex::new(State::default()),
+            granted: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Waits for a turn; returns the charge this thread starts it with.
-    fn acquire(&self, me: ThreadId) -> u64 {
+    /// Waits for a turn; returns the charge this thread starts it with and the cores it
+    /// got.
+    fn acquire(&self, me: ThreadId, ask: Ask) -> (u64, usize) {
         let mut state = self.lock();
         let charge = state.charged.get(&me).copied().unwrap_or(0).max(state.floor);
-        if state.may_take(me, charge, Instant::now()) {
-            state.take(me, charge);
-            return charge;
+        let now = Instant::now();
+        let width = state.width(me, ask, self.cores, now);
+        if state.may_take(me, charge, width, self.cores, now) {
+            state.take(me, charge, width, ask);
+            return (charge, width);
         }
         let asked = Instant::now();
-        state.waiting.push((me, charge));
-        loop {
+        state.waiting.push((me, charge, ask));
+        let width = loop {
             let now = Instant::now();
-            if state.may_take(me, charge, now) {
-                break;
+            // Threads come and go while this one waits: its share follows them.
+            let width = state.width(me, ask, self.cores, now);
+            if state.may_take(me, charge, width, self.cores, now) {
+                break width;
             }
             state = match state.held_for {
-                Some((_, until)) if until > now && !state.busy => {
+                Some((_, until, _)) if until > now => {
                     self.granted
                         .wait_timeout(state, until - now)
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -115,23 +187,35 @@ impl Cores {
                     .wait(state)
                     .unwrap_or_else(|poisoned| poisoned.into_inner()),
             };
-        }
-        state.take(me, charge);
+        };
+        state.take(me, charge, width, ask);
         state.stats.contended += 1;
         state.stats.waited += asked.elapsed();
-        charge
+        (charge, width)
     }
 
-    /// Ends a turn that took `took`; the waiter charged least goes next, or this thread
-    /// if it asks again within [`GRACE`] while it is charged less than every waiter.
-    fn release(&self, me: ThreadId, charge: u64, took: Duration) {
+    /// Ends a turn of `width` cores that took `took`; it is charged its share of the
+    /// cores' time. The waiter charged least goes next, or this thread if it asks again
+    /// within [`GRACE`] while it is charged less than every waiter.
+    fn release(&self, me: ThreadId, charge: u64, width: usize, took: Duration) {
         let mut state = self.lock();
-        let charged = charge.saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        let used = took.as_nanos().saturating_mul(width as u128) / self.cores as u128;
+        let charged = charge.saturating_add(u64::try_from(used).unwrap_or(u64::MAX));
         state.charged.insert(me, charged);
-        state.busy = false;
-        let least_waiting = state.waiting.iter().map(|&(_, c)| c).min();
+        state.in_use -= width;
+        if let Some(at) = state.running.iter().position(|&(t, _, _)| t == me) {
+            let (_, _, ask) = state.running.swap_remove(at);
+            let now = Instant::now();
+            state
+                .recent
+                .retain(|_, &mut ended| now.saturating_duration_since(ended) < RECENT);
+            if ask == Ask::Share {
+                state.recent.insert(me, now);
+            }
+        }
+        let least_waiting = state.waiting.iter().map(|&(_, c, _)| c).min();
         state.held_for = match least_waiting {
-            Some(least) if least > charged => Some((me, Instant::now() + GRACE)),
+            Some(least) if least > charged => Some((me, Instant::now() + GRACE, width)),
             _ => None,
         };
         // Threads charged no more than the floor start at the floor anyway.
@@ -140,29 +224,48 @@ impl Cores {
         drop(state);
         self.granted.notify_all();
     }
+
+    /// Runs `work` in a turn of this thread (at once inside one, with its cores).
+    fn run<R>(&self, ask: Ask, work: impl FnOnce(usize) -> R) -> R {
+        let held = HOLDING.with(Cell::get);
+        if held > 0 {
+            return work(held);
+        }
+        let me = std::thread::current().id();
+        let (charge, width) = self.acquire(me, ask);
+        HOLDING.with(|h| h.set(width));
+        let _turn = Turn {
+            cores: self,
+            me,
+            charge,
+            width,
+            started: Instant::now(),
+        };
+        work(width)
+    }
 }
 
-static CORES: LazyLock<Cores> = LazyLock::new(|| Cores {
-    state: Mutex::new(State::default()),
-    granted: Condvar::new(),
-});
+static CORES: LazyLock<Cores> = LazyLock::new(|| Cores::new(default_threads()));
 
 thread_local! {
-    /// Whether this thread holds the cores now.
-    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The cores this thread's turn has now (0: it holds no turn).
+    static HOLDING: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Ends the turn even when the work panics.
-struct Turn {
+struct Turn<'a> {
+    cores: &'a Cores,
     me: ThreadId,
     charge: u64,
+    width: usize,
     started: Instant,
 }
 
-impl Drop for Turn {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        HOLDING.with(|h| h.set(false));
-        CORES.release(self.me, self.charge, self.started.elapsed());
+        HOLDING.with(|h| h.set(0));
+        self.cores
+            .release(self.me, self.charge, self.width, self.started.elapsed());
     }
 }
 
@@ -170,18 +273,18 @@ impl Drop for Turn {
 /// result) with the process's cores to itself, when its fair share says it is its turn.
 /// Inside a turn of the same thread it runs at once.
 pub fn exclusive<R>(work: impl FnOnce() -> R) -> R {
-    if HOLDING.with(Cell::get) {
-        return work();
-    }
-    let me = std::thread::current().id();
-    let charge = CORES.acquire(me);
-    HOLDING.with(|h| h.set(true));
-    let _turn = Turn {
-        me,
-        charge,
-        started: Instant::now(),
-    };
-    work()
+    CORES.run(Ask::All, |_| work())
+}
+
+/// Runs `work` on a fair share of the process's cores, when its fair share of time says
+/// it is its turn: `work` gets the number of cores it may use, and must use no more
+/// threads than that. Alone it gets every core; while other threads ask for shares too,
+/// the cores are split evenly and the turns run side by side (two busy language models
+/// on two cores each decode on one, at once, instead of taking turns on both: a pass
+/// gains less than twice from twice the threads). Inside a turn of the same thread it runs
+/// at once, with that turn's cores.
+pub fn share<R>(work: impl FnOnce(usize) -> R) -> R {
+    CORES.run(Ask::Share, work)
 }
 
 /// How the cores have been shared since the process started.
@@ -191,13 +294,20 @@ pub struct ComputeStats {
     pub turns: u64,
     /// Turns that had to wait for another thread's turn.
     pub contended: u64,
+    /// Turns that ran beside another (shares of the cores).
+    pub concurrent: u64,
     /// Time turns spent waiting for the cores, in total.
     pub waited: Duration,
 }
 
-/// The counters of [`exclusive`].
+/// The counters of [`exclusive`] and [`share`].
 pub fn stats() -> ComputeStats {
     CORES.lock().stats
+}
+
+/// The cores [`exclusive`] grants (a [`share`] gets this many while it is alone).
+pub fn cores() -> usize {
+    CORES.cores
 }
 
 /// Threads a forward pass should use when nobody said: every core this process may
@@ -284,6 +394,57 @@ mod tests {
             (0.3..=0.7).contains(&share),
             "the short-turn thread got {:.0} % of the time",
             share * 100.0
+        );
+    }
+
+    #[test]
+    fn busy_sharers_split_the_cores_and_run_side_by_side_and_never_beside_a_whole_turn() {
+        // Two cores; two threads asking for shares, one asking for all of them now and
+        // then (the encoder). Each turn spins 1 ms and records the cores in use meanwhile.
+        let cores = Arc::new(Cores::new(2));
+        assert_eq!(cores.run(Ask::Share, |width| width), 2, "alone, a share is every core");
+        let in_use = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let narrow = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = [Ask::Share, Ask::Share, Ask::All]
+            .into_iter()
+            .map(|ask| {
+                let (cores, in_use, most, narrow) = (
+                    Arc::clone(&cores),
+                    Arc::clone(&in_use),
+                    Arc::clone(&most),
+                    Arc::clone(&narrow),
+                );
+                std::thread::spawn(move || {
+                    let turns = if ask == Ask::All { 10 } else { 200 };
+                    for _ in 0..turns {
+                        cores.run(ask, |width| {
+                            let now = in_use.fetch_add(width, Ordering::SeqCst) + width;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            if width == 1 {
+                                narrow.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // A pass inside the turn runs at once, on the same cores.
+                            assert_eq!(cores.run(Ask::Share, |inner| inner), width);
+                            spin(Duration::from_millis(1));
+                            in_use.fetch_sub(width, Ordering::SeqCst);
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(most.load(Ordering::SeqCst) <= 2, "more threads than cores at once");
+        let stats = cores.lock().stats;
+        assert_eq!(stats.turns, 411);
+        // The two sharers ran side by side on one core each for most of their turns.
+        assert!(stats.concurrent >= 100, "{stats:?}");
+        assert!(
+            narrow.load(Ordering::SeqCst) >= 200,
+            "{} turns on one core",
+            narrow.load(Ordering::SeqCst)
         );
     }
 }

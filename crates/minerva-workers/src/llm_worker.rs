@@ -129,7 +129,8 @@ impl LlmWorker {
     /// until it is ready.
     ///
     /// The worker's forward passes share the process's cores with every other model's
-    /// through [`minerva_engine::compute`]: one pass at a time, on all the cores.
+    /// through [`minerva_engine::compute`]: on all of them while no other model computes,
+    /// on an even share beside other busy language models.
     pub fn start(path: &Path, config: LlmWorkerConfig, name: &str) -> Result<Self, EngineError> {
         Self::start_with_draft(path, config, name, None)
     }

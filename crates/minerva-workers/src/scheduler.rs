@@ -540,7 +540,7 @@ impl Scheduler {
         if wants.is_empty() {
             return drafts;
         }
-        match compute::exclusive(|| drafter.draft(&wants)) {
+        match compute::share(|_| drafter.draft(&wants)) {
             Ok(guesses) => {
                 for (index, guess) in owners.into_iter().zip(guesses) {
                     drafts[index] = Some(guess);
@@ -690,8 +690,9 @@ impl Scheduler {
 
     /// One step: the small pass of each adapter setting in use (the base's alone when no
     /// request has an adapter), then the large one.
-    /// Each pass and the sampling from its logits take one turn of the process's cores
-    /// ([`compute::exclusive`]): no other model's pass runs beside this model's sampling.
+    /// Each pass and the sampling from its logits take one turn on the model's share of
+    /// the process's cores ([`compute::share`]): all of them while no other model
+    /// computes, half of them beside one other busy model.
     fn step(&mut self) {
         self.shift_full_contexts();
         let mut spaces: Vec<Space> = Vec::new();
@@ -703,14 +704,14 @@ impl Scheduler {
         for space in spaces {
             let small = self.plan_small_pass(space);
             if !small.is_empty() && self.apply_adapter(space) {
-                compute::exclusive(|| self.forward(small));
+                compute::share(|_| self.forward(small));
             }
         }
         let large = self.plan_large_pass();
         if let Some(first) = large.first()
             && self.apply_adapter(self.running[first.index].space)
         {
-            compute::exclusive(|| self.forward(large));
+            compute::share(|_| self.forward(large));
         }
     }
 

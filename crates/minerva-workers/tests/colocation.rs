@@ -95,14 +95,15 @@ fn two_models_in_one_process_generate_what_each_generates_alone() {
 
     let smol = worker(SMOL);
     let gemma = worker(GEMMA);
-    let passes_before = compute::stats().turns;
+    let before = compute::stats();
 
     // The other model loaded and idle.
     let smol_beside = collect(smol.submit(prompt(&smol, SMOL_PROMPT), greedy()));
     assert_eq!(smol_beside.tokens, smol_alone.tokens, "{SMOL} with {GEMMA} loaded");
     assert_eq!(smol_beside.text, smol_alone.text);
 
-    // Both generating at once, twice each, interleaved pass by pass.
+    // Both generating at once, twice each: side by side on a share of the cores each
+    // (fewer threads per pass), which must not change a token.
     let runs: Vec<_> = (0..2)
         .flat_map(|_| {
             [
@@ -122,9 +123,17 @@ fn two_models_in_one_process_generate_what_each_generates_alone() {
     }
 
     // Every one of those forward passes took a turn of the one compute budget.
-    let turns = compute::stats().turns - passes_before;
+    let after = compute::stats();
+    let turns = after.turns - before.turns;
     assert!(
         turns >= (5 * MAX_TOKENS) as u64,
         "only {turns} turns were counted for five generations of {MAX_TOKENS} tokens"
     );
+    // With two cores or more, the two busy models computed side by side on a share each.
+    if compute::cores() >= 2 {
+        assert!(
+            after.concurrent > before.concurrent,
+            "the two busy models never computed side by side: {after:?}"
+        );
+    }
 }

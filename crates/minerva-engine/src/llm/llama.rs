@@ -252,6 +252,7 @@ impl LanguageModel for LlamaCppModel {
         Ok(Box::new(LlamaCppSession {
             context,
             raw,
+            threads_now: params.threads.max(1),
             batch: LlamaBatch::new(params.n_batch as usize, params.n_seq_max as i32),
             params,
             can_shift: self.can_shift,
@@ -427,9 +428,12 @@ struct LlamaCppSession {
     batch: LlamaBatch<'static>,
     params: SessionParams,
     can_shift: bool,
-    /// The context's `llama_context`, for the one call llama-cpp-2 does not wrap with
-    /// several values (`llama_set_adapters_lora`); `None` if it could not be found.
+    /// The context's `llama_context`, for the calls llama-cpp-2 does not wrap
+    /// (`llama_set_adapters_lora` with several values, `llama_set_n_threads`); `None` if
+    /// it could not be found.
     raw: Option<RawContext>,
+    /// The threads the context's passes run on now (its share of the cores).
+    threads_now: usize,
     /// The adapters the context applies, kept alive while it does.
     adapters: AdapterSet,
     _model: Arc<LlamaModel>,
@@ -481,8 +485,30 @@ impl Session for LlamaCppSession {
             }
             rows.push(wanted);
         }
-        let (context, batch) = (&mut self.context, &mut self.batch);
-        crate::compute::exclusive(|| context.decode(batch)).map_err(|e| match e {
+        let (context, batch, threads_now) = (&mut self.context, &mut self.batch, &mut self.threads_now);
+        let (raw, threads) = (self.raw.as_ref().map(|r| r.0), self.params.threads.max(1));
+        let decoded = match raw {
+            // The pass runs on its share of the cores (all of them while no other model
+            // computes), with as many threads.
+            Some(raw) => crate::compute::share(|cores| {
+                let wanted = if cores >= crate::compute::cores() {
+                    threads
+                } else {
+                    threads.min(cores)
+                };
+                if wanted != *threads_now {
+                    let n = i32::try_from(wanted).unwrap_or(i32::MAX);
+                    // SAFETY: `raw` is this session's live context (checked when it was
+                    // found); the call only sets two of its parameters.
+                    unsafe { llama_cpp_sys_2::llama_set_n_threads(raw.as_ptr(), n, n) };
+                    *threads_now = wanted;
+                }
+                context.decode(batch)
+            }),
+            // Its thread count cannot change: it takes every core.
+            None => crate::compute::exclusive(|| context.decode(batch)),
+        };
+        decoded.map_err(|e| match e {
             llama_cpp_2::DecodeError::NoKvCacheSlot => EngineError::ContextOverflow {
                 tokens: total,
                 n_ctx: self.params.n_ctx,
