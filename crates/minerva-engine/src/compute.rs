@@ -12,19 +12,21 @@
 //!
 //! So every forward pass of every model runs inside a turn, and so does the work that
 //! follows it on the same thread (a language model's scheduler samples from the logits
-//! inside the same turn). A turn has a width: [`exclusive`] takes every core (the
-//! encoder, whose Rayon pool is sized once), [`share`] an even share of them among the
-//! threads asking for shares (llama.cpp, which takes a thread count per pass). Turns
+//! inside the same turn). A turn has a width: [`exclusive`] takes every core (a pass
+//! whose thread count is fixed), [`share`] an even share of them among the threads
+//! asking for shares (llama.cpp, which takes a thread count per pass, and the encoder,
+//! whose kernels run in a Rayon pool of the share's width: [`share_rayon`]). Turns
 //! never hold more threads than there are cores, so nothing collapses; alone, a share is
 //! every core, and two busy language models on two cores each decode on one at once
 //! rather than taking turns on both, which does more work, since a pass gains far less
-//! than twice from twice the threads. Waiting turns are granted by fair share of time,
-//! not by arrival: each thread that computes is charged the time its turns took (times
-//! the share of the cores they held), and the waiter charged least goes next (as Linux's
-//! CFS schedules tasks). Two busy models thus split the cores by time, whatever the
-//! length of their passes — a language model's 10 ms decode beside an encoder's 100 ms
-//! batch gets its half, not one turn in two. Turns nest: a pass inside a turn of the same
-//! thread runs at once, on that turn's cores.
+//! than twice from twice the threads; so do an encoder batch and a busy language model.
+//! Waiting turns are granted by fair share of time, not by arrival: each thread that
+//! computes is charged the time its turns took (times the share of the cores they held),
+//! and the waiter charged least goes next (as Linux's CFS schedules tasks). Two busy
+//! models thus split the cores by time, whatever the length of their passes — a language
+//! model's 10 ms decode beside an encoder's 100 ms batch gets its half, not one turn in
+//! two. Turns nest: a pass inside a turn of the same thread runs at once, on that turn's
+//! cores.
 //!
 //! Between turns no engine thread spins: llama.cpp is built without OpenMP and starts its
 //! threads for each pass (ggml's own thread pool, tens of microseconds against passes of
@@ -245,6 +247,29 @@ impl Cores {
     }
 }
 
+impl Cores {
+    /// [`Cores::run`] of a share whose `work` splits over Rayon's pool (see [`share_rayon`]).
+    fn run_rayon<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.run(Ask::Share, |width| {
+            if width >= rayon::current_num_threads() {
+                return work();
+            }
+            match narrow_pool(width) {
+                Some(pool) => pool.install(|| {
+                    // The work runs on one of the pool's threads: a pass it nests runs
+                    // inside this turn, as on the asking thread.
+                    let outer = HOLDING.with(|h| h.replace(width));
+                    let _restore = Restore(outer);
+                    work()
+                }),
+                // No threads to be had: the global pool, as before shares (a rare
+                // oversubscription beats failing the request).
+                None => work(),
+            }
+        })
+    }
+}
+
 static CORES: LazyLock<Cores> = LazyLock::new(|| Cores::new(default_threads()));
 
 thread_local! {
@@ -285,6 +310,56 @@ pub fn exclusive<R>(work: impl FnOnce() -> R) -> R {
 /// at once, with that turn's cores.
 pub fn share<R>(work: impl FnOnce(usize) -> R) -> R {
     CORES.run(Ask::Share, work)
+}
+
+/// [`share`], or [`exclusive`] (every core, passed as the width) when `fixed` says the
+/// work's thread count cannot follow a share: a session created with a thread count it
+/// cannot change, whose passes nested in a narrower share would run more threads than
+/// the turn has cores.
+pub fn share_unless_fixed<R>(fixed: bool, work: impl FnOnce(usize) -> R) -> R {
+    CORES.run(if fixed { Ask::All } else { Ask::Share }, work)
+}
+
+/// [`share`] for work that splits over Rayon's pool (the encoder's kernels): `work` runs
+/// in a Rayon pool of as many threads as the share has cores — the global pool when it
+/// has them all, else a pool of that width, built once per width and asleep between
+/// turns. So an encoder batch beside a busy language model runs on half the cores at
+/// once with it, instead of the two taking turns on all of them.
+pub fn share_rayon<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    CORES.run_rayon(work)
+}
+
+/// Puts a thread's turn back as it was, even when the work panics.
+struct Restore(usize);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(self.0));
+    }
+}
+
+/// The Rayon pool of `width` threads [`share_rayon`] runs narrow shares in.
+fn narrow_pool(width: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    static POOLS: LazyLock<Mutex<HashMap<usize, std::sync::Arc<rayon::ThreadPool>>>> = LazyLock::new(Mutex::default);
+    let mut pools = POOLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(pool) = pools.get(&width) {
+        return Some(std::sync::Arc::clone(pool));
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(width)
+        .thread_name(move |i| format!("share{width}-{i}"))
+        .build()
+    {
+        Ok(pool) => {
+            let pool = std::sync::Arc::new(pool);
+            pools.insert(width, std::sync::Arc::clone(&pool));
+            Some(pool)
+        }
+        Err(e) => {
+            tracing::warn!(width, error = %e, "could not start a pool for a share of the cores");
+            None
+        }
+    }
 }
 
 /// How the cores have been shared since the process started.
@@ -446,5 +521,56 @@ mod tests {
             "{} turns on one core",
             narrow.load(Ordering::SeqCst)
         );
+    }
+
+    #[test]
+    fn rayon_work_beside_a_busy_sharer_runs_in_a_pool_of_its_share() {
+        use rayon::prelude::*;
+        // Two cores; one thread busy with 1 ms shares (a language model), another with
+        // Rayon work (the encoder). Beside the busy one the Rayon work gets one core,
+        // and runs on a pool of one thread: its parallel loops stay on one thread.
+        let cores = Arc::new(Cores::new(2));
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let (cores, stop) = (Arc::clone(&cores), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    cores.run(Ask::Share, |_| spin(Duration::from_millis(1)));
+                }
+            })
+        };
+        let mut narrow = 0;
+        for _ in 0..100 {
+            let (pool_threads, used, nested) = cores.run_rayon(|| {
+                let used: std::collections::HashSet<_> = (0..64)
+                    .into_par_iter()
+                    .map(|_| {
+                        spin(Duration::from_micros(20));
+                        std::thread::current().id()
+                    })
+                    .collect();
+                // A pass nested in the work runs at once, in the same turn.
+                let nested = cores.run(Ask::Share, |width| width);
+                (rayon::current_num_threads(), used.len(), nested)
+            });
+            assert!(used <= pool_threads, "{used} threads in a pool of {pool_threads}");
+            if rayon::current_num_threads() >= 2 {
+                assert_eq!(
+                    nested,
+                    pool_threads.min(2),
+                    "a nested pass got other cores than its turn"
+                );
+            }
+            if pool_threads == 1 {
+                narrow += 1;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        busy.join().unwrap();
+        let stats = cores.lock().stats;
+        if rayon::current_num_threads() >= 2 {
+            assert!(narrow >= 50, "only {narrow} of 100 turns ran on a pool of one thread");
+            assert!(stats.concurrent >= 50, "{stats:?}");
+        }
     }
 }

@@ -204,6 +204,12 @@ impl DraftModel {
         }
     }
 
+    /// Whether the draft session's passes cannot follow a share of the cores (see
+    /// [`Session::fixed_threads`]).
+    pub(crate) fn fixed_threads(&self) -> bool {
+        self.session.fixed_threads()
+    }
+
     /// Frees every sequence's KV (after an error, so that the next draft starts afresh).
     pub(crate) fn reset(&mut self) {
         for seq in 0..self.held.len() {

@@ -540,7 +540,7 @@ impl Scheduler {
         if wants.is_empty() {
             return drafts;
         }
-        match compute::share(|_| drafter.draft(&wants)) {
+        match compute::share_unless_fixed(drafter.fixed_threads(), |_| drafter.draft(&wants)) {
             Ok(guesses) => {
                 for (index, guess) in owners.into_iter().zip(guesses) {
                     drafts[index] = Some(guess);
@@ -695,6 +695,8 @@ impl Scheduler {
     /// computes, half of them beside one other busy model.
     fn step(&mut self) {
         self.shift_full_contexts();
+        // A session whose thread count is fixed takes every core instead.
+        let fixed = self.session.fixed_threads();
         let mut spaces: Vec<Space> = Vec::new();
         for r in &self.running {
             if !spaces.contains(&r.space) {
@@ -704,14 +706,14 @@ impl Scheduler {
         for space in spaces {
             let small = self.plan_small_pass(space);
             if !small.is_empty() && self.apply_adapter(space) {
-                compute::share(|_| self.forward(small));
+                compute::share_unless_fixed(fixed, |_| self.forward(small));
             }
         }
         let large = self.plan_large_pass();
         if let Some(first) = large.first()
             && self.apply_adapter(self.running[first.index].space)
         {
-            compute::share(|_| self.forward(large));
+            compute::share_unless_fixed(fixed, |_| self.forward(large));
         }
     }
 

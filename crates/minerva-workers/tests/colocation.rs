@@ -1,7 +1,8 @@
-//! Two language models in one process, each with its own worker thread, share the cores
-//! through the engine's compute budget (one forward pass at a time). Sharing must not
-//! change what either generates: with the other model loaded, and with both generating
-//! at once, each gives exactly the greedy tokens it gives alone in the process.
+//! Two models in one process, each with its own thread, share the cores through the
+//! engine's compute budget: busy at once, each computes on a share of them. Sharing must
+//! not change what either gives: with the other model loaded, and with both busy at once,
+//! a language model gives exactly the greedy tokens it gives alone in the process, and an
+//! encoder exactly the vectors.
 
 use std::path::PathBuf;
 
@@ -72,8 +73,13 @@ const GEMMA: &str = "gemma-3-270m";
 const SMOL_PROMPT: &str = "Once upon a time, in a small village at the edge of a great forest, there lived";
 const GEMMA_PROMPT: &str = "The history of the printing press begins";
 
+/// The tests of this file one at a time: each asserts what the compute budget's
+/// counters saw while its own models were busy.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn two_models_in_one_process_generate_what_each_generates_alone() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // Alone: only one model exists in the process.
     let smol_alone = {
         let smol = worker(SMOL);
@@ -134,6 +140,60 @@ fn two_models_in_one_process_generate_what_each_generates_alone() {
         assert!(
             after.concurrent > before.concurrent,
             "the two busy models never computed side by side: {after:?}"
+        );
+    }
+}
+
+fn minilm_dir() -> PathBuf {
+    let dir = model_path(GEMMA).with_file_name("all-minilm-l6-v2");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run scripts/fetch-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn an_encoder_beside_a_busy_language_model_computes_on_a_share_and_embeds_the_same() {
+    use minerva_engine::embed::EmbedOptions;
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let encoder = minerva_engine::embed::load(&minilm_dir()).expect("the encoder loads");
+    let texts: Vec<String> = (0..48)
+        .map(|i| format!("Sentence {i} about the printing press, movable type and the spread of books in Europe."))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let alone = encoder.embed(&texts, EmbedOptions::default()).unwrap();
+
+    let smol = worker(SMOL);
+    let smol_alone = collect(smol.submit(prompt(&smol, SMOL_PROMPT), greedy()));
+    let before = compute::stats();
+    // The language model generates while the encoder embeds, batch after batch.
+    let events = smol.submit(prompt(&smol, SMOL_PROMPT), greedy());
+    let generating = std::thread::spawn(move || collect(events));
+    let mut beside = Vec::new();
+    while !generating.is_finished() || beside.is_empty() {
+        beside.push(encoder.embed(&texts, EmbedOptions::default()).unwrap());
+    }
+    let generation = generating.join().unwrap();
+    let after = compute::stats();
+
+    assert_eq!(generation.tokens, smol_alone.tokens, "{SMOL} while the encoder embeds");
+    for (round, vectors) in beside.iter().enumerate() {
+        for (i, (got, want)) in vectors.iter().zip(&alone).enumerate() {
+            assert!(
+                got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                "round {round}, text {i}: the vector beside the busy model differs from the one alone"
+            );
+        }
+    }
+    // With two cores or more, the encoder's batches ran beside the language model's
+    // passes on a share of the cores, not in turns of all of them.
+    if compute::cores() >= 2 {
+        assert!(
+            after.concurrent > before.concurrent,
+            "the encoder and the language model never computed side by side: {after:?} ({} rounds)",
+            beside.len()
         );
     }
 }

@@ -133,7 +133,7 @@ pub trait EmbeddingModel: Send + Sync {
 
     /// One forward pass over `rows` (each checked by [`Self::check_input`]): the pooled,
     /// unnormalized vector of each row, in order. Rows are not padded: each attends to and
-    /// pools over its own tokens only. Runs inside [`crate::compute::exclusive`].
+    /// pools over its own tokens only. Runs inside [`crate::compute::share_rayon`].
     fn forward_batch(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>>;
 
     /// Floating-point operations of one forward pass over sequences of these lengths

@@ -440,6 +440,11 @@ struct LlamaCppSession {
 }
 
 impl Session for LlamaCppSession {
+    fn fixed_threads(&self) -> bool {
+        // Without its raw context the thread count cannot be set per pass.
+        self.raw.is_none()
+    }
+
     fn params(&self) -> SessionParams {
         self.params
     }
@@ -505,7 +510,8 @@ impl Session for LlamaCppSession {
                 }
                 context.decode(batch)
             }),
-            // Its thread count cannot change: it takes every core.
+            // Its thread count cannot change: it takes every core (`fixed_threads` tells
+            // the scheduler to ask for them all).
             None => crate::compute::exclusive(|| context.decode(batch)),
         };
         decoded.map_err(|e| match e {

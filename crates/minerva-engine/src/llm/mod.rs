@@ -336,6 +336,13 @@ pub trait Session: Send {
     /// The parameters the session was created with.
     fn params(&self) -> SessionParams;
 
+    /// Whether the session's passes run on the thread count it was created with, whatever
+    /// the cores of the turn they run in: such a session must compute in a turn of every
+    /// core ([`crate::compute::exclusive`]), not in a share.
+    fn fixed_threads(&self) -> bool {
+        false
+    }
+
     /// Evaluates all inputs in one forward pass and returns, per input, the logits rows
     /// it asked for (each row has `n_vocab` entries).
     fn decode(&mut self, inputs: &[SequenceInput<'_>]) -> Result<Vec<Vec<&[f32]>>>;

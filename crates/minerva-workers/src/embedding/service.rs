@@ -290,7 +290,7 @@ impl EmbeddingService {
 
     /// The relevance of each document to `query` (see
     /// [`EmbeddingModel::rerank`]), computed on a blocking thread; the pass takes its turn
-    /// on the cores like every other (`compute::exclusive`).
+    /// on the cores like every other (`compute::share_rayon`).
     pub async fn rerank(&self, query: String, documents: Vec<String>, raw: bool) -> Result<Vec<f32>, EmbeddingError> {
         let model = Arc::clone(&self.model);
         tokio::task::spawn_blocking(move || {

@@ -474,7 +474,7 @@ impl EmbeddingModel for Bert {
             for (index, row) in rows.iter().enumerate() {
                 self.check_input(range.start + index, row)?;
             }
-            crate::compute::exclusive(|| {
+            crate::compute::share_rayon(|| {
                 let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
                 let starts = self.encode(&rows, Some(&segments), &mut arena);
                 for s in starts.windows(2) {
@@ -524,7 +524,7 @@ impl Bert {
     /// One pass over `rows` and the pooled vector of each.
     fn pool_pass(&self, rows: &[&[u32]]) -> Vec<Vec<f32>> {
         let h = self.weights.hidden;
-        crate::compute::exclusive(|| {
+        crate::compute::share_rayon(|| {
             let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
             let starts = self.encode(rows, None, &mut arena);
             let x = &arena.x;
