@@ -251,11 +251,13 @@ impl Cores {
     /// [`Cores::run`] of a share whose `work` splits over Rayon's pool (see [`share_rayon`]).
     fn run_rayon<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         self.run(Ask::Share, |width| {
-            if width >= rayon::current_num_threads() {
+            // Every core: Rayon's global pool, which has a thread per core. Only one turn
+            // of every core runs at a time, so it is this turn's alone.
+            if width >= self.cores {
                 return work();
             }
-            match narrow_pool(width) {
-                Some(pool) => pool.install(|| {
+            match Lent::new(width) {
+                Some(lent) => lent.pool().install(|| {
                     // The work runs on one of the pool's threads: a pass it nests runs
                     // inside this turn, as on the asking thread.
                     let outer = HOLDING.with(|h| h.replace(width));
@@ -322,8 +324,8 @@ pub fn share_unless_fixed<R>(fixed: bool, work: impl FnOnce(usize) -> R) -> R {
 
 /// [`share`] for work that splits over Rayon's pool (the encoder's kernels): `work` runs
 /// in a Rayon pool of as many threads as the share has cores — the global pool when it
-/// has them all, else a pool of that width, built once per width and asleep between
-/// turns. So an encoder batch beside a busy language model runs on half the cores at
+/// has them all, else a pool of that width lent to this turn alone (see [`Lent`]), kept
+/// asleep between turns. So an encoder batch beside a busy language model runs on half the cores at
 /// once with it, instead of the two taking turns on all of them.
 pub fn share_rayon<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     CORES.run_rayon(work)
@@ -338,26 +340,62 @@ impl Drop for Restore {
     }
 }
 
-/// The Rayon pool of `width` threads [`share_rayon`] runs narrow shares in.
-fn narrow_pool(width: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
-    static POOLS: LazyLock<Mutex<HashMap<usize, std::sync::Arc<rayon::ThreadPool>>>> = LazyLock::new(Mutex::default);
-    let mut pools = POOLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(pool) = pools.get(&width) {
-        return Some(std::sync::Arc::clone(pool));
+/// A Rayon pool of some width, lent to one turn of [`share_rayon`] and given back when
+/// dropped. Each turn has a pool of its own: two turns in one pool would not only share
+/// its threads, a thread of it waiting inside one turn's parallel loop may run the other
+/// turn's work on its stack, and wait there for a lock the first turn holds.
+struct Lent {
+    width: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// Pools no turn uses now, by width: built on demand, asleep while idle (at most one per
+/// turn that ran at once, so no more than the cores).
+static IDLE_POOLS: LazyLock<Mutex<HashMap<usize, Vec<rayon::ThreadPool>>>> = LazyLock::new(Mutex::default);
+
+impl Lent {
+    /// An idle pool of `width` threads, or a new one; `None` when its threads cannot be
+    /// started.
+    fn new(width: usize) -> Option<Self> {
+        let idle = IDLE_POOLS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(&width)
+            .and_then(Vec::pop);
+        let pool = match idle {
+            Some(pool) => pool,
+            None => match rayon::ThreadPoolBuilder::new()
+                .num_threads(width)
+                .thread_name(move |i| format!("share{width}-{i}"))
+                .build()
+            {
+                Ok(pool) => pool,
+                Err(e) => {
+                    tracing::warn!(width, error = %e, "could not start a pool for a share of the cores");
+                    return None;
+                }
+            },
+        };
+        Some(Self {
+            width,
+            pool: Some(pool),
+        })
     }
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(width)
-        .thread_name(move |i| format!("share{width}-{i}"))
-        .build()
-    {
-        Ok(pool) => {
-            let pool = std::sync::Arc::new(pool);
-            pools.insert(width, std::sync::Arc::clone(&pool));
-            Some(pool)
-        }
-        Err(e) => {
-            tracing::warn!(width, error = %e, "could not start a pool for a share of the cores");
-            None
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        self.pool.as_ref().expect("a lent pool is held until dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            IDLE_POOLS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(self.width)
+                .or_default()
+                .push(pool);
         }
     }
 }
@@ -541,7 +579,7 @@ mod tests {
         };
         let mut narrow = 0;
         for _ in 0..100 {
-            let (pool_threads, used, nested) = cores.run_rayon(|| {
+            let (pool_threads, used, width) = cores.run_rayon(|| {
                 let used: std::collections::HashSet<_> = (0..64)
                     .into_par_iter()
                     .map(|_| {
@@ -549,28 +587,48 @@ mod tests {
                         std::thread::current().id()
                     })
                     .collect();
-                // A pass nested in the work runs at once, in the same turn.
-                let nested = cores.run(Ask::Share, |width| width);
-                (rayon::current_num_threads(), used.len(), nested)
+                // A pass nested in the work runs at once, in the same turn: it gets the
+                // turn's width.
+                let width = cores.run(Ask::Share, |width| width);
+                (rayon::current_num_threads(), used.len(), width)
             });
             assert!(used <= pool_threads, "{used} threads in a pool of {pool_threads}");
-            if rayon::current_num_threads() >= 2 {
-                assert_eq!(
-                    nested,
-                    pool_threads.min(2),
-                    "a nested pass got other cores than its turn"
-                );
-            }
-            if pool_threads == 1 {
+            assert!(width == 1 || width == 2, "a turn of {width} cores");
+            if width == 1 {
+                assert_eq!(pool_threads, 1, "a one-core turn ran in a pool of {pool_threads}");
                 narrow += 1;
             }
         }
         stop.store(true, Ordering::SeqCst);
         busy.join().unwrap();
         let stats = cores.lock().stats;
-        if rayon::current_num_threads() >= 2 {
-            assert!(narrow >= 50, "only {narrow} of 100 turns ran on a pool of one thread");
-            assert!(stats.concurrent >= 50, "{stats:?}");
-        }
+        assert!(narrow >= 50, "only {narrow} of 100 turns ran on one core");
+        assert!(stats.concurrent >= 50, "{stats:?}");
+    }
+
+    #[test]
+    fn turns_at_once_get_pools_of_their_own_and_give_them_back() {
+        // Two turns of one width at once never share a pool (a waiting thread of a shared
+        // pool could run the other turn's work on its stack); one after the other, the
+        // second reuses the first's pool and its threads.
+        let width = 7; // no other test uses pools this wide
+        let threads_of = |lent: &Lent| -> std::collections::HashSet<_> {
+            lent.pool()
+                .broadcast(|_| std::thread::current().id())
+                .into_iter()
+                .collect()
+        };
+        let (a, b) = (Lent::new(width).unwrap(), Lent::new(width).unwrap());
+        let (threads_a, threads_b) = (threads_of(&a), threads_of(&b));
+        assert_eq!(threads_a.len(), width);
+        assert!(
+            threads_a.is_disjoint(&threads_b),
+            "two turns at once were lent one pool"
+        );
+        drop(a);
+        let again = Lent::new(width).unwrap();
+        assert_eq!(threads_of(&again), threads_a, "the idle pool was not reused");
+        drop((again, b));
+        assert_eq!(IDLE_POOLS.lock().unwrap()[&width].len(), 2);
     }
 }
