@@ -28,6 +28,12 @@
 //! two. Turns nest: a pass inside a turn of the same thread runs at once, on that turn's
 //! cores.
 //!
+//! Work outside the budget counts too: while other runnable work waits for a core
+//! ([`crate::cpu_pressure`]: a client flooding the embedding cache, another program), a
+//! share counts it as one more sharer, so a lone pass on two cores runs on one and leaves
+//! the other to that work, instead of stalling at its barriers whenever the kernel
+//! preempts one of its threads.
+//!
 //! Between turns no engine thread spins: llama.cpp is built without OpenMP and starts its
 //! threads for each pass (ggml's own thread pool, tens of microseconds against passes of
 //! milliseconds), so an idle model costs no CPU at all.
@@ -38,12 +44,16 @@ use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use crate::cpu_pressure::CpuPressure;
+
 /// Who has the cores and who waits for them.
 struct Cores {
     /// Cores of the process (the widest turn).
     cores: usize,
     state: Mutex<State>,
     granted: Condvar,
+    /// Whether work outside the budget waits for the cores.
+    pressure: CpuPressure,
 }
 
 /// How long the cores stay free for a thread that just ended a turn while every waiter
@@ -90,9 +100,9 @@ struct State {
 
 impl State {
     /// The cores a turn of `me` asking `ask` gets now: all of them, or for a share, the
-    /// cores split evenly among the threads running, waiting for or lately ending shares
-    /// (at least one).
-    fn width(&self, me: ThreadId, ask: Ask, cores: usize, now: Instant) -> usize {
+    /// cores split evenly among the threads running, waiting for or lately ending shares,
+    /// and the work outside the budget when it is `pressed` for cores (at least one).
+    fn width(&self, me: ThreadId, ask: Ask, cores: usize, now: Instant, pressed: bool) -> usize {
         match ask {
             Ask::All => cores,
             Ask::Share => {
@@ -112,7 +122,7 @@ impl State {
                     .filter(|&t| t != me)
                     .collect::<std::collections::HashSet<_>>()
                     .len();
-                (cores / (others + 1)).max(1)
+                (cores / (others + 1 + usize::from(pressed))).max(1)
             }
         }
     }
@@ -129,12 +139,15 @@ impl State {
         self.waiting.iter().all(|&(thread, c, _)| thread == me || c >= charge)
     }
 
-    fn take(&mut self, me: ThreadId, charge: u64, width: usize, ask: Ask) {
+    fn take(&mut self, me: ThreadId, charge: u64, width: usize, ask: Ask, pressed: bool) {
         if matches!(self.held_for, Some((thread, _, _)) if thread == me) {
             self.held_for = None;
         }
         if !self.running.is_empty() {
             self.stats.concurrent += 1;
+        }
+        if ask == Ask::Share && pressed {
+            self.stats.pressed += 1;
         }
         self.in_use += width;
         self.running.push((me, width, ask));
@@ -145,11 +158,17 @@ impl State {
 }
 
 impl Cores {
+    /// A budget of `cores` that sees no work outside it.
     fn new(cores: usize) -> Self {
+        Self::with_pressure(cores, CpuPressure::none())
+    }
+
+    fn with_pressure(cores: usize, pressure: CpuPressure) -> Self {
         Self {
             cores: cores.max(1),
             state: Mutex::new(State::default()),
             granted: Condvar::new(),
+            pressure,
         }
     }
 
@@ -160,12 +179,14 @@ impl Cores {
     /// Waits for a turn; returns the charge this thread starts it with and the cores it
     /// got.
     fn acquire(&self, me: ThreadId, ask: Ask) -> (u64, usize) {
+        // Read before the lock: the reading (a small file, every 50 ms) is no one else's wait.
+        let pressed = ask == Ask::Share && self.pressure.contended(Instant::now());
         let mut state = self.lock();
         let charge = state.charged.get(&me).copied().unwrap_or(0).max(state.floor);
         let now = Instant::now();
-        let width = state.width(me, ask, self.cores, now);
+        let width = state.width(me, ask, self.cores, now, pressed);
         if state.may_take(me, charge, width, self.cores, now) {
-            state.take(me, charge, width, ask);
+            state.take(me, charge, width, ask, pressed);
             return (charge, width);
         }
         let asked = Instant::now();
@@ -173,7 +194,7 @@ impl Cores {
         let width = loop {
             let now = Instant::now();
             // Threads come and go while this one waits: its share follows them.
-            let width = state.width(me, ask, self.cores, now);
+            let width = state.width(me, ask, self.cores, now, pressed);
             if state.may_take(me, charge, width, self.cores, now) {
                 break width;
             }
@@ -190,7 +211,7 @@ impl Cores {
                     .unwrap_or_else(|poisoned| poisoned.into_inner()),
             };
         };
-        state.take(me, charge, width, ask);
+        state.take(me, charge, width, ask, pressed);
         state.stats.contended += 1;
         state.stats.waited += asked.elapsed();
         (charge, width)
@@ -272,7 +293,7 @@ impl Cores {
     }
 }
 
-static CORES: LazyLock<Cores> = LazyLock::new(|| Cores::new(default_threads()));
+static CORES: LazyLock<Cores> = LazyLock::new(|| Cores::with_pressure(default_threads(), CpuPressure::system()));
 
 thread_local! {
     /// The cores this thread's turn has now (0: it holds no turn).
@@ -409,6 +430,9 @@ pub struct ComputeStats {
     pub contended: u64,
     /// Turns that ran beside another (shares of the cores).
     pub concurrent: u64,
+    /// Shares taken while work outside the budget waited for the cores (each counted it
+    /// as one more sharer).
+    pub pressed: u64,
     /// Time turns spent waiting for the cores, in total.
     pub waited: Duration,
 }
@@ -508,6 +532,37 @@ mod tests {
             "the short-turn thread got {:.0} % of the time",
             share * 100.0
         );
+    }
+
+    #[test]
+    fn a_lone_share_leaves_a_core_to_outside_work_while_it_waits_for_one() {
+        // The stall counter of a machine where other work waits all the time: every
+        // reading adds more stalled time than any window between two readings lasts.
+        static STALLED_US: AtomicU64 = AtomicU64::new(0);
+        static FLOODED: AtomicBool = AtomicBool::new(true);
+        fn read() -> Option<u64> {
+            if FLOODED.load(Ordering::SeqCst) {
+                STALLED_US.fetch_add(1_000_000_000, Ordering::SeqCst);
+            }
+            Some(STALLED_US.load(Ordering::SeqCst))
+        }
+        let cores = Cores::with_pressure(2, CpuPressure::from_source(Some(read)));
+        let until = |width: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cores.run(Ask::Share, |w| w) != width {
+                assert!(Instant::now() < deadline, "a lone share never got {width} cores");
+            }
+        };
+        assert_eq!(cores.run(Ask::Share, |w| w), 2, "one reading is no window yet");
+        until(1);
+        assert_eq!(
+            cores.run(Ask::All, |w| w),
+            2,
+            "a pass of fixed threads still gets them all"
+        );
+        assert!(cores.lock().stats.pressed > 0);
+        FLOODED.store(false, Ordering::SeqCst);
+        until(2);
     }
 
     #[test]

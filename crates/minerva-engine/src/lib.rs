@@ -18,6 +18,7 @@
 pub mod chat;
 pub mod compute;
 pub mod constraint;
+mod cpu_pressure;
 pub mod detokenize;
 pub mod embed;
 mod error;

@@ -191,6 +191,10 @@ pub(crate) fn describe() {
         "minerva_compute_contended_turns_total",
         "Forward passes that waited for another model's."
     );
+    describe_counter!(
+        "minerva_compute_pressed_turns_total",
+        "Forward passes that left a core to other work waiting for one (CPU pressure)."
+    );
     describe_gauge!(
         "minerva_compute_wait_seconds",
         Unit::Seconds,
@@ -451,6 +455,7 @@ pub fn refresh(state: &AppState) {
     let compute = minerva_engine::compute::stats();
     metrics::counter!("minerva_compute_turns_total").absolute(compute.turns);
     metrics::counter!("minerva_compute_contended_turns_total").absolute(compute.contended);
+    metrics::counter!("minerva_compute_pressed_turns_total").absolute(compute.pressed);
     metrics::gauge!("minerva_compute_wait_seconds").set(compute.waited.as_secs_f64());
     let cache = state.embedding_cache.stats();
     metrics::counter!("minerva_embedding_cache_hits_total").absolute(cache.hits);
