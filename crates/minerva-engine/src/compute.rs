@@ -158,7 +158,8 @@ impl State {
 }
 
 impl Cores {
-    /// A budget of `cores` that sees no work outside it.
+    /// A budget of `cores` that sees no work outside it (the tests' budgets).
+    #[cfg(test)]
     fn new(cores: usize) -> Self {
         Self::with_pressure(cores, CpuPressure::none())
     }

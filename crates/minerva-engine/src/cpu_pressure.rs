@@ -48,6 +48,7 @@ impl CpuPressure {
     }
 
     /// No signal: the cores never count as contended.
+    #[cfg(test)]
     pub(crate) fn none() -> Self {
         Self::from_source(None)
     }
